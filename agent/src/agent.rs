@@ -1,0 +1,64 @@
+//! The agent: sources → transforms → queue → forwarder, started and stopped in order.
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::forward::{ForwardError, Forwarder};
+use crate::pipeline::Pipeline;
+use crate::queue::{Queue, QueueError};
+use crate::source;
+use crate::transform::Chain;
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The forwarder could not be set up.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+/// Runs the agent until `shutdown` completes.
+///
+/// Stops in pipeline order: sources finish their current append (so every record they
+/// consumed is committed), the forwarder waits briefly for outstanding acks and closes its
+/// connection, and the queue writer commits what it holds.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let queue = Queue::open(&cfg.data_dir, &cfg.queue)?;
+    tracing::info!(queue_id = queue.queue_id(), data_dir = %cfg.data_dir.display(), "queue open");
+    let forwarder = Forwarder::new(cfg.forward.clone(), queue.clone())?;
+
+    let sources_stop = CancellationToken::new();
+    let sources = TaskTracker::new();
+    for p in &cfg.pipelines {
+        let pipeline = Pipeline::new(&p.name, Chain::empty(), queue.clone());
+        for s in &p.sources {
+            tracing::info!(pipeline = %p.name, source = s.name(), "starting source");
+            sources.spawn(source::run(
+                s.clone(),
+                pipeline.clone(),
+                sources_stop.clone(),
+            ));
+        }
+    }
+    let forward_stop = CancellationToken::new();
+    let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
+
+    shutdown.await;
+    tracing::info!("shutting down: stopping sources");
+    sources_stop.cancel();
+    sources.close();
+    sources.wait().await;
+    forward_stop.cancel();
+    let _ = forwarding.await;
+    queue.close().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

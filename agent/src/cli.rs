@@ -1,0 +1,190 @@
+//! Command-line parsing and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dataweaver::config::{self, Kind};
+use dataweaver::{agent, sink, tls};
+use tokio_util::sync::CancellationToken;
+
+/// DataWeaver: collect, transform, queue durably, forward over QUIC.
+#[derive(Parser)]
+#[command(name = "dataweaver", version, about)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `dataweaver=debug`.
+    #[arg(long, global = true, env = "DATAWEAVER_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge agent.
+    Agent {
+        /// Agent config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the central sink.
+    Sink {
+        /// Sink config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a sink and an agent on loopback with generated certificates: the quick start.
+    Up {
+        /// Working directory for certificates, configs, data, input and output.
+        #[arg(long, default_value = "dataweaver-up")]
+        dir: PathBuf,
+        /// UDP port of the local sink (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Check a config file and exit.
+    Validate {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Which kind it is (default: guessed from its keys).
+        #[arg(long, value_parser = ["agent", "sink"])]
+        kind: Option<String>,
+    },
+    /// Make a CA and certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA (`ca.pem`, `ca.key`) in a directory.
+    Init {
+        /// Where the CA goes.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue `NAME.pem` and `NAME.key` signed by the CA in `--dir`.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate name: the agent id for agent certificates.
+        #[arg(long)]
+        name: String,
+        /// Issue a sink (server) certificate instead of an agent (client) one.
+        #[arg(long)]
+        sink: bool,
+        /// Host names or IPs the certificate is valid for (sink default: localhost, 127.0.0.1, ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Agent { config } => {
+            let cfg = config::load_agent(&config)?;
+            runtime()?.block_on(agent::run(cfg, shutdown_signal()))?;
+        }
+        Command::Sink { config } => {
+            let cfg = config::load_sink(&config)?;
+            runtime()?.block_on(async {
+                let sink = sink::Sink::bind(&cfg)?;
+                tracing::info!(addr = %sink.local_addr()?, "sink listening");
+                let stop = CancellationToken::new();
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    s.cancel();
+                });
+                sink.run(stop).await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Up { dir, port } => {
+            runtime()?.block_on(crate::up::run(&dir, port, shutdown_signal()))?
+        }
+        Command::Validate { config, kind } => {
+            let kind = match kind.as_deref() {
+                Some("sink") => Kind::Sink,
+                Some(_) => Kind::Agent,
+                None => config::detect_kind(&config)?,
+            };
+            match kind {
+                Kind::Agent => {
+                    let c = config::load_agent(&config)?;
+                    println!(
+                        "{}: valid agent config ({} pipelines)",
+                        config.display(),
+                        c.pipelines.len()
+                    );
+                }
+                Kind::Sink => {
+                    let c = config::load_sink(&config)?;
+                    println!(
+                        "{}: valid sink config ({} outputs)",
+                        config.display(),
+                        c.outputs.len()
+                    );
+                }
+            }
+        }
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir } => {
+                let p = tls::init_ca(&dir)?;
+                println!("CA written to {}", p.display());
+            }
+            CertsCommand::Issue {
+                dir,
+                name,
+                sink,
+                hosts,
+            } => {
+                let (cert, key) = tls::issue(&dir, &name, sink, &hosts)?;
+                println!("certificate {} and key {}", cert.display(), key.display());
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C, or SIGTERM on Unix (how service managers stop us).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,584 @@
+//! Configuration: TOML files read in two stages.
+//!
+//! Stage one is serde with `deny_unknown_fields`, so a typo is an error, not a silently
+//! ignored key. Stage two ([`AgentConfig::validate`], [`SinkConfig::validate`]) checks what
+//! serde cannot (non-empty lists, readable files, sane limits). Every error names the file,
+//! the line where it can tell, and the dotted key path, e.g.
+//! `agent.toml:7:10: forward.window: invalid type: string "x", expected usize`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error that names the file, the line (when known) and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {key}: {message}", file.display(), line.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the parser could tell.
+    pub line: Option<(usize, usize)>,
+    /// Dotted path of the offending key (`forward.sinks[0]`), or `(file)`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Paths to the PEM files of one side of a mutual-TLS connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA that signs the peers this side accepts.
+    pub ca: PathBuf,
+    /// This side's certificate chain.
+    pub cert: PathBuf,
+    /// This side's private key.
+    pub key: PathBuf,
+}
+
+/// The agent's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the queue and checkpoints live.
+    pub data_dir: PathBuf,
+    /// How to reach the sink.
+    pub forward: ForwardConfig,
+    /// Queue tuning.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// The pipelines this agent runs.
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// Forwarder settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Sink addresses (`host:port`), tried in order.
+    pub sinks: Vec<String>,
+    /// The name the sink's certificate must carry.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The agent's certificate, key and the CA that signed the sink.
+    pub tls: TlsFiles,
+    /// Batches in flight before waiting for acks.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Most records per batch.
+    #[serde(default = "default_batch_records")]
+    pub batch_max_records: usize,
+    /// Most payload bytes per batch.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_max_bytes: usize,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`, with jitter.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// QUIC idle timeout: a silent sink is given up after this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+}
+
+/// Queue writer tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most records in one commit.
+    #[serde(default = "default_commit_records")]
+    pub commit_max_records: usize,
+    /// Most bytes in one commit.
+    #[serde(default = "default_commit_bytes")]
+    pub commit_max_bytes: usize,
+    /// Extra wait to gather more records into a commit. 0 (the default) relies on natural
+    /// batching: whatever arrives while a commit is being synced goes into the next one.
+    #[serde(default)]
+    pub commit_linger_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            commit_max_records: default_commit_records(),
+            commit_max_bytes: default_commit_bytes(),
+            commit_linger_ms: 0,
+        }
+    }
+}
+
+/// One pipeline: sources whose records go through the same transforms into the queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name; also the default topic.
+    pub name: String,
+    /// Where records come from.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A source, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// Tail files matching globs.
+    File(FileSourceConfig),
+}
+
+impl SourceConfig {
+    /// The configured or default name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::File(f) => f.name.as_deref().unwrap_or("file"),
+        }
+    }
+}
+
+/// Where a file the source has never seen starts being read.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// Read the whole file (the default: nothing already written is missed).
+    #[default]
+    Beginning,
+    /// Only lines appended after the agent first saw the file.
+    End,
+}
+
+/// File tail settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Source name (default `file`).
+    pub name: Option<String>,
+    /// Glob patterns of files to tail.
+    pub include: Vec<String>,
+    /// Glob patterns to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where a new file starts.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// How often to look for new files and appended data when idle.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Longer lines are split into records of this size.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// Bytes read per step (and so per queue append).
+    #[serde(default = "default_read_bytes")]
+    pub read_chunk_bytes: usize,
+    /// Record topic (default: the pipeline name).
+    pub topic: Option<String>,
+}
+
+/// The sink's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where the journal lives.
+    pub data_dir: PathBuf,
+    /// The sink's certificate, key and the CA whose agents it accepts.
+    pub tls: TlsFiles,
+    /// Name reported to agents (default: the host name part of the certificate).
+    pub sink_id: Option<String>,
+    /// QUIC idle timeout.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Where journaled records go.
+    pub outputs: Vec<OutputConfig>,
+}
+
+/// An output, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputConfig {
+    /// Rotating JSON-lines files.
+    Jsonl(JsonlOutputConfig),
+    /// JSON lines on standard output (at-least-once: stdout cannot be synced).
+    Stdout(StdoutOutputConfig),
+}
+
+/// Rotating JSONL files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlOutputConfig {
+    /// Directory of `out-NNNNNNNN.jsonl` files.
+    pub dir: PathBuf,
+    /// Rotate after a file reaches this size.
+    #[serde(default = "default_jsonl_max")]
+    pub max_file_bytes: u64,
+}
+
+/// Standard output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutOutputConfig {}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_window() -> usize {
+    4
+}
+fn default_batch_records() -> usize {
+    2048
+}
+fn default_batch_bytes() -> usize {
+    1 << 20
+}
+fn default_reconnect_min() -> u64 {
+    100
+}
+fn default_reconnect_max() -> u64 {
+    5_000
+}
+fn default_idle_timeout() -> u64 {
+    10_000
+}
+fn default_commit_records() -> usize {
+    16_384
+}
+fn default_commit_bytes() -> usize {
+    8 << 20
+}
+fn default_poll_ms() -> u64 {
+    250
+}
+fn default_max_line() -> usize {
+    1 << 20
+}
+fn default_read_bytes() -> usize {
+    1 << 20
+}
+fn default_jsonl_max() -> u64 {
+    128 << 20
+}
+
+/// Which kind of config a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `dataweaver agent`.
+    Agent,
+    /// `dataweaver sink`.
+    Sink,
+}
+
+/// Guesses the kind from the top-level keys: a sink has `listen`, an agent `forward`.
+pub fn detect_kind(path: &Path) -> Result<Kind, ConfigError> {
+    let raw = read(path)?;
+    Ok(
+        if raw.lines().any(|l| l.trim_start().starts_with("listen")) {
+            Kind::Sink
+        } else {
+            Kind::Agent
+        },
+    )
+}
+
+/// Reads, parses and validates an agent config; relative paths become relative to the file.
+pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let raw = read(path)?;
+    let mut cfg: AgentConfig = parse(path, &raw)?;
+    let base = base_dir(path);
+    cfg.data_dir = base.join(&cfg.data_dir);
+    resolve_tls(&mut cfg.forward.tls, &base);
+    for p in &mut cfg.pipelines {
+        for s in &mut p.sources {
+            let SourceConfig::File(f) = s;
+            for g in f.include.iter_mut().chain(f.exclude.iter_mut()) {
+                if Path::new(g.as_str()).is_relative() {
+                    *g = base.join(&*g).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+    cfg.validate()
+        .map_err(|(key, message)| located(path, &raw, key, message))?;
+    Ok(cfg)
+}
+
+/// Reads, parses and validates a sink config; relative paths become relative to the file.
+pub fn load_sink(path: &Path) -> Result<SinkConfig, ConfigError> {
+    let raw = read(path)?;
+    let mut cfg: SinkConfig = parse(path, &raw)?;
+    let base = base_dir(path);
+    cfg.data_dir = base.join(&cfg.data_dir);
+    resolve_tls(&mut cfg.tls, &base);
+    for out in &mut cfg.outputs {
+        if let OutputConfig::Jsonl(j) = out {
+            j.dir = base.join(&j.dir);
+        }
+    }
+    cfg.validate()
+        .map_err(|(key, message)| located(path, &raw, key, message))?;
+    Ok(cfg)
+}
+
+type Invalid = (String, String);
+
+impl AgentConfig {
+    /// Checks what serde cannot; the error is `(key path, message)`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let f = &self.forward;
+        if f.sinks.is_empty() {
+            return Err((
+                "forward.sinks".into(),
+                "at least one sink address is needed".into(),
+            ));
+        }
+        for (i, s) in f.sinks.iter().enumerate() {
+            if !s.contains(':') {
+                return Err((
+                    format!("forward.sinks[{i}]"),
+                    format!("`{s}` is not host:port"),
+                ));
+            }
+        }
+        nonzero("forward.window", f.window)?;
+        nonzero("forward.batch_max_records", f.batch_max_records)?;
+        nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
+        if f.reconnect_min_ms == 0 || f.reconnect_min_ms > f.reconnect_max_ms {
+            return Err((
+                "forward.reconnect_min_ms".into(),
+                "must be > 0 and <= reconnect_max_ms".into(),
+            ));
+        }
+        check_tls("forward.tls", &f.tls)?;
+        nonzero("queue.commit_max_records", self.queue.commit_max_records)?;
+        nonzero("queue.commit_max_bytes", self.queue.commit_max_bytes)?;
+        if self.pipelines.is_empty() {
+            return Err(("pipelines".into(), "at least one pipeline is needed".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            if !names.insert(&p.name) {
+                return Err((
+                    format!("pipelines[{i}].name"),
+                    format!("duplicate pipeline `{}`", p.name),
+                ));
+            }
+            if p.sources.is_empty() {
+                return Err((
+                    format!("pipelines[{i}].sources"),
+                    "at least one source is needed".into(),
+                ));
+            }
+            for (j, s) in p.sources.iter().enumerate() {
+                let SourceConfig::File(fc) = s;
+                let key = format!("pipelines[{i}].sources[{j}]");
+                if fc.include.is_empty() {
+                    return Err((
+                        format!("{key}.include"),
+                        "at least one glob is needed".into(),
+                    ));
+                }
+                for (k, g) in fc.include.iter().chain(&fc.exclude).enumerate() {
+                    glob::Pattern::new(g).map_err(|e| {
+                        (
+                            format!("{key}.include[{k}]"),
+                            format!("bad glob `{g}`: {e}"),
+                        )
+                    })?;
+                }
+                nonzero(
+                    &format!("{key}.poll_interval_ms"),
+                    fc.poll_interval_ms as usize,
+                )?;
+                nonzero(&format!("{key}.max_line_bytes"), fc.max_line_bytes)?;
+                nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig {
+    /// Checks what serde cannot; the error is `(key path, message)`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_tls("tls", &self.tls)?;
+        if self.outputs.is_empty() {
+            return Err(("outputs".into(), "at least one output is needed".into()));
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            if let OutputConfig::Jsonl(j) = o {
+                if j.max_file_bytes < 4096 {
+                    return Err((
+                        format!("outputs[{i}].max_file_bytes"),
+                        "must be at least 4096".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(key: &str, v: usize) -> Result<(), Invalid> {
+    if v == 0 {
+        Err((key.into(), "must be greater than 0".into()))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_tls(key: &str, tls: &TlsFiles) -> Result<(), Invalid> {
+    for (name, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        if !p.is_file() {
+            return Err((
+                format!("{key}.{name}"),
+                format!("no such file: {}", p.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.into(),
+        line: None,
+        key: "(file)".into(),
+        message: e.to_string(),
+    })
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn resolve_tls(tls: &mut TlsFiles, base: &Path) {
+    tls.ca = base.join(&tls.ca);
+    tls.cert = base.join(&tls.cert);
+    tls.key = base.join(&tls.key);
+}
+
+/// Parses TOML into `T`, keeping the key path and the position of the first error.
+pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, raw: &str) -> Result<T, ConfigError> {
+    let de =
+        toml::Deserializer::parse(raw).map_err(|e| toml_error(path, raw, String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        toml_error(path, raw, key, e.inner())
+    })
+}
+
+fn toml_error(path: &Path, raw: &str, key: String, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_col(raw, s.start));
+    let mut message = e.message().trim().to_string();
+    // serde reports an unknown or missing key in the message only; lift it into the path.
+    let mut key = if key == "." || key.is_empty() {
+        String::new()
+    } else {
+        key
+    };
+    for marker in ["unknown field `", "missing field `", "unknown variant `"] {
+        if let Some(rest) = message.strip_prefix(marker) {
+            if let Some(name) = rest.split('`').next() {
+                let already = key == name || key.ends_with(&format!(".{name}"));
+                if marker != "unknown variant `" && !already {
+                    key = if key.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{key}.{name}")
+                    };
+                }
+            }
+        }
+    }
+    if key.is_empty() {
+        key = "(document)".into();
+    }
+    message = message.replace('\n', " ");
+    ConfigError {
+        file: path.into(),
+        line,
+        key,
+        message,
+    }
+}
+
+/// Attaches the line of the key's last path segment, if it can be found in the text.
+fn located(path: &Path, raw: &str, key: String, message: String) -> ConfigError {
+    let leaf = key.rsplit('.').next().unwrap_or(&key);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    let line = raw.lines().enumerate().find_map(|(i, l)| {
+        let t = l.trim_start();
+        (t.starts_with(leaf) && t[leaf.len()..].trim_start().starts_with('='))
+            .then_some((i + 1, l.len() - t.len() + 1))
+    });
+    ConfigError {
+        file: path.into(),
+        line,
+        key,
+        message,
+    }
+}
+
+fn line_col(raw: &str, offset: usize) -> (usize, usize) {
+    let before = &raw[..offset.min(raw.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, str::len) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse::<AgentConfig>(Path::new("a.toml"), text).unwrap_err()
+    }
+
+    const OK: &str = r#"
+data_dir = "d"
+[forward]
+sinks = ["127.0.0.1:7400"]
+tls = { ca = "ca.pem", cert = "a.pem", key = "a.key" }
+[[pipelines]]
+name = "p"
+[[pipelines.sources]]
+type = "file"
+include = ["*.log"]
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c: AgentConfig = parse(Path::new("a.toml"), OK).unwrap();
+        assert_eq!(c.forward.window, 4);
+        assert_eq!(c.pipelines[0].sources[0].name(), "file");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let e = err(&OK.replace("name = \"p\"", "name = \"p\"\ncolour = 1"));
+        assert_eq!(e.key, "pipelines[0].colour", "{e}");
+        assert_eq!(e.line.map(|l| l.0), Some(8), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_tagged_source_is_named() {
+        let e = err(&OK.replace(
+            "include = [\"*.log\"]",
+            "include = [\"*.log\"]\nfollow = true",
+        ));
+        assert!(e.key.contains("follow"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = err(&OK.replace("[forward]", "[forward]\nwindow = \"x\""));
+        assert_eq!(e.key, "forward.window", "{e}");
+        assert_eq!(e.line.map(|l| l.0), Some(4), "{e}");
+    }
+
+    #[test]
+    fn missing_field_names_key() {
+        let e = err(&OK.replace("sinks = [\"127.0.0.1:7400\"]\n", ""));
+        assert_eq!(e.key, "forward.sinks", "{e}");
+    }
+}

@@ -1,0 +1,340 @@
+//! The forwarder: sends queued records to a sink over QUIC and deletes them once acked.
+//!
+//! # Protocol per connection
+//! Open a bidirectional stream, send `Hello` (protocol version, queue id), receive
+//! `Welcome` with the sink's high-water mark for this (agent, queue): everything at or below
+//! it is already durable there, so it is acked locally and sending resumes after it. Then
+//! batches flow with up to `window` in flight; each `Ack` lets the queue delete up to its
+//! `last_seq`. Nothing is deleted on QUIC delivery alone, only on the sink's application ack.
+//!
+//! # Failures
+//! Any error drops the connection; the next one (same or next sink in the list, after a
+//! back-off with jitter) resends from the oldest unacknowledged seq and the sink drops what
+//! it already has.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ForwardConfig;
+use crate::queue::{Queue, QueueError};
+use crate::tls::{self, TlsError};
+use crate::wire::{self, AgentFrame, Batch, FrameError, Hello, SinkFrame, agent_frame, sink_frame};
+
+/// Forwarder errors (each ends one connection attempt).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// The sink address did not resolve.
+    #[error("cannot resolve sink address `{0}`")]
+    Resolve(String),
+    /// QUIC connect or handshake failed (includes certificate refusal).
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection or stream broke.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The sink refused the stream.
+    #[error("sink refused: {0}")]
+    Refused(String),
+    /// The sink broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// TLS material was unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Local socket error.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connected, welcomed data stream to a sink.
+pub struct Session {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The sink's high-water mark for our queue.
+    pub high_water_mark: u64,
+    /// The sink's id.
+    pub sink_id: String,
+}
+
+/// Connects to `addr`, verifying its certificate for `server_name`, and exchanges
+/// Hello/Welcome. Public so tests and tools can probe a sink exactly as an agent would.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    queue_id: &str,
+) -> Result<Session, ForwardError> {
+    let conn = endpoint
+        .connect_with(client, addr, server_name)
+        .map_err(|e| ForwardError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| ForwardError::Connect(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentFrame {
+        kind: Some(agent_frame::Kind::Hello(Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            queue_id: queue_id.into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    };
+    wire::write_frame(&mut send, &hello).await?;
+    let welcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        wire::read_frame::<SinkFrame>(&mut recv),
+    )
+    .await
+    .map_err(|_| ForwardError::Protocol("no welcome within 10 s".into()))??;
+    match welcome.and_then(|f| f.kind) {
+        Some(sink_frame::Kind::Welcome(w)) => Ok(Session {
+            conn,
+            send,
+            recv,
+            high_water_mark: w.high_water_mark,
+            sink_id: w.sink_id,
+        }),
+        Some(sink_frame::Kind::Refusal(r)) => Err(ForwardError::Refused(r.reason)),
+        other => Err(ForwardError::Protocol(format!(
+            "expected welcome, got {other:?}"
+        ))),
+    }
+}
+
+/// Sends the queue's records to the configured sinks until shutdown.
+pub struct Forwarder {
+    cfg: ForwardConfig,
+    queue: Queue,
+    client: quinn::ClientConfig,
+    endpoint: quinn::Endpoint,
+}
+
+impl Forwarder {
+    /// Builds the QUIC client from the TLS files in `cfg`.
+    pub fn new(cfg: ForwardConfig, queue: Queue) -> Result<Self, ForwardError> {
+        let client = tls::client_config(
+            &cfg.tls.ca,
+            Some((&cfg.tls.cert, &cfg.tls.key)),
+            Duration::from_millis(cfg.idle_timeout_ms),
+        )?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        Ok(Forwarder {
+            cfg,
+            queue,
+            client,
+            endpoint,
+        })
+    }
+
+    /// Runs until `shutdown`, then waits briefly for outstanding acks and closes cleanly.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut which = 0usize;
+        while !shutdown.is_cancelled() {
+            let target = &self.cfg.sinks[which % self.cfg.sinks.len()];
+            let delivered_before = self.queue.acked();
+            match self.session(target, &shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if self.queue.acked() > delivered_before {
+                        failures = 0;
+                    }
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(sink = %target, error = %e, "sink connection ended");
+                    which += 1;
+                }
+            }
+            let delay = backoff(
+                self.cfg.reconnect_min_ms,
+                self.cfg.reconnect_max_ms,
+                failures,
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.endpoint.close(0u32.into(), b"agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::debug!("forwarder stopped");
+    }
+
+    async fn session(
+        &self,
+        target: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ForwardError> {
+        let addr = tokio::net::lookup_host(target)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ForwardError::Resolve(target.into()))?;
+        let session = connect(
+            &self.endpoint,
+            self.client.clone(),
+            addr,
+            &self.cfg.server_name,
+            self.queue.queue_id(),
+        )
+        .await?;
+        let Session {
+            conn,
+            mut send,
+            recv,
+            high_water_mark,
+            sink_id,
+        } = session;
+        tracing::info!(sink = %target, %sink_id, high_water_mark, "connected to sink");
+        if high_water_mark > self.queue.acked() {
+            self.queue.ack(high_water_mark);
+        }
+        let mut cursor = self.queue.acked().max(high_water_mark) + 1;
+
+        // Acks are read by their own task: a read cut short by `select!` would lose bytes.
+        let (ack_tx, mut acks) = mpsc::channel(self.cfg.window * 2 + 4);
+        let reader = tokio::spawn(read_acks(recv, ack_tx));
+        let _abort_reader = AbortOnDrop(reader);
+
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut committed = self.queue.committed();
+        let mut batch_id = 0u64;
+        let mut draining = false;
+        loop {
+            committed.borrow_and_update();
+            while !draining && in_flight.len() < self.cfg.window {
+                let q = self.queue.clone();
+                let (max_r, max_b) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
+                batch_id += 1;
+                let id = batch_id;
+                let encoded =
+                    tokio::task::spawn_blocking(move || encode_batch(&q, id, cursor, max_r, max_b))
+                        .await
+                        .map_err(|e| ForwardError::Protocol(e.to_string()))??;
+                let Some((frame, last)) = encoded else { break };
+                send.write_all(&frame).await.map_err(FrameError::from)?;
+                in_flight.push_back((id, last));
+                cursor = last + 1;
+            }
+            if draining && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                ack = acks.recv() => {
+                    let ack = match ack {
+                        Some(a) => a?,
+                        None => return Err(ForwardError::Protocol("sink closed the stream".into())),
+                    };
+                    let Some((id, last)) = in_flight.pop_front() else {
+                        return Err(ForwardError::Protocol("ack without a batch in flight".into()));
+                    };
+                    if ack.batch_id != id || ack.last_seq != last {
+                        return Err(ForwardError::Protocol(format!(
+                            "ack {}/{} does not match batch {id}/{last}", ack.batch_id, ack.last_seq)));
+                    }
+                    self.queue.ack(last);
+                }
+                _ = committed.changed(), if !draining && in_flight.len() < self.cfg.window => {}
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(3)), if draining => break,
+            }
+        }
+        let _ = send.finish();
+        conn.close(0u32.into(), b"bye");
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_acks(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<wire::Ack, ForwardError>>) {
+    loop {
+        let item = match wire::read_frame::<SinkFrame>(&mut recv).await {
+            Ok(Some(SinkFrame {
+                kind: Some(sink_frame::Kind::Ack(a)),
+            })) => Ok(a),
+            Ok(Some(SinkFrame {
+                kind: Some(sink_frame::Kind::Refusal(r)),
+            })) => Err(ForwardError::Refused(r.reason)),
+            Ok(Some(other)) => Err(ForwardError::Protocol(format!(
+                "unexpected frame {other:?}"
+            ))),
+            Ok(None) => Err(ForwardError::Protocol("sink ended the stream".into())),
+            Err(e) => Err(e.into()),
+        };
+        let stop = item.is_err();
+        if tx.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Reads the next batch from `from` and encodes it as one frame; `None` if nothing is queued.
+fn encode_batch(
+    queue: &Queue,
+    batch_id: u64,
+    from: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Option<(BytesMut, u64)>, QueueError> {
+    let records = queue.read(from, max_records, max_bytes)?;
+    let Some(last) = records.last().map(|(s, _)| *s) else {
+        return Ok(None);
+    };
+    let batch = Batch {
+        batch_id,
+        records: records
+            .into_iter()
+            .map(|(seq, r)| wire::Record::from_queue(seq, r))
+            .collect(),
+    };
+    let frame = AgentFrame {
+        kind: Some(agent_frame::Kind::Batch(batch)),
+    };
+    let mut buf = BytesMut::new();
+    wire::encode_frame(&frame, &mut buf);
+    Ok(Some((buf, last)))
+}
+
+/// Exponential back-off with jitter: between half and all of `min * 2^(n-1)`, capped.
+pub fn backoff(min_ms: u64, max_ms: u64, failures: u32) -> Duration {
+    let exp = min_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
+    let cap = exp.min(max_ms).max(1);
+    Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for n in 1..40 {
+            let d = backoff(100, 5000, n).as_millis() as u64;
+            let cap = (100u64 << (n - 1).min(20)).min(5000);
+            assert!(d >= cap / 2 && d <= cap, "n={n} d={d}");
+        }
+        let samples: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(100, 5000, 10)).collect();
+        assert!(samples.len() > 1, "jitter");
+    }
+}

@@ -1,0 +1,28 @@
+//! DataWeaver: an edge data agent and its central sink.
+//!
+//! # Layout
+//! The data path reads top to bottom:
+//! - [`source`]: where records come from (file tail today).
+//! - [`transform`]: the per-pipeline transform chain (the WASM host plugs in here).
+//! - [`queue`]: the crash-safe redb queue; a record is acknowledged to its source only
+//!   after its commit.
+//! - [`forward`]: batches over QUIC/TLS 1.3 to a sink, deleting only what it acknowledged.
+//! - [`sink`]: the receiving end: journal, de-duplication, outputs.
+//!
+//! Around it: [`record`] (the unit of data), [`wire`] (the protocol), [`tls`] (certificates
+//! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue) and
+//! [`agent`] (starting and stopping it all in order).
+
+pub mod agent;
+pub mod config;
+pub mod forward;
+pub mod pipeline;
+pub mod queue;
+pub mod record;
+pub mod sink;
+pub mod source;
+pub mod tls;
+pub mod transform;
+pub mod wire;
+
+pub use record::Record;

@@ -1,0 +1,16 @@
+//! `dataweaver`: the command line over the library. Errors become an exit code here only.
+
+mod cli;
+mod up;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The sink: a QUIC server that journals batches from agents and drains them to outputs.
+//!
+//! Data path: accept (mutual TLS; the agent id is the client certificate's CN) → read
+//! `Hello` → answer `Welcome` with the high-water mark → for each `Batch`, submit to the
+//! [`Journal`] and, once committed, send `Ack` (in order, on the same stream). A separate
+//! drainer task moves committed entries to the outputs.
+
+pub mod journal;
+pub mod output;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{OutputConfig, SinkConfig};
+use crate::tls;
+use crate::wire::{self, AgentFrame, SinkFrame, agent_frame, sink_frame};
+pub use journal::{Journal, JournalError};
+use output::{JsonlOutput, Output, StdoutOutput};
+
+/// Errors that stop the sink from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Socket or output file error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, running-ready sink.
+pub struct Sink {
+    endpoint: quinn::Endpoint,
+    journal: Journal,
+    outputs: Vec<Box<dyn Output>>,
+    sink_id: String,
+}
+
+impl Sink {
+    /// Opens the journal and outputs and binds the QUIC endpoint.
+    pub fn bind(cfg: &SinkConfig) -> Result<Sink, SinkError> {
+        let server = tls::server_config(&cfg.tls, Duration::from_millis(cfg.idle_timeout_ms))?;
+        let journal = Journal::open(&cfg.data_dir)?;
+        let positions = read_positions(&journal)?;
+        let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+        for o in &cfg.outputs {
+            match o {
+                OutputConfig::Jsonl(j) => {
+                    let name = format!("jsonl:{}", j.dir.display());
+                    let pos = positions
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, p)| p.as_slice());
+                    outputs.push(Box::new(JsonlOutput::open(&j.dir, j.max_file_bytes, pos)?));
+                }
+                OutputConfig::Stdout(_) => outputs.push(Box::new(StdoutOutput::new())),
+            }
+        }
+        let sink_id = match &cfg.sink_id {
+            Some(id) => id.clone(),
+            None => tls::load_certs(&cfg.tls.cert)?
+                .first()
+                .and_then(tls::common_name)
+                .unwrap_or_else(|| "sink".into()),
+        };
+        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        Ok(Sink {
+            endpoint,
+            journal,
+            outputs,
+            sink_id,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops accepting, lets streams finish and drains.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Sink {
+            endpoint,
+            journal,
+            outputs,
+            sink_id,
+        } = self;
+        let tracker = TaskTracker::new();
+        let drain_stop = CancellationToken::new();
+        let drainer = tokio::spawn(drain(journal.clone(), outputs, drain_stop.clone()));
+        let sink_id = Arc::new(sink_id);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let (journal, sink_id) = (journal.clone(), sink_id.clone());
+                    tracker.spawn(async move {
+                        if let Err(e) = serve_connection(incoming, journal, sink_id).await {
+                            tracing::info!(error = %e, "connection ended");
+                        }
+                    });
+                }
+            }
+        }
+        endpoint.close(0u32.into(), b"sink shutting down");
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+        drain_stop.cancel();
+        let _ = drainer.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let txn = journal.db().begin_read().map_err(journal::db)?;
+    let t = txn.open_table(journal::CURSOR).map_err(journal::db)?;
+    let mut out = Vec::new();
+    for e in t.iter().map_err(journal::db)? {
+        let (k, v) = e.map_err(journal::db)?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    journal: Journal,
+    sink_id: Arc<String>,
+) -> Result<(), String> {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refused connection (TLS handshake failed)");
+            return Ok(());
+        }
+    };
+    let Some(agent) = tls::peer_id(&conn) else {
+        tracing::warn!(%remote, "refused connection: client certificate has no common name");
+        conn.close(1u32.into(), b"no agent identity");
+        return Ok(());
+    };
+    tracing::info!(%remote, %agent, "agent connected");
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => return Err(format!("agent {agent}: {e}")),
+        };
+        let (journal, agent, sink_id) = (journal.clone(), agent.clone(), sink_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(send, recv, &journal, &agent, &sink_id).await {
+                tracing::info!(%agent, error = %e, "data stream ended");
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    journal: &Journal,
+    agent: &str,
+    sink_id: &str,
+) -> Result<(), String> {
+    let hello = match wire::read_frame::<AgentFrame>(&mut recv)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(AgentFrame {
+            kind: Some(agent_frame::Kind::Hello(h)),
+        }) => h,
+        other => return Err(format!("expected hello, got {other:?}")),
+    };
+    if hello.protocol_version != wire::PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} not supported (sink speaks {})",
+            hello.protocol_version,
+            wire::PROTOCOL_VERSION
+        );
+        let refusal = SinkFrame {
+            kind: Some(sink_frame::Kind::Refusal(wire::Refusal {
+                reason: reason.clone(),
+            })),
+        };
+        let _ = wire::write_frame(&mut send, &refusal).await;
+        let _ = send.finish();
+        return Err(reason);
+    }
+    let queue_id = hello.queue_id;
+    let hwm = {
+        let (j, a, q) = (journal.clone(), agent.to_string(), queue_id.clone());
+        tokio::task::spawn_blocking(move || j.high_water_mark(&a, &q))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let welcome = SinkFrame {
+        kind: Some(sink_frame::Kind::Welcome(wire::Welcome {
+            protocol_version: wire::PROTOCOL_VERSION,
+            high_water_mark: hwm,
+            sink_id: sink_id.into(),
+        })),
+    };
+    wire::write_frame(&mut send, &welcome)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(%agent, %queue_id, hwm, "stream welcomed");
+
+    // Acks go out in batch order from their own task, each after its commit.
+    let (pending_tx, mut pending) =
+        mpsc::channel::<(u64, tokio::sync::oneshot::Receiver<Result<u64, String>>)>(64);
+    let acker = tokio::spawn(async move {
+        while let Some((batch_id, done)) = pending.recv().await {
+            let last_seq = match done.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("journal: {e}")),
+                Err(_) => return Err("journal closed".into()),
+            };
+            let ack = SinkFrame {
+                kind: Some(sink_frame::Kind::Ack(wire::Ack { batch_id, last_seq })),
+            };
+            wire::write_frame(&mut send, &ack)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let _ = send.finish();
+        Ok::<(), String>(())
+    });
+    let result = async {
+        loop {
+            let batch = match wire::read_frame::<AgentFrame>(&mut recv)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => return Ok(()),
+                Some(AgentFrame {
+                    kind: Some(agent_frame::Kind::Batch(b)),
+                }) => b,
+                Some(other) => return Err(format!("expected batch, got {other:?}")),
+            };
+            let done = journal
+                .submit(agent, &queue_id, batch.records)
+                .await
+                .map_err(|e| e.to_string())?;
+            if pending_tx.send((batch.batch_id, done)).await.is_err() {
+                return Err("ack writer stopped".to_string());
+            }
+        }
+    }
+    .await;
+    drop(pending_tx);
+    let acked = acker.await.map_err(|e| e.to_string())?;
+    result.and(acked)
+}
+
+/// Moves committed journal entries to the outputs, committing positions after each round.
+async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: CancellationToken) {
+    let mut appended = journal.appended();
+    let mut drained = {
+        let j = journal.clone();
+        tokio::task::spawn_blocking(move || read_drained(&j))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    };
+    loop {
+        let target = *appended.borrow_and_update();
+        if target <= drained {
+            tokio::select! {
+                r = appended.changed() => if r.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
+        let j = journal.clone();
+        let step = tokio::task::spawn_blocking(move || {
+            let r = drain_round(&j, &mut outputs, drained);
+            (outputs, r)
+        })
+        .await;
+        let Ok((outs, result)) = step else { break };
+        outputs = outs;
+        match result {
+            Ok(d) => drained = d,
+            Err(e) => {
+                tracing::error!(error = %e, "output drain failed; retrying");
+                for o in outputs.iter_mut() {
+                    if let Err(e) = o.rollback() {
+                        tracing::error!(output = %o.name(), error = %e, "output rollback failed");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+fn read_drained(journal: &Journal) -> Result<u64, JournalError> {
+    use redb::ReadableDatabase;
+    let txn = journal.db().begin_read().map_err(journal::db)?;
+    let t = txn.open_table(journal::CURSOR).map_err(journal::db)?;
+    Ok(t.get("drained").map_err(journal::db)?.map_or(0, |v| {
+        let b = v.value();
+        u64::from_le_bytes(b.try_into().unwrap_or_default())
+    }))
+}
+
+fn drain_round(
+    journal: &Journal,
+    outputs: &mut [Box<dyn Output>],
+    drained: u64,
+) -> Result<u64, String> {
+    let entries = journal.read(drained, 64).map_err(|e| e.to_string())?;
+    let Some(last) = entries.last().map(|(k, _)| *k) else {
+        return Ok(drained);
+    };
+    for o in outputs.iter_mut() {
+        o.write(&entries)
+            .map_err(|e| format!("{}: {e}", o.name()))?;
+    }
+    let txn = journal.db().begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut c = txn.open_table(journal::CURSOR).map_err(|e| e.to_string())?;
+        c.insert("drained", &last.to_le_bytes()[..])
+            .map_err(|e| e.to_string())?;
+        for o in outputs.iter() {
+            let p = o.position();
+            if !p.is_empty() {
+                c.insert(o.name().as_str(), p.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    journal::delete_upto(&txn, last).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    for o in outputs.iter_mut() {
+        o.committed();
+    }
+    Ok(last)
+}

@@ -1,0 +1,260 @@
+//! Outputs: where the sink's journal drains to.
+//!
+//! # JSONL exactly-once
+//! The drainer writes a round of entries to every output, syncs them, then commits in one
+//! redb transaction: the last drained entry, each output's position (for JSONL: file index
+//! and byte offset) and the deletion of the drained entries. On start, a JSONL output
+//! truncates its current file to the committed offset and removes files past the committed
+//! index, so lines written after the last commit (a crash in between) are written again
+//! exactly once instead of twice.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::wire::JournalEntry;
+
+/// A destination for journal entries.
+pub trait Output: Send {
+    /// Stable name, the key of this output's position in the cursor table.
+    fn name(&self) -> String;
+    /// Writes entries and makes them as durable as this output can.
+    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()>;
+    /// The position to commit after a successful `write`.
+    fn position(&self) -> Vec<u8>;
+    /// The position was committed: a later rollback returns here.
+    fn committed(&mut self) {}
+    /// The round failed before its commit: undo what was written since the last commit,
+    /// so the retry does not write it twice.
+    fn rollback(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One JSON line per record.
+#[derive(Serialize)]
+struct Line<'a> {
+    agent: &'a str,
+    queue: &'a str,
+    seq: u64,
+    ts_ns: u64,
+    source: &'a str,
+    topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    headers: std::collections::BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+}
+
+/// Appends the JSON lines of `entries` to `buf`.
+pub fn format_lines(entries: &[(u64, JournalEntry)], buf: &mut Vec<u8>) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (_, e) in entries {
+        for r in &e.records {
+            let text = std::str::from_utf8(&r.payload).ok();
+            let line = Line {
+                agent: &e.agent_id,
+                queue: &e.queue_id,
+                seq: r.seq,
+                ts_ns: r.ts_ns,
+                source: &r.source,
+                topic: &r.topic,
+                key: r.key.as_ref().map(|k| b64.encode(k)),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.value.as_str()))
+                    .collect(),
+                payload: text,
+                payload_base64: text.is_none().then(|| b64.encode(&r.payload)),
+            };
+            // Cannot fail: every field serialises to JSON and the writer is a Vec.
+            serde_json::to_writer(&mut *buf, &line).expect("json to vec");
+            buf.push(b'\n');
+        }
+    }
+}
+
+/// Rotating `out-NNNNNNNN.jsonl` files in a directory.
+pub struct JsonlOutput {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    index: u64,
+    offset: u64,
+    /// Last committed (index, offset).
+    committed: (u64, u64),
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl JsonlOutput {
+    /// Opens the output at a committed position (`None` for a fresh start), discarding
+    /// anything written after that position.
+    pub fn open(dir: &Path, max_file_bytes: u64, position: Option<&[u8]>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (index, offset) = match position {
+            Some(p) if p.len() == 16 => (
+                u64::from_le_bytes(p[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(p[8..].try_into().unwrap_or_default()),
+            ),
+            _ => (1, 0),
+        };
+        // Files past the committed one were started after the last commit.
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let Some(i) = file_index(&path) {
+                if i > index {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        let path = jsonl_path(dir, index);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        if file.metadata()?.len() != offset {
+            tracing::info!(path = %path.display(), offset, "truncating output to its last committed position");
+            file.set_len(offset)?;
+            file.sync_all()?;
+        }
+        let mut out = JsonlOutput {
+            dir: dir.into(),
+            max_file_bytes,
+            index,
+            offset,
+            committed: (index, offset),
+            file,
+            buf: Vec::new(),
+        };
+        out.seek_end()?;
+        Ok(out)
+    }
+
+    fn seek_end(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.file.seek(std::io::SeekFrom::Start(self.offset))?;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.index += 1;
+        self.offset = 0;
+        self.file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(jsonl_path(&self.dir, self.index))?;
+        // Make the new directory entry durable too.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Output for JsonlOutput {
+    fn name(&self) -> String {
+        format!("jsonl:{}", self.dir.display())
+    }
+
+    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()> {
+        if self.offset >= self.max_file_bytes {
+            self.rotate()?;
+        }
+        self.buf.clear();
+        format_lines(entries, &mut self.buf);
+        if let Err(e) = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|_| self.file.sync_data())
+        {
+            // Leave the file at the last good offset; the round is retried.
+            let _ = self.file.set_len(self.offset);
+            let _ = self.seek_end();
+            return Err(e);
+        }
+        self.offset += self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn position(&self) -> Vec<u8> {
+        let mut p = self.index.to_le_bytes().to_vec();
+        p.extend_from_slice(&self.offset.to_le_bytes());
+        p
+    }
+
+    fn committed(&mut self) {
+        self.committed = (self.index, self.offset);
+    }
+
+    fn rollback(&mut self) -> std::io::Result<()> {
+        let (index, offset) = self.committed;
+        if index != self.index {
+            let _ = std::fs::remove_file(jsonl_path(&self.dir, self.index));
+            self.file = OpenOptions::new()
+                .write(true)
+                .open(jsonl_path(&self.dir, index))?;
+        }
+        self.index = index;
+        self.offset = offset;
+        self.file.set_len(offset)?;
+        self.seek_end()
+    }
+}
+
+/// Path of the JSONL file number `index`.
+pub fn jsonl_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("out-{index:08}.jsonl"))
+}
+
+fn file_index(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("out-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
+/// JSON lines on standard output: at-least-once (a crash may repeat the last round).
+pub struct StdoutOutput {
+    buf: Vec<u8>,
+}
+
+impl StdoutOutput {
+    /// The stdout output.
+    pub fn new() -> Self {
+        StdoutOutput { buf: Vec::new() }
+    }
+}
+
+impl Default for StdoutOutput {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Output for StdoutOutput {
+    fn name(&self) -> String {
+        "stdout".into()
+    }
+
+    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()> {
+        self.buf.clear();
+        format_lines(entries, &mut self.buf);
+        let mut out = std::io::stdout().lock();
+        out.write_all(&self.buf)?;
+        out.flush()
+    }
+
+    fn position(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,380 @@
+//! The `file` source: tails files matching globs, across appends, rotation and truncation.
+//!
+//! # Delivery
+//! The read offset of a file is a checkpoint stored in the queue *in the same transaction*
+//! as the records read before it, so after a crash the source resumes exactly after the
+//! last committed line. A partial last line (no newline yet) is not consumed until its
+//! newline arrives.
+//!
+//! # Identity
+//! A file is known by its device and inode (its path elsewhere), so a rotation by rename
+//! keeps its checkpoint. A new file that reuses an inode is told apart by a fingerprint:
+//! a CRC of its first bytes (up to 256) stored with the offset.
+//!
+//! # Rotation and truncation
+//! A tracked file that no longer matches the globs (renamed away or deleted) is read to its
+//! end and then dropped. A file that shrank below the offset was truncated (copytruncate):
+//! it is read again from the start.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FileSourceConfig, ReadFrom};
+use crate::pipeline::Pipeline;
+use crate::queue::Checkpoint;
+use crate::record::{Record, now_ns};
+
+const FINGERPRINT_BYTES: u64 = 256;
+/// Polls a rotated-away file stays open with no new data before it is dropped.
+const ROTATED_GRACE_POLLS: u32 = 4;
+
+/// The stored position of one file. CBOR; do not reorder fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct FileCheckpoint {
+    path: String,
+    offset: u64,
+    fp_len: u64,
+    fp_crc: u32,
+}
+
+struct Tailed {
+    path: PathBuf,
+    file: File,
+    /// Where the next read starts.
+    read_pos: u64,
+    /// Bytes after the last newline, not yet consumed.
+    partial: Vec<u8>,
+    fp_len: u64,
+    fp_crc: u32,
+    /// No longer matched by the globs: read to the end, then drop.
+    rotated: bool,
+    idle_polls: u32,
+}
+
+impl Tailed {
+    /// Offset of the first byte not yet turned into a record.
+    fn consumed(&self) -> u64 {
+        self.read_pos - self.partial.len() as u64
+    }
+}
+
+/// A running file source.
+pub struct FileSource {
+    cfg: FileSourceConfig,
+    pipeline: Arc<Pipeline>,
+    source: String,
+    topic: String,
+    files: HashMap<String, Tailed>,
+    first_scan: bool,
+}
+
+impl FileSource {
+    /// A file source feeding `pipeline`.
+    pub fn new(cfg: FileSourceConfig, pipeline: Arc<Pipeline>) -> Self {
+        let name = cfg.name.clone().unwrap_or_else(|| "file".into());
+        let source = format!("{}/{}", pipeline.name, name);
+        let topic = cfg.topic.clone().unwrap_or_else(|| pipeline.name.clone());
+        FileSource {
+            cfg,
+            pipeline,
+            source,
+            topic,
+            files: HashMap::new(),
+            first_scan: true,
+        }
+    }
+
+    /// Tails until `shutdown`; every append in progress completes first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        let mut next_scan = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if Instant::now() >= next_scan {
+                tokio::task::block_in_place(|| self.scan());
+                next_scan = Instant::now() + poll;
+            }
+            let mut progressed = false;
+            let keys: Vec<String> = self.files.keys().cloned().collect();
+            for key in keys {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                match self.step(&key).await {
+                    Ok(true) => progressed = true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(source = %self.source, file = %key, error = %e, "file read failed; retrying");
+                        self.files.remove(&key);
+                    }
+                }
+            }
+            if !progressed {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(poll.min(next_scan.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)))) => {}
+                }
+            }
+        }
+        tracing::debug!(source = %self.source, "file source stopped");
+    }
+
+    /// Finds files matching the globs; starts tailing new ones, marks vanished ones rotated.
+    fn scan(&mut self) {
+        let mut seen = Vec::new();
+        for pattern in &self.cfg.include {
+            let Ok(paths) = glob::glob(pattern) else {
+                continue;
+            };
+            for path in paths.flatten() {
+                if self
+                    .cfg
+                    .exclude
+                    .iter()
+                    .any(|x| glob::Pattern::new(x).is_ok_and(|p| p.matches_path(&path)))
+                {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                let key = file_key(&path, &meta);
+                seen.push(key.clone());
+                if self.files.contains_key(&key) {
+                    continue;
+                }
+                match self.open(&key, &path, meta.len()) {
+                    Ok(t) => {
+                        tracing::info!(source = %self.source, path = %path.display(), offset = t.read_pos, "tailing file");
+                        self.files.insert(key, t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %self.source, path = %path.display(), error = %e, "cannot open file")
+                    }
+                }
+            }
+        }
+        for (key, t) in self.files.iter_mut() {
+            if !seen.contains(key) && !t.rotated {
+                tracing::info!(source = %self.source, path = %t.path.display(), "file rotated away; reading to its end");
+                t.rotated = true;
+            }
+        }
+        self.first_scan = false;
+    }
+
+    fn open(&self, key: &str, path: &Path, len: u64) -> std::io::Result<Tailed> {
+        let mut file = File::open(path)?;
+        let saved = self
+            .pipeline
+            .queue()
+            .checkpoint(key)
+            .map_err(std::io::Error::other)?
+            .and_then(|b| ciborium::from_reader::<FileCheckpoint, _>(&b[..]).ok());
+        let matches = match &saved {
+            Some(cp) => cp.offset <= len && fingerprint(&mut file, cp.fp_len)? == Some(cp.fp_crc),
+            None => false,
+        };
+        let mut t = Tailed {
+            path: path.into(),
+            file,
+            read_pos: 0,
+            partial: Vec::new(),
+            fp_len: 0,
+            fp_crc: 0,
+            rotated: false,
+            idle_polls: 0,
+        };
+        match saved {
+            Some(cp) if matches => {
+                t.read_pos = cp.offset;
+                t.fp_len = cp.fp_len;
+                t.fp_crc = cp.fp_crc;
+            }
+            Some(_) => {
+                tracing::info!(path = %path.display(), "file changed under its checkpoint (new file or truncated); reading from the start");
+            }
+            None if self.first_scan && self.cfg.read_from == ReadFrom::End => t.read_pos = len,
+            None => {}
+        }
+        Ok(t)
+    }
+
+    /// Reads what is new in one file and queues it; true if anything was consumed.
+    async fn step(&mut self, key: &str) -> std::io::Result<bool> {
+        let max_line = self.cfg.max_line_bytes;
+        let chunk = self.cfg.read_chunk_bytes;
+        let Some(t) = self.files.get_mut(key) else {
+            return Ok(false);
+        };
+        let lines = tokio::task::block_in_place(|| read_lines(t, chunk, max_line))?;
+        let Some(lines) = lines else {
+            // Nothing new at all.
+            if t.rotated {
+                t.idle_polls += 1;
+                if t.idle_polls >= ROTATED_GRACE_POLLS {
+                    // A last line without newline in a finished file is still a record.
+                    if !t.partial.is_empty() {
+                        let line = std::mem::take(&mut t.partial);
+                        return self.emit(key, vec![line]).await.map(|_| true);
+                    }
+                    tracing::info!(path = %t.path.display(), "done with rotated file");
+                    self.files.remove(key);
+                }
+            }
+            return Ok(false);
+        };
+        t.idle_polls = 0;
+        if lines.is_empty() {
+            // Only part of a line so far: wait for its newline.
+            return Ok(false);
+        }
+        self.emit(key, lines).await?;
+        Ok(true)
+    }
+
+    async fn emit(&mut self, key: &str, lines: Vec<Vec<u8>>) -> std::io::Result<()> {
+        let Some(t) = self.files.get_mut(key) else {
+            return Ok(());
+        };
+        if t.fp_len < FINGERPRINT_BYTES && t.consumed() > t.fp_len {
+            let want = t.consumed().min(FINGERPRINT_BYTES);
+            if let Some(crc) = tokio::task::block_in_place(|| fingerprint(&mut t.file, want))? {
+                t.fp_len = want;
+                t.fp_crc = crc;
+            }
+        }
+        let cp = FileCheckpoint {
+            path: t.path.to_string_lossy().into_owned(),
+            offset: t.consumed(),
+            fp_len: t.fp_len,
+            fp_crc: t.fp_crc,
+        };
+        let mut value = Vec::new();
+        ciborium::into_writer(&cp, &mut value).map_err(std::io::Error::other)?;
+        let ts = now_ns();
+        let path = cp.path.clone();
+        let records = lines
+            .into_iter()
+            .map(|payload| Record {
+                ts_ns: ts,
+                source: self.source.clone(),
+                topic: self.topic.clone(),
+                key: None,
+                headers: vec![("file".into(), path.clone())],
+                payload,
+            })
+            .collect();
+        let checkpoint = Some(Checkpoint {
+            key: key.into(),
+            value,
+        });
+        if let Err(e) = self.pipeline.emit(records, checkpoint).await {
+            // Not committed: forget the read and re-read from the last checkpoint.
+            tracing::warn!(source = %self.source, error = %e, "queue refused records; will retry");
+            if let Some(t) = self.files.get_mut(key) {
+                t.read_pos = t.consumed();
+                t.partial.clear();
+                let saved = self.pipeline.queue().checkpoint(key).ok().flatten();
+                t.read_pos = saved
+                    .and_then(|b| ciborium::from_reader::<FileCheckpoint, _>(&b[..]).ok())
+                    .map_or(0, |c| c.offset);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Reads up to `chunk` new bytes and splits off complete lines; `None` if nothing new.
+fn read_lines(
+    t: &mut Tailed,
+    chunk: usize,
+    max_line: usize,
+) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+    let len = t.file.metadata()?.len();
+    if len < t.read_pos {
+        tracing::info!(path = %t.path.display(), "file truncated; reading from the start");
+        t.read_pos = 0;
+        t.partial.clear();
+        t.fp_len = 0;
+    }
+    if len == t.read_pos {
+        return Ok(None);
+    }
+    let want = ((len - t.read_pos) as usize).min(chunk);
+    let mut buf = std::mem::take(&mut t.partial);
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    t.file.seek(SeekFrom::Start(t.read_pos))?;
+    let n = read_full(&mut t.file, &mut buf[start..])?;
+    buf.truncate(start + n);
+    t.read_pos += n as u64;
+    let mut lines = Vec::new();
+    let mut from = 0;
+    while let Some(i) = memchr(b'\n', &buf[from..]) {
+        let mut line = &buf[from..from + i];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        for piece in line.chunks(max_line) {
+            lines.push(piece.to_vec());
+        }
+        from += i + 1;
+    }
+    let mut rest = buf.split_off(from);
+    // A line longer than the limit is emitted in pieces rather than held forever.
+    while rest.len() >= max_line {
+        let tail = rest.split_off(max_line);
+        lines.push(rest);
+        rest = tail;
+    }
+    t.partial = rest;
+    Ok((n > 0 || !lines.is_empty()).then_some(lines))
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// CRC of the first `len` bytes, or `None` if the file is shorter.
+fn fingerprint(f: &mut File, len: u64) -> std::io::Result<Option<u32>> {
+    let mut buf = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(0))?;
+    let n = read_full(f, &mut buf)?;
+    Ok((n == buf.len()).then(|| crc32fast::hash(&buf)))
+}
+
+#[cfg(unix)]
+fn file_key(_path: &Path, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("file:{}:{}", meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn file_key(path: &Path, _meta: &std::fs::Metadata) -> String {
+    format!("file:{}", path.display())
+}

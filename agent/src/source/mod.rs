@@ -1,0 +1,19 @@
+//! Sources: where records come from. Each runs as a task that hands batches to its
+//! [`Pipeline`](crate::pipeline::Pipeline) and waits for the queue commit before it treats
+//! the input as consumed.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SourceConfig;
+use crate::pipeline::Pipeline;
+
+/// Runs one configured source until `shutdown`.
+pub async fn run(cfg: SourceConfig, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    match cfg {
+        SourceConfig::File(f) => file::FileSource::new(f, pipeline).run(shutdown).await,
+    }
+}

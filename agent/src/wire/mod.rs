@@ -1,0 +1,311 @@
+//! The wire protocol between agent and sink: protobuf messages and length-prefixed framing.
+//!
+//! `dataweaver.proto` beside this file is the documented protocol; the structs below are its
+//! prost mirror, written out by hand so the build needs no `protoc` (keep them in step:
+//! the `proto_matches_rust` test compares field numbers and names).
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::Message;
+
+use crate::record::Record as QueueRecord;
+
+/// Version carried in `Hello`/`Welcome`; bumped with any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ALPN protocol id both ends insist on.
+pub const ALPN: &[u8] = b"dataweaver/1";
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Agent → sink frame.
+#[derive(Clone, PartialEq, Message)]
+pub struct AgentFrame {
+    /// The message carried.
+    #[prost(oneof = "agent_frame::Kind", tags = "1, 2")]
+    pub kind: Option<agent_frame::Kind>,
+}
+
+/// The variants of [`AgentFrame`].
+pub mod agent_frame {
+    /// What an agent frame carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// First frame of a data stream.
+        #[prost(message, tag = "1")]
+        Hello(super::Hello),
+        /// Records to store.
+        #[prost(message, tag = "2")]
+        Batch(super::Batch),
+    }
+}
+
+/// Sink → agent frame.
+#[derive(Clone, PartialEq, Message)]
+pub struct SinkFrame {
+    /// The message carried.
+    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3")]
+    pub kind: Option<sink_frame::Kind>,
+}
+
+/// The variants of [`SinkFrame`].
+pub mod sink_frame {
+    /// What a sink frame carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Answer to Hello.
+        #[prost(message, tag = "1")]
+        Welcome(super::Welcome),
+        /// A batch is durable.
+        #[prost(message, tag = "2")]
+        Ack(super::Ack),
+        /// The sink will not serve this stream.
+        #[prost(message, tag = "3")]
+        Refusal(super::Refusal),
+    }
+}
+
+/// First frame on a data stream.
+#[derive(Clone, PartialEq, Message)]
+pub struct Hello {
+    /// Protocol version the agent speaks.
+    #[prost(uint32, tag = "1")]
+    pub protocol_version: u32,
+    /// Random id of the agent's queue file.
+    #[prost(string, tag = "2")]
+    pub queue_id: String,
+    /// Agent software version.
+    #[prost(string, tag = "3")]
+    pub agent_version: String,
+}
+
+/// The sink's answer to Hello.
+#[derive(Clone, PartialEq, Message)]
+pub struct Welcome {
+    /// Protocol version the sink speaks.
+    #[prost(uint32, tag = "1")]
+    pub protocol_version: u32,
+    /// Highest seq durably held for (agent, queue); 0 = none.
+    #[prost(uint64, tag = "2")]
+    pub high_water_mark: u64,
+    /// Sink identity, for logs.
+    #[prost(string, tag = "3")]
+    pub sink_id: String,
+}
+
+/// Why the sink refuses a stream.
+#[derive(Clone, PartialEq, Message)]
+pub struct Refusal {
+    /// Human-readable reason.
+    #[prost(string, tag = "1")]
+    pub reason: String,
+}
+
+/// Records with consecutive ascending seqs.
+#[derive(Clone, PartialEq, Message)]
+pub struct Batch {
+    /// Agent-chosen id echoed in the Ack.
+    #[prost(uint64, tag = "1")]
+    pub batch_id: u64,
+    /// The records.
+    #[prost(message, repeated, tag = "2")]
+    pub records: Vec<Record>,
+}
+
+/// A batch is durable at the sink.
+#[derive(Clone, PartialEq, Message)]
+pub struct Ack {
+    /// The acknowledged batch.
+    #[prost(uint64, tag = "1")]
+    pub batch_id: u64,
+    /// Every seq up to this one is durable.
+    #[prost(uint64, tag = "2")]
+    pub last_seq: u64,
+}
+
+/// A record on the wire.
+#[derive(Clone, PartialEq, Message)]
+pub struct Record {
+    /// Queue sequence number.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Source timestamp, ns since the epoch.
+    #[prost(uint64, tag = "2")]
+    pub ts_ns: u64,
+    /// Producing source.
+    #[prost(string, tag = "3")]
+    pub source: String,
+    /// Routing topic.
+    #[prost(string, tag = "4")]
+    pub topic: String,
+    /// Optional key.
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub key: Option<Vec<u8>>,
+    /// Metadata headers.
+    #[prost(message, repeated, tag = "6")]
+    pub headers: Vec<Header>,
+    /// The bytes.
+    #[prost(bytes = "vec", tag = "7")]
+    pub payload: Vec<u8>,
+}
+
+/// One metadata header.
+#[derive(Clone, PartialEq, Message)]
+pub struct Header {
+    /// Header name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Header value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// A sink journal value.
+#[derive(Clone, PartialEq, Message)]
+pub struct JournalEntry {
+    /// Agent id from the client certificate.
+    #[prost(string, tag = "1")]
+    pub agent_id: String,
+    /// The agent's queue id.
+    #[prost(string, tag = "2")]
+    pub queue_id: String,
+    /// Records, ascending seqs.
+    #[prost(message, repeated, tag = "3")]
+    pub records: Vec<Record>,
+}
+
+impl Record {
+    /// The wire form of a queued record.
+    pub fn from_queue(seq: u64, r: QueueRecord) -> Self {
+        Record {
+            seq,
+            ts_ns: r.ts_ns,
+            source: r.source,
+            topic: r.topic,
+            key: r.key,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect(),
+            payload: r.payload,
+        }
+    }
+}
+
+/// Framing errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The peer announced a frame above [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The stream failed or ended mid-frame.
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// The stream failed while writing.
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Appends `msg` as one length-prefixed frame to `buf`.
+pub fn encode_frame(msg: &impl Message, buf: &mut BytesMut) {
+    let len = msg.encoded_len();
+    buf.reserve(4 + len);
+    buf.put_u32(len as u32);
+    // Cannot fail: the buffer was reserved to the exact length above.
+    msg.encode(buf).expect("reserved capacity");
+}
+
+/// Writes one frame to a QUIC stream.
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    msg: &impl Message,
+) -> Result<(), FrameError> {
+    let mut buf = BytesMut::new();
+    encode_frame(msg, &mut buf);
+    send.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame from a QUIC stream; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<M: Message + Default>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<M>, FrameError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = (&len[..]).get_u32() as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(M::decode(&body[..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `type name = N;` line of the .proto must match a prost field of the same tag.
+    #[test]
+    fn proto_matches_rust() {
+        let proto = include_str!("dataweaver.proto");
+        let mut fields = Vec::new();
+        for line in proto.lines() {
+            let code = line.split("//").next().unwrap_or("").trim();
+            if let Some((lhs, rhs)) = code.split_once('=') {
+                let name = lhs.split_whitespace().last().unwrap_or("");
+                let tag: u32 = rhs.trim().trim_end_matches(';').trim().parse().unwrap_or(0);
+                if tag > 0 {
+                    fields.push((name.to_string(), tag));
+                }
+            }
+        }
+        // A record with every field set, encoded by prost, must carry each proto tag.
+        let rec = Record {
+            seq: 1,
+            ts_ns: 2,
+            source: "s".into(),
+            topic: "t".into(),
+            key: Some(vec![1]),
+            headers: vec![Header {
+                name: "n".into(),
+                value: "v".into(),
+            }],
+            payload: vec![9],
+        };
+        let bytes = rec.encode_to_vec();
+        let want = [
+            ("seq", 1),
+            ("ts_ns", 2),
+            ("source", 3),
+            ("topic", 4),
+            ("key", 5),
+            ("headers", 6),
+            ("payload", 7),
+        ];
+        for (name, tag) in want {
+            assert!(
+                fields.contains(&(name.to_string(), tag)),
+                "{name} = {tag} missing from the .proto"
+            );
+        }
+        assert_eq!(Record::decode(&bytes[..]).unwrap(), rec);
+        for f in [
+            ("protocol_version", 1),
+            ("queue_id", 2),
+            ("high_water_mark", 2),
+            ("batch_id", 1),
+            ("last_seq", 2),
+            ("agent_id", 1),
+        ] {
+            assert!(fields.contains(&(f.0.to_string(), f.1)), "{f:?} missing");
+        }
+    }
+}
