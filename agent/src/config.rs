@@ -468,8 +468,18 @@ pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, raw: &str) -> Result<T
 }
 
 fn toml_error(path: &Path, raw: &str, key: String, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map(|s| line_col(raw, s.start));
+    let mut line = e.span().map(|s| line_col(raw, s.start));
     let mut message = e.message().trim().to_string();
+    // For an unknown key toml points at the table header; point at the key itself.
+    if let Some(name) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let from = line.map_or(0, |(l, _)| l - 1);
+        if let Some(found) = find_key_line(raw, name, from) {
+            line = Some(found);
+        }
+    }
     // serde reports an unknown or missing key in the message only; lift it into the path.
     let mut key = if key == "." || key.is_empty() {
         String::new()
@@ -506,17 +516,24 @@ fn toml_error(path: &Path, raw: &str, key: String, e: &toml::de::Error) -> Confi
 fn located(path: &Path, raw: &str, key: String, message: String) -> ConfigError {
     let leaf = key.rsplit('.').next().unwrap_or(&key);
     let leaf = leaf.split('[').next().unwrap_or(leaf);
-    let line = raw.lines().enumerate().find_map(|(i, l)| {
-        let t = l.trim_start();
-        (t.starts_with(leaf) && t[leaf.len()..].trim_start().starts_with('='))
-            .then_some((i + 1, l.len() - t.len() + 1))
-    });
+    let line = find_key_line(raw, leaf, 0);
     ConfigError {
         file: path.into(),
         line,
         key,
         message,
     }
+}
+
+/// The first line at or after line index `from` that assigns `name = ...`.
+fn find_key_line(raw: &str, name: &str, from: usize) -> Option<(usize, usize)> {
+    raw.lines().enumerate().skip(from).find_map(|(i, l)| {
+        let t = l.trim_start();
+        let rest = t.strip_prefix(name)?;
+        rest.trim_start()
+            .starts_with('=')
+            .then_some((i + 1, l.len() - t.len() + 1))
+    })
 }
 
 fn line_col(raw: &str, offset: usize) -> (usize, usize) {

@@ -173,6 +173,32 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<String> {
     common_name(certs.first()?)
 }
 
+/// The sink's QUIC stateless-reset key, kept in `dir/reset.key` across restarts.
+///
+/// With a key that survives a restart, a restarted sink answers packets of connections it
+/// no longer knows with a valid stateless reset, so agents reconnect at once instead of
+/// waiting for their idle timeout.
+pub fn stateless_reset_key(dir: &Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, TlsError> {
+    use ring::rand::SecureRandom;
+    let path = dir.join("reset.key");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => b,
+        _ => {
+            let mut b = vec![0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut b)
+                .map_err(|_| TlsError::Quic("no system randomness".into()))?;
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            write_private(&path, &b)?;
+            b
+        }
+    };
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &bytes,
+    )))
+}
+
 /// File names of the CA inside a certs directory.
 pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("ca.pem"), dir.join("ca.key"))

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `dataweaver` binary, real files, real QUIC over loopback,
+//! real SIGKILLs. One test binary (helpers in `util`), one module per concern.
 
+mod util;
+
+mod config;
+mod delivery;
+mod tls;
+mod up;

@@ -72,7 +72,14 @@ impl Sink {
                 .and_then(tls::common_name)
                 .unwrap_or_else(|| "sink".into()),
         };
-        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        let reset_key = tls::stateless_reset_key(&cfg.data_dir)?;
+        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(reset_key),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(Sink {
             endpoint,
             journal,

@@ -1,0 +1,57 @@
+//! Acceptance 7: `dataweaver up` delivers a line written to its sample file.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn up_delivers_a_line_from_its_sample_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("dw");
+    let mut child = Proc {
+        child: Command::new(bin())
+            .args(["up", "--dir", work.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let stdout = child.child.stdout.take().unwrap();
+    let mut input = None;
+    let mut output = None;
+    for line in BufReader::new(stdout).lines().take(10) {
+        let line = line.unwrap();
+        if let Some(p) = line.trim().strip_prefix("write lines to:") {
+            input = Some(p.trim().to_string());
+        }
+        if let Some(p) = line.trim().strip_prefix("JSONL output in:") {
+            output = Some(p.trim().to_string());
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let input = input.expect("up prints where to write input");
+    let output = output.expect("up prints where output appears");
+    let start = Instant::now();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    writeln!(f, "hello from the README").unwrap();
+    loop {
+        let lines = read_output(std::path::Path::new(&output));
+        if lines.iter().any(|l| l.payload == "hello from the README") {
+            assert_eq!(lines.len(), 1);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "line did not arrive within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("delivered in {:?}", start.elapsed());
+}

@@ -1,0 +1,309 @@
+//! Helpers: certificates, configs, processes and output readers for the e2e tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dataweaver")
+}
+
+/// Runs `dataweaver ARGS`, panicking with its output if it fails.
+pub fn dw(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run dataweaver");
+    assert!(
+        out.status.success(),
+        "dataweaver {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free UDP port on loopback (bound then released: the sink binds it right after).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// A test's working directory with a CA, a sink certificate and an agent certificate.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let c = certs.to_str().unwrap();
+        dw(&["certs", "init", "--dir", c]);
+        dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
+        dw(&["certs", "issue", "--dir", c, "--name", "edge-1"]);
+        World {
+            dir,
+            port: free_port(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.path("certs")
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        self.path("sink/out")
+    }
+
+    /// Writes `sink.toml` (JSONL output under `sink/out`, small files to exercise rotation).
+    pub fn sink_config(&self) -> PathBuf {
+        let p = self.path("sink.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"listen = "127.0.0.1:{}"
+data_dir = "sink/data"
+tls = {{ ca = "certs/ca.pem", cert = "certs/sink.pem", key = "certs/sink.key" }}
+idle_timeout_ms = 3000
+
+[[outputs]]
+type = "jsonl"
+dir = "sink/out"
+max_file_bytes = 1048576
+"#,
+                self.port
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// Writes `agent.toml` tailing `input/*.log`.
+    pub fn agent_config(&self) -> PathBuf {
+        std::fs::create_dir_all(self.path("input")).unwrap();
+        let p = self.path("agent.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"data_dir = "agent/data"
+
+[forward]
+sinks = ["127.0.0.1:{}"]
+tls = {{ ca = "certs/ca.pem", cert = "certs/edge-1.pem", key = "certs/edge-1.key" }}
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+idle_timeout_ms = 3000
+
+[[pipelines]]
+name = "app"
+
+[[pipelines.sources]]
+type = "file"
+include = ["input/*.log"]
+poll_interval_ms = 50
+"#,
+                self.port
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    pub fn sink(&self) -> Proc {
+        Proc::start("sink", &self.sink_config(), &self.path("sink.log"))
+    }
+
+    pub fn agent(&self) -> Proc {
+        Proc::start("agent", &self.agent_config(), &self.path("agent.log"))
+    }
+}
+
+/// A running `dataweaver agent|sink`, killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn start(cmd: &str, config: &Path, log: &Path) -> Proc {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args([cmd, "--config", config.to_str().unwrap()])
+            .env("DATAWEAVER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dataweaver");
+        Proc { child }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A writer of numbered lines into a file, `line-00000042-xxxx…` (about `size` bytes each).
+pub struct LineWriter {
+    file: std::fs::File,
+    pub next: usize,
+    pad: String,
+}
+
+impl LineWriter {
+    pub fn new(path: &Path, size: usize) -> LineWriter {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        LineWriter {
+            file,
+            next: 0,
+            pad: "x".repeat(size.saturating_sub(14)),
+        }
+    }
+
+    pub fn write(&mut self, n: usize) {
+        let mut buf = String::with_capacity(n * (self.pad.len() + 16));
+        for _ in 0..n {
+            buf.push_str(&format!("line-{:08}-{}\n", self.next, self.pad));
+            self.next += 1;
+        }
+        self.file.write_all(buf.as_bytes()).unwrap();
+    }
+}
+
+/// The number encoded in a `line-N-…` payload.
+pub fn line_no(payload: &str) -> usize {
+    payload[5..13].parse().expect("numbered line")
+}
+
+/// One JSONL record as written by the sink.
+#[derive(Debug, serde::Deserialize)]
+pub struct OutLine {
+    pub agent: String,
+    pub queue: String,
+    pub seq: u64,
+    pub topic: String,
+    pub payload: String,
+}
+
+/// Every complete JSON line in `dir`'s `out-*.jsonl` files, in file order.
+pub fn read_output(dir: &Path) -> Vec<OutLine> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.split_inclusive('\n') {
+            // A line still being written has no newline yet.
+            if !line.ends_with('\n') {
+                break;
+            }
+            out.push(
+                serde_json::from_str(line.trim_end())
+                    .unwrap_or_else(|e| panic!("bad JSONL in {f:?}: {e}: {line}")),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until at least `n` lines are in the output (or panics after `timeout`).
+pub fn wait_for_output(dir: &Path, n: usize, timeout: Duration) -> Vec<OutLine> {
+    let start = Instant::now();
+    loop {
+        let lines = read_output(dir);
+        if lines.len() >= n {
+            // Give a duplicate a moment to show up, if there is going to be one.
+            std::thread::sleep(Duration::from_millis(500));
+            return read_output(dir);
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?}: {} of {n} lines arrived",
+                lines.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts the output holds lines 0..n exactly once each, in order, with rising seqs.
+pub fn assert_exactly_once_in_order(lines: &[OutLine], n: usize) {
+    let mut seen = HashSet::new();
+    let mut dups = Vec::new();
+    for l in lines {
+        if !seen.insert(line_no(&l.payload)) {
+            dups.push(line_no(&l.payload));
+        }
+    }
+    assert!(
+        dups.is_empty(),
+        "{} duplicates, first {:?}",
+        dups.len(),
+        &dups[..dups.len().min(10)]
+    );
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "missing lines, first {missing:?} ({} of {n} arrived)",
+        seen.len()
+    );
+    assert_eq!(lines.len(), n, "unexpected extra lines");
+    for w in lines.windows(2) {
+        assert!(
+            line_no(&w[0].payload) < line_no(&w[1].payload),
+            "out of order: {} then {}",
+            w[0].payload,
+            w[1].payload
+        );
+        assert!(
+            w[0].seq < w[1].seq,
+            "seqs not rising: {} then {}",
+            w[0].seq,
+            w[1].seq
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.agent == "edge-1" && l.topic == "app"),
+        "agent id from cert, topic from pipeline"
+    );
+}
