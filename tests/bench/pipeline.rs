@@ -1,1 +1,311 @@
-fn main() {}
+//! Pipeline benchmark: `cargo bench --bench pipeline` (add `-- --records N` to change size).
+//!
+//! Prints, for 256-byte records:
+//! 1. queue append throughput with fsync (group commit), in-process;
+//! 2. end-to-end throughput file → agent queue → QUIC → sink journal → JSONL, with the real
+//!    `dataweaver` binary as two processes on loopback;
+//! 3. latency from the write to the file to the line's appearance in the JSONL output, at a
+//!    steady rate, as p50/p99/max;
+//! 4. peak RSS (VmHWM) of the agent and the sink.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dataweaver::config::QueueConfig;
+use dataweaver::queue::Queue;
+use dataweaver::record::{Record, now_ns};
+
+const RECORD: usize = 256;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let records = arg(&args, "--records").unwrap_or(1_000_000);
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    println!(
+        "dataweaver pipeline bench: {records} records of {RECORD} bytes, {} cores",
+        cores()
+    );
+    if only.as_deref().is_none_or(|o| o == "queue") {
+        queue_append(records, 256, 4);
+        queue_append(records / 10, 1, 64);
+    }
+    if only.as_deref().is_none_or(|o| o == "e2e") {
+        end_to_end(records);
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn record(i: usize) -> Record {
+    let mut payload = format!("{i:012} ").into_bytes();
+    payload.resize(RECORD, b'x');
+    Record::new("bench/file", "bench", payload)
+}
+
+/// `producers` tasks append `total` records in appends of `per_append`.
+fn queue_append(total: usize, per_append: usize, producers: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let elapsed = rt.block_on(async {
+        let q = Queue::open(dir.path(), &QueueConfig::default()).expect("queue");
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..producers {
+            let q = q.clone();
+            let share = total / producers;
+            tasks.push(tokio::spawn(async move {
+                let mut i = p * share;
+                let end = i + share;
+                while i < end {
+                    let n = per_append.min(end - i);
+                    let batch: Vec<Record> = (i..i + n).map(record).collect();
+                    q.append(batch, None).await.expect("append");
+                    i += n;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("producer");
+        }
+        let e = start.elapsed();
+        q.close().await;
+        e
+    });
+    let rate = total as f64 / elapsed.as_secs_f64();
+    println!(
+        "queue append (fsync per commit, {producers} producers x {per_append} records/append): {total} records in {:.2} s = {:.0} records/s, {:.1} MiB/s",
+        elapsed.as_secs_f64(),
+        rate,
+        rate * RECORD as f64 / (1 << 20) as f64
+    );
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dw(args: &[&str]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_dataweaver"))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(st.success(), "dataweaver {args:?}");
+}
+
+fn spawn(cmd: &str, config: &Path, log: &Path) -> Killed {
+    let log = std::fs::File::create(log).expect("log");
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_dataweaver"))
+            .args([cmd, "--config", config.to_str().expect("utf-8 path")])
+            .env("DATAWEAVER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// Peak resident set of a process, in MiB (Linux).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Follows the JSONL output directory, counting complete lines and handing each to `seen`.
+struct Tail {
+    dir: PathBuf,
+    index: u64,
+    offset: u64,
+    carry: Vec<u8>,
+    lines: usize,
+}
+
+impl Tail {
+    fn new(dir: PathBuf) -> Tail {
+        Tail {
+            dir,
+            index: 1,
+            offset: 0,
+            carry: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    fn poll(&mut self, mut seen: impl FnMut(&[u8])) {
+        loop {
+            let path = self.dir.join(format!("out-{:08}.jsonl", self.index));
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                return;
+            };
+            let _ = f.seek(SeekFrom::Start(self.offset));
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            self.offset += buf.len() as u64;
+            self.carry.extend_from_slice(&buf);
+            let mut start = 0;
+            while let Some(i) = self.carry[start..].iter().position(|&b| b == b'\n') {
+                seen(&self.carry[start..start + i]);
+                self.lines += 1;
+                start += i + 1;
+            }
+            self.carry.drain(..start);
+            if self
+                .dir
+                .join(format!("out-{:08}.jsonl", self.index + 1))
+                .exists()
+                && buf.is_empty()
+            {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+fn end_to_end(total: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let certs = d.join("certs");
+    let c = certs.to_str().expect("utf-8");
+    dw(&["certs", "init", "--dir", c]);
+    dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
+    dw(&["certs", "issue", "--dir", c, "--name", "bench-agent"]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    std::fs::write(
+        d.join("sink.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n"
+        ),
+    )
+    .expect("write");
+    std::fs::create_dir_all(d.join("input")).expect("mkdir");
+
+    // Throughput: the input is written first, then agent and sink race through it.
+    let input = d.join("input/bench.log");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
+        for i in 0..total {
+            let mut line = format!("{i:012} ").into_bytes();
+            line.resize(RECORD - 1, b'x');
+            line.push(b'\n');
+            f.write_all(&line).expect("write input");
+        }
+        f.flush().expect("flush");
+    }
+    let sink = spawn("sink", &d.join("sink.toml"), &d.join("sink.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let agent = spawn("agent", &d.join("agent.toml"), &d.join("agent.log"));
+    let mut tail = Tail::new(d.join("out"));
+    while tail.lines < total {
+        tail.poll(|_| {});
+        if start.elapsed() > Duration::from_secs(600) {
+            panic!(
+                "only {} of {total} records arrived in 10 minutes",
+                tail.lines
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = total as f64 / secs;
+    println!(
+        "end to end (file -> queue -> QUIC -> sink journal -> JSONL): {total} records in {secs:.2} s = {rate:.0} records/s, {:.1} MiB/s of payload",
+        rate * RECORD as f64 / (1 << 20) as f64
+    );
+
+    // Latency: a steady stream, each line carrying its write time.
+    let rate_per_s = 20_000usize;
+    let seconds = 5usize;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .expect("append");
+    let mut lat = Vec::with_capacity(rate_per_s * seconds);
+    let begin = Instant::now();
+    let step = Duration::from_millis(10);
+    let per_step = rate_per_s / 100;
+    let target = total + rate_per_s * seconds;
+    let mut written = 0;
+    let mut record_latency = |l: &[u8]| {
+        let s = String::from_utf8_lossy(l);
+        if let Some(ts) = s
+            .split("\"payload\":\"T")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            lat.push(now_ns().saturating_sub(ts));
+        }
+    };
+    while tail.lines < target {
+        if written < rate_per_s * seconds && begin.elapsed() >= step * (written / per_step) as u32 {
+            let mut buf = Vec::new();
+            let ts = now_ns();
+            for _ in 0..per_step {
+                let mut line = format!("T{ts} ").into_bytes();
+                line.resize(RECORD - 1, b'y');
+                line.push(b'\n');
+                buf.extend_from_slice(&line);
+            }
+            f.write_all(&buf).expect("append");
+            written += per_step;
+        }
+        tail.poll(&mut record_latency);
+        std::thread::sleep(Duration::from_millis(1));
+        if begin.elapsed() > Duration::from_secs(120) {
+            panic!("latency phase stalled at {} of {target}", tail.lines);
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e6;
+    println!(
+        "latency write -> JSONL at {rate_per_s} records/s for {seconds} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0),
+        lat.len()
+    );
+    println!(
+        "peak RSS: agent {:.1} MiB, sink {:.1} MiB",
+        peak_rss_mib(agent.0.id()),
+        peak_rss_mib(sink.0.id())
+    );
+}

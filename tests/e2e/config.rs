@@ -105,3 +105,24 @@ fn sink_unknown_key_is_named() {
         "{err}"
     );
 }
+
+/// The example configs shipped in `packaging/examples` (and shown in the README) are valid.
+#[test]
+fn shipped_examples_are_valid() {
+    let w = World::new();
+    dw(&[
+        "certs",
+        "issue",
+        "--dir",
+        w.certs().to_str().unwrap(),
+        "--name",
+        "agent",
+    ]);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/examples");
+    for name in ["agent.toml", "sink.toml"] {
+        let p = w.path(name);
+        std::fs::copy(examples.join(name), &p).unwrap();
+        let (ok, err) = validate(&p);
+        assert!(ok, "{name}: {err}");
+    }
+}
