@@ -136,6 +136,20 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds a process has used so far (Linux).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Follows the JSONL output directory, counting complete lines and handing each to `seen`.
 struct Tail {
     dir: PathBuf,
@@ -153,6 +167,39 @@ impl Tail {
             offset: 0,
             carry: Vec::new(),
             lines: 0,
+        }
+    }
+
+    /// Counts new complete lines only (cheap: the bench must not steal the pipeline's CPU).
+    fn count(&mut self) {
+        loop {
+            let path = self.dir.join(format!("out-{:08}.jsonl", self.index));
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                return;
+            };
+            let _ = f.seek(SeekFrom::Start(self.offset));
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            self.offset += buf.len() as u64;
+            let newlines = buf.iter().filter(|&&b| b == b'\n').count();
+            self.lines += newlines;
+            // Keep the bytes after the last newline for the next poll.
+            let tail = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if newlines > 0 {
+                self.carry.clear();
+            }
+            self.carry.extend_from_slice(&buf[tail..]);
+            if buf.is_empty()
+                && self
+                    .dir
+                    .join(format!("out-{:08}.jsonl", self.index + 1))
+                    .exists()
+            {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            return;
         }
     }
 
@@ -235,7 +282,7 @@ fn end_to_end(total: usize) {
     let agent = spawn("agent", &d.join("agent.toml"), &d.join("agent.log"));
     let mut tail = Tail::new(d.join("out"));
     while tail.lines < total {
-        tail.poll(|_| {});
+        tail.count();
         if start.elapsed() > Duration::from_secs(600) {
             panic!(
                 "only {} of {total} records arrived in 10 minutes",
@@ -246,9 +293,15 @@ fn end_to_end(total: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
+    let (agent_cpu, sink_cpu) = (cpu_secs(agent.0.id()), cpu_secs(sink.0.id()));
     println!(
         "end to end (file -> queue -> QUIC -> sink journal -> JSONL): {total} records in {secs:.2} s = {rate:.0} records/s, {:.1} MiB/s of payload",
         rate * RECORD as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  CPU used: agent {agent_cpu:.2} s ({:.2} us/record), sink {sink_cpu:.2} s ({:.2} us/record)",
+        agent_cpu * 1e6 / total as f64,
+        sink_cpu * 1e6 / total as f64
     );
 
     // Latency: a steady stream, each line carrying its write time.

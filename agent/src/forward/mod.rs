@@ -215,15 +215,16 @@ impl Forwarder {
         loop {
             committed.borrow_and_update();
             while !draining && in_flight.len() < self.cfg.window {
-                let q = self.queue.clone();
                 let (max_r, max_b) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
-                batch_id += 1;
-                let id = batch_id;
-                let encoded =
-                    tokio::task::spawn_blocking(move || encode_batch(&q, id, cursor, max_r, max_b))
-                        .await
-                        .map_err(|e| ForwardError::Protocol(e.to_string()))??;
+                let id = batch_id + 1;
+                // A short read of recently written pages plus decoding: done in place rather
+                // than on the blocking pool, whose many threads would each keep an
+                // allocator heap of batch-sized buffers (it doubled the agent's RSS).
+                let encoded = tokio::task::block_in_place(|| {
+                    encode_batch(&self.queue, id, cursor, max_r, max_b)
+                })?;
                 let Some((frame, last)) = encoded else { break };
+                batch_id = id;
                 send.write_all(&frame).await.map_err(FrameError::from)?;
                 in_flight.push_back((id, last));
                 cursor = last + 1;

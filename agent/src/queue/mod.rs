@@ -155,7 +155,7 @@ impl Queue {
         let db = Database::builder()
             // redb's default cache is 1 GiB; the queue is written once and read once, so a
             // small cache keeps the agent's RSS low without costing throughput.
-            .set_cache_size(16 << 20)
+            .set_cache_size(2 << 20)
             .create(dir.join(FILE_NAME))
             .map_err(db)?;
         let (queue_id, next_seq, first_chunk) = init_meta(&db)?;

@@ -80,7 +80,7 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
         let db = Database::builder()
-            .set_cache_size(64 << 20)
+            .set_cache_size(4 << 20)
             .create(dir.join("journal.redb"))
             .map_err(db)?;
         let (next, hwm) = init(&db)?;
@@ -141,19 +141,26 @@ impl Journal {
         Ok(rx)
     }
 
-    /// Reads committed entries after `after`, at most `max` of them. Blocking.
-    pub fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
+    /// Reads committed entries after `after`: at least one if any, then more while their
+    /// encoded size stays under `max_bytes`. Blocking.
+    pub fn read(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
         let txn = self.db.begin_read().map_err(db)?;
         let t = txn.open_table(JOURNAL).map_err(db)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for e in t.range(after + 1..).map_err(db)? {
             let (k, v) = e.map_err(db)?;
+            bytes += v.value().len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
             let entry = JournalEntry::decode(v.value())
                 .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
             out.push((k.value(), entry));
-            if out.len() >= max {
-                break;
-            }
         }
         Ok(out)
     }

@@ -103,7 +103,13 @@ impl Sink {
         } = self;
         let tracker = TaskTracker::new();
         let drain_stop = CancellationToken::new();
-        let drainer = tokio::spawn(drain(journal.clone(), outputs, drain_stop.clone()));
+        // The drainer blocks on file writes and fsyncs, so it gets a thread of its own
+        // that drives its async waits with the runtime's handle.
+        let handle = tokio::runtime::Handle::current();
+        let (j, s) = (journal.clone(), drain_stop.clone());
+        let drainer = std::thread::Builder::new()
+            .name("sink-drainer".into())
+            .spawn(move || handle.block_on(drain(j, outputs, s)));
         let sink_id = Arc::new(sink_id);
         loop {
             tokio::select! {
@@ -123,7 +129,9 @@ impl Sink {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
         drain_stop.cancel();
-        let _ = drainer.await;
+        if let Ok(d) = drainer {
+            let _ = tokio::task::spawn_blocking(move || d.join()).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     }
 }
@@ -274,14 +282,7 @@ async fn serve_stream(
 /// Moves committed journal entries to the outputs, committing positions after each round.
 async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: CancellationToken) {
     let mut appended = journal.appended();
-    let mut drained = {
-        let j = journal.clone();
-        tokio::task::spawn_blocking(move || read_drained(&j))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0)
-    };
+    let mut drained = read_drained(&journal).unwrap_or(0);
     loop {
         let target = *appended.borrow_and_update();
         if target <= drained {
@@ -291,15 +292,8 @@ async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: Cancel
             }
             continue;
         }
-        let j = journal.clone();
-        let step = tokio::task::spawn_blocking(move || {
-            let r = drain_round(&j, &mut outputs, drained);
-            (outputs, r)
-        })
-        .await;
-        let Ok((outs, result)) = step else { break };
-        outputs = outs;
-        match result {
+        // Writes and fsyncs: in place on this task's own thread (see `Sink::run`).
+        match drain_round(&journal, &mut outputs, drained) {
             Ok(d) => drained = d,
             Err(e) => {
                 tracing::error!(error = %e, "output drain failed; retrying");
@@ -332,7 +326,9 @@ fn drain_round(
     outputs: &mut [Box<dyn Output>],
     drained: u64,
 ) -> Result<u64, String> {
-    let entries = journal.read(drained, 64).map_err(|e| e.to_string())?;
+    // A few MiB per round: big enough that the fsyncs amortise, small enough to keep the
+    // sink's memory flat while a backlog drains.
+    let entries = journal.read(drained, 4 << 20).map_err(|e| e.to_string())?;
     let Some(last) = entries.last().map(|(k, _)| *k) else {
         return Ok(drained);
     };
