@@ -368,7 +368,18 @@ impl AgentConfig {
                     "at least one source is needed".into(),
                 ));
             }
+            let mut source_names = std::collections::HashSet::new();
             for (j, s) in p.sources.iter().enumerate() {
+                if !source_names.insert(s.name()) {
+                    return Err((
+                        format!("pipelines[{i}].sources[{j}].name"),
+                        format!(
+                            "duplicate source name `{}` in pipeline `{}` (checkpoints are kept per source name)",
+                            s.name(),
+                            p.name
+                        ),
+                    ));
+                }
                 let SourceConfig::File(fc) = s;
                 let key = format!("pipelines[{i}].sources[{j}]");
                 if fc.include.is_empty() {

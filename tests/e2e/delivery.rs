@@ -116,3 +116,105 @@ fn seed() -> u64 {
     eprintln!("DATAWEAVER_TEST_SEED={s}");
     s
 }
+
+/// Rotation by rename while the agent is down: the application keeps writing to the renamed
+/// file, the agent is SIGKILLed and restarted, then the application reopens the watched
+/// name. Every line arrives exactly once.
+#[test]
+fn rotation_by_rename_loses_and_repeats_nothing() {
+    let w = World::new();
+    let _sink = w.sink();
+    let mut agent = w.agent();
+    let live = w.path("input/app.log");
+    let mut lines = LineWriter::new(&live, 100);
+    lines.write(5000);
+    std::thread::sleep(Duration::from_millis(300));
+    // logrotate: rename away (no longer matches input/*.log)...
+    std::fs::rename(&live, w.path("input/app.log.1")).unwrap();
+    // ...the application still writes to its open file...
+    lines.write(3000);
+    // ...the agent dies and comes back meanwhile...
+    agent.kill9();
+    agent = w.agent();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...then the application reopens the watched name.
+    lines.reopen(&live);
+    lines.write(5000);
+    let out = wait_for_output(&w.output_dir(), 13_000, WAIT);
+    // The renamed file no longer matches the glob; the restarted agent finds it again by
+    // inode next to its old path and reads the lines written after the rename.
+    assert_exactly_once(&out, 13_000);
+    drop(agent);
+}
+
+/// Rotation by rename without a restart: the renamed file is read to its end, so every
+/// line written to it after the rename arrives too.
+#[test]
+fn rotated_file_is_read_to_its_end() {
+    let w = World::new();
+    let _sink = w.sink();
+    let _agent = w.agent();
+    let live = w.path("input/app.log");
+    let mut lines = LineWriter::new(&live, 100);
+    lines.write(5000);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&live, w.path("input/app.log.1")).unwrap();
+    lines.write(3000);
+    std::thread::sleep(Duration::from_millis(100));
+    lines.reopen(&live);
+    lines.write(5000);
+    let out = wait_for_output(&w.output_dir(), 13_000, WAIT);
+    assert_exactly_once(&out, 13_000);
+}
+
+/// copytruncate: the file is cut to zero and written again; the new lines are read from the
+/// start, the old ones are not repeated.
+#[test]
+fn truncation_restarts_from_the_beginning() {
+    let w = World::new();
+    let _sink = w.sink();
+    let _agent = w.agent();
+    let live = w.path("input/app.log");
+    let mut lines = LineWriter::new(&live, 100);
+    lines.write(4000);
+    wait_for_output(&w.output_dir(), 4000, WAIT);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&live)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    lines.write(1000);
+    let out = wait_for_output(&w.output_dir(), 5000, WAIT);
+    assert_exactly_once_in_order(&out, 5000);
+}
+
+/// A line without its newline is not sent until the newline arrives, and then whole, once.
+#[test]
+fn partial_line_waits_for_its_newline() {
+    use std::io::Write;
+    let w = World::new();
+    let _sink = w.sink();
+    let _agent = w.agent();
+    let live = w.path("input/app.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&live)
+        .unwrap();
+    f.write_all(b"line-00000000-first\nline-00000001-sec")
+        .unwrap();
+    let out = wait_for_output(&w.output_dir(), 1, WAIT);
+    assert_eq!(out.len(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        read_output(&w.output_dir()).len(),
+        1,
+        "half a line was sent"
+    );
+    f.write_all(b"ond\n").unwrap();
+    let out = wait_for_output(&w.output_dir(), 2, WAIT);
+    assert_eq!(out[1].payload, "line-00000001-second");
+    assert_eq!(out.len(), 2);
+}

@@ -191,6 +191,15 @@ impl LineWriter {
         }
     }
 
+    /// Continues the numbering in another file (the application reopened its log).
+    pub fn reopen(&mut self, path: &Path) {
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+    }
+
     pub fn write(&mut self, n: usize) {
         let mut buf = String::with_capacity(n * (self.pad.len() + 16));
         for _ in 0..n {
@@ -261,6 +270,33 @@ pub fn wait_for_output(dir: &Path, n: usize, timeout: Duration) -> Vec<OutLine> 
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts the output holds lines 0..n exactly once each (in any order across files).
+pub fn assert_exactly_once(lines: &[OutLine], n: usize) {
+    let mut seen = HashSet::new();
+    for l in lines {
+        assert!(
+            seen.insert(line_no(&l.payload)),
+            "duplicate line {}",
+            l.payload
+        );
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "missing lines, first {missing:?} ({} of {n} arrived)",
+        seen.len()
+    );
+    assert_eq!(lines.len(), n, "unexpected extra lines");
+    for w in lines.windows(2) {
+        assert!(
+            w[0].seq < w[1].seq,
+            "seqs not rising: {} then {}",
+            w[0].seq,
+            w[1].seq
+        );
     }
 }
 

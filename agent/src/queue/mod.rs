@@ -91,9 +91,9 @@ fn db<E: Into<redb::Error>>(e: E) -> QueueError {
 /// A source's position, stored atomically with the records it produced.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
-    /// Unique key of the position (e.g. `file:<dev>:<inode>`).
+    /// Unique key of the position (e.g. `file:<source>:<dev>:<inode>`).
     pub key: String,
-    /// The encoded position.
+    /// The encoded position; empty deletes the checkpoint.
     pub value: Vec<u8>,
 }
 
@@ -281,6 +281,21 @@ impl Queue {
         let txn = self.shared.db.begin_read().map_err(db)?;
         let table = txn.open_table(CHECKPOINTS).map_err(db)?;
         Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// All stored checkpoints whose key starts with `prefix`. Blocking.
+    pub fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+        let txn = self.shared.db.begin_read().map_err(db)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(db)?;
+        let mut out = Vec::new();
+        for e in table.range(prefix..).map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Depth and counters. Blocking.
@@ -540,8 +555,12 @@ impl Writer {
             }
             let mut cps = txn.open_table(CHECKPOINTS).map_err(db)?;
             for cp in batch.iter().filter_map(|p| p.checkpoint.as_ref()) {
-                cps.insert(cp.key.as_str(), cp.value.as_slice())
-                    .map_err(db)?;
+                if cp.value.is_empty() {
+                    cps.remove(cp.key.as_str()).map_err(db)?;
+                } else {
+                    cps.insert(cp.key.as_str(), cp.value.as_slice())
+                        .map_err(db)?;
+                }
             }
         }
         txn.commit().map_err(db)?;

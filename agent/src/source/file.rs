@@ -71,8 +71,12 @@ pub struct FileSource {
     pipeline: Arc<Pipeline>,
     source: String,
     topic: String,
+    /// Checkpoint keys of this source start with this (`file:<pipeline>/<name>:`).
+    key_prefix: String,
     files: HashMap<String, Tailed>,
     first_scan: bool,
+    /// Checkpoints of files that no longer exist, to delete.
+    stale: Vec<String>,
 }
 
 impl FileSource {
@@ -81,13 +85,16 @@ impl FileSource {
         let name = cfg.name.clone().unwrap_or_else(|| "file".into());
         let source = format!("{}/{}", pipeline.name, name);
         let topic = cfg.topic.clone().unwrap_or_else(|| pipeline.name.clone());
+        let key_prefix = format!("file:{source}:");
         FileSource {
             cfg,
             pipeline,
             source,
             topic,
+            key_prefix,
             files: HashMap::new(),
             first_scan: true,
+            stale: Vec::new(),
         }
     }
 
@@ -102,6 +109,15 @@ impl FileSource {
             if Instant::now() >= next_scan {
                 tokio::task::block_in_place(|| self.scan());
                 next_scan = Instant::now() + poll;
+                for key in std::mem::take(&mut self.stale) {
+                    let forget = Checkpoint {
+                        key,
+                        value: Vec::new(),
+                    };
+                    if let Err(e) = self.pipeline.queue().append(Vec::new(), Some(forget)).await {
+                        tracing::warn!(source = %self.source, error = %e, "cannot drop a stale checkpoint");
+                    }
+                }
             }
             let mut progressed = false;
             let keys: Vec<String> = self.files.keys().cloned().collect();
@@ -150,7 +166,7 @@ impl FileSource {
                 if !meta.is_file() {
                     continue;
                 }
-                let key = file_key(&path, &meta);
+                let key = file_key(&self.key_prefix, &path, &meta);
                 seen.push(key.clone());
                 if self.files.contains_key(&key) {
                     continue;
@@ -166,6 +182,9 @@ impl FileSource {
                 }
             }
         }
+        if self.first_scan {
+            self.recover_rotated(&seen);
+        }
         for (key, t) in self.files.iter_mut() {
             if !seen.contains(key) && !t.rotated {
                 tracing::info!(source = %self.source, path = %t.path.display(), "file rotated away; reading to its end");
@@ -173,6 +192,53 @@ impl FileSource {
             }
         }
         self.first_scan = false;
+    }
+
+    /// After a restart: files this source was reading that were renamed away while it was
+    /// down (logrotate without copytruncate) are found again by identity in the directory
+    /// they were in, and read to their end. Checkpoints of files that are gone are dropped.
+    fn recover_rotated(&mut self, seen: &[String]) {
+        let saved = match self.pipeline.queue().checkpoints(&self.key_prefix) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(source = %self.source, error = %e, "cannot list checkpoints");
+                return;
+            }
+        };
+        for (key, value) in saved {
+            if seen.contains(&key) {
+                continue;
+            }
+            let Ok(cp) = ciborium::from_reader::<FileCheckpoint, _>(&value[..]) else {
+                continue;
+            };
+            let Some(dir) = Path::new(&cp.path).parent() else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let found = entries.flatten().map(|e| e.path()).find_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                (m.is_file() && file_key(&self.key_prefix, &p, &m) == key).then_some((p, m.len()))
+            });
+            match found {
+                Some((path, len)) if len > cp.offset => match self.open(&key, &path, len) {
+                    Ok(mut t) if t.read_pos == cp.offset => {
+                        tracing::info!(source = %self.source, path = %path.display(), offset = cp.offset, "resuming rotated file");
+                        t.rotated = true;
+                        self.files.insert(key, t);
+                    }
+                    // Same inode, other content: not the file we were reading.
+                    Ok(_) => self.stale.push(key),
+                    Err(e) => {
+                        tracing::warn!(source = %self.source, path = %path.display(), error = %e, "cannot open rotated file")
+                    }
+                },
+                Some(_) => {}
+                None => self.stale.push(key),
+            }
+        }
     }
 
     fn open(&self, key: &str, path: &Path, len: u64) -> std::io::Result<Tailed> {
@@ -368,13 +434,15 @@ fn fingerprint(f: &mut File, len: u64) -> std::io::Result<Option<u32>> {
     Ok((n == buf.len()).then(|| crc32fast::hash(&buf)))
 }
 
+/// Checkpoint key of a file: the source's prefix plus the file's identity.
 #[cfg(unix)]
-fn file_key(_path: &Path, meta: &std::fs::Metadata) -> String {
+fn file_key(prefix: &str, _path: &Path, meta: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    format!("file:{}:{}", meta.dev(), meta.ino())
+    format!("{prefix}{}:{}", meta.dev(), meta.ino())
 }
 
+/// Checkpoint key of a file: the source's prefix plus the file's path (no inodes here).
 #[cfg(not(unix))]
-fn file_key(path: &Path, _meta: &std::fs::Metadata) -> String {
-    format!("file:{}", path.display())
+fn file_key(prefix: &str, path: &Path, _meta: &std::fs::Metadata) -> String {
+    format!("{prefix}{}", path.display())
 }
