@@ -158,7 +158,8 @@ impl Journal {
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
-            let entry = JournalEntry::decode(v.value())
+            // One copy of the entry; record payloads then slice it.
+            let entry = JournalEntry::decode(bytes::Bytes::copy_from_slice(v.value()))
                 .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
             out.push((k.value(), entry));
         }

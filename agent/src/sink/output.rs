@@ -45,11 +45,25 @@ struct Line<'a> {
     topic: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
-    headers: std::collections::BTreeMap<&'a str, &'a str>,
+    headers: Headers<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_base64: Option<String>,
+}
+
+/// Headers as a JSON object, written straight from the record (no map per line).
+struct Headers<'a>(&'a [crate::wire::Header]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for h in self.0 {
+            m.serialize_entry(&h.name, &h.value)?;
+        }
+        m.end()
+    }
 }
 
 /// Appends the JSON lines of `entries` to `buf`.
@@ -66,11 +80,7 @@ pub fn format_lines(entries: &[(u64, JournalEntry)], buf: &mut Vec<u8>) {
                 source: &r.source,
                 topic: &r.topic,
                 key: r.key.as_ref().map(|k| b64.encode(k)),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.as_str(), h.value.as_str()))
-                    .collect(),
+                headers: Headers(&r.headers),
                 payload: text,
                 payload_base64: text.is_none().then(|| b64.encode(&r.payload)),
             };

@@ -142,9 +142,9 @@ pub struct Record {
     /// Metadata headers.
     #[prost(message, repeated, tag = "6")]
     pub headers: Vec<Header>,
-    /// The bytes.
-    #[prost(bytes = "vec", tag = "7")]
-    pub payload: Vec<u8>,
+    /// The bytes. `Bytes`, so decoding from a `Bytes` buffer slices instead of copying.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub payload: bytes::Bytes,
 }
 
 /// One metadata header.
@@ -186,7 +186,7 @@ impl Record {
                 .into_iter()
                 .map(|(name, value)| Header { name, value })
                 .collect(),
-            payload: r.payload,
+            payload: r.payload.into(),
         }
     }
 }
@@ -243,9 +243,10 @@ pub async fn read_frame<M: Message + Default>(
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
+    let mut body = BytesMut::zeroed(len);
     recv.read_exact(&mut body).await?;
-    Ok(Some(M::decode(&body[..])?))
+    // Decoding from `Bytes` lets payloads point into this one buffer.
+    Ok(Some(M::decode(body.freeze())?))
 }
 
 #[cfg(test)]
@@ -278,7 +279,7 @@ mod tests {
                 name: "n".into(),
                 value: "v".into(),
             }],
-            payload: vec![9],
+            payload: vec![9].into(),
         };
         let bytes = rec.encode_to_vec();
         let want = [
