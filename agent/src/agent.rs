@@ -38,7 +38,7 @@ pub async fn run(
     let sources_stop = CancellationToken::new();
     let sources = TaskTracker::new();
     for p in &cfg.pipelines {
-        let pipeline = Pipeline::new(&p.name, Chain::empty(), queue.clone());
+        let pipeline = Pipeline::new(&p.name, p.when_full, Chain::empty(), queue.clone());
         for s in &p.sources {
             tracing::info!(pipeline = %p.name, source = s.name(), "starting source");
             sources.spawn(source::run(

@@ -83,10 +83,14 @@ pub struct ForwardConfig {
     pub idle_timeout_ms: u64,
 }
 
-/// Queue writer tuning.
+/// Queue size and writer tuning.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Most bytes of records the queue holds (on disk) before pipelines' `when_full`
+    /// policies apply. Default 1 GiB.
+    #[serde(default = "default_queue_bytes")]
+    pub max_bytes: u64,
     /// Most records in one commit.
     #[serde(default = "default_commit_records")]
     pub commit_max_records: usize,
@@ -102,11 +106,29 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
+            max_bytes: default_queue_bytes(),
             commit_max_records: default_commit_records(),
             commit_max_bytes: default_commit_bytes(),
             commit_linger_ms: 0,
         }
     }
+}
+
+/// What a pipeline does when the queue is at `queue.max_bytes`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new records: sources hold them (files stop being read, HTTP answers 503,
+    /// MQTT stops acknowledging) until the sink drains the queue. Nothing is lost; the cost
+    /// is back-pressure on whoever produces the data. The default.
+    #[default]
+    Block,
+    /// Accept and count, but drop the new records. Keeps sources flowing; loses the newest
+    /// data while the queue is full.
+    DropNewest,
+    /// Make room by deleting the oldest unsent records, counted. Keeps the freshest data;
+    /// loses the oldest.
+    DropOldest,
 }
 
 /// One pipeline: sources whose records go through the same transforms into the queue.
@@ -115,6 +137,9 @@ impl Default for QueueConfig {
 pub struct PipelineConfig {
     /// Unique name; also the default topic.
     pub name: String,
+    /// Policy when the queue is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
     /// Where records come from.
     pub sources: Vec<SourceConfig>,
 }
@@ -172,6 +197,23 @@ pub struct FileSourceConfig {
     pub read_chunk_bytes: usize,
     /// Record topic (default: the pipeline name).
     pub topic: Option<String>,
+    /// How each line is interpreted.
+    #[serde(default)]
+    pub codec: Codec,
+}
+
+/// How a source interprets each record's bytes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// Text lines, kept as they are (the default).
+    #[default]
+    Raw,
+    /// Each record must be one JSON value; anything else goes to the dead-letter table with
+    /// the parser's reason.
+    Json,
+    /// Bytes passed through untouched (no UTF-8 or any other expectation).
+    Binary,
 }
 
 /// The sink's configuration file.
@@ -239,6 +281,9 @@ fn default_reconnect_max() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     10_000
+}
+fn default_queue_bytes() -> u64 {
+    1 << 30
 }
 fn default_commit_records() -> usize {
     16_384
@@ -349,6 +394,7 @@ impl AgentConfig {
             ));
         }
         check_tls("forward.tls", &f.tls)?;
+        nonzero("queue.max_bytes", self.queue.max_bytes as usize)?;
         nonzero("queue.commit_max_records", self.queue.commit_max_records)?;
         nonzero("queue.commit_max_bytes", self.queue.commit_max_bytes)?;
         if self.pipelines.is_empty() {

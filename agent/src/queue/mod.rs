@@ -3,9 +3,9 @@
 //!
 //! # Design constraints
 //! - **One writer.** redb allows one write transaction at a time, so a single writer thread
-//!   owns all writes. Appends from every source queue up while a commit is syncing and go
-//!   into the next one together (group commit), bounded by `commit_max_records` and
-//!   `commit_max_bytes`; durability costs one fsync per commit, not per record.
+//!   ([`writer`]) owns all writes. Appends from every source queue up while a commit is
+//!   syncing and go into the next one together (group commit), bounded by
+//!   `commit_max_records` and `commit_max_bytes`; durability costs one fsync per commit.
 //! - **Checkpoints ride with their records.** An append may carry a source checkpoint (e.g.
 //!   a file offset); it is written in the same transaction as the records, so after a crash
 //!   the source resumes exactly after what was committed: nothing lost, nothing repeated.
@@ -14,38 +14,46 @@
 //!   agent id as its de-duplication key, so a fresh queue never collides with old seqs.
 //! - **Chunks.** Records are stored in chunks of consecutive seqs (key = first seq) so a
 //!   commit is a handful of B-tree inserts, not one per record. A chunk is deleted once its
-//!   last seq is acknowledged; a partly acknowledged chunk stays until then, and the
-//!   forwarder skips the seqs it no longer needs.
-//! - **Acks are cheap.** Deletions ride along with the next commit; an ack-only commit is
-//!   not synced (losing it only means resending records the sink will de-duplicate).
+//!   last seq is acknowledged; the forwarder skips seqs it no longer needs.
+//! - **Bounded.** `max_bytes` caps the stored chunks. A full queue applies the appending
+//!   pipeline's [`WhenFull`] policy: refuse (the source keeps the data and retries), drop the
+//!   new records, or drop the oldest unsent chunks; drops are counted in the file.
+//! - **Storage failures are not fatal.** A failed write (full disk, I/O error) latches redb
+//!   into an error state; the writer refuses appends with [`QueueError::Unavailable`], closes
+//!   and reopens the file with back-off, and carries on. A commit either happened or not,
+//!   so a source that was refused retries and loses nothing.
+//! - **Corrupt file at start.** It is moved aside (`queue.redb.corrupt-<unix time>`), logged
+//!   loudly, and a fresh queue starts: an agent must not crash-loop on a bad file.
 //!
 //! # On-disk layout (format version 1; do not change without bumping [`FORMAT_VERSION`])
-//! - table `chunks`: `u64` first seq → `[version: u8 = 1][count: u32 LE][CBOR array of Record]`
-//! - table `meta`: `format_version` (u64 LE), `queue_id` (UTF-8), `next_seq` (u64 LE)
-//! - table `checkpoints`: source key → source-defined bytes
+//! - `chunks`: `u64` first seq → `[version: u8 = 1][count: u32 LE][CBOR array of Record]`
+//! - `meta`: `format_version`, `next_seq`, `next_dead`, `dropped_newest`, `dropped_oldest`
+//!   (u64 LE each), `queue_id` (UTF-8)
+//! - `checkpoints`: source key → source-defined bytes
+//! - `dead_letters`: `u64` id → CBOR [`DeadLetter`]
+
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::QueueConfig;
+pub use crate::config::WhenFull;
 use crate::record::Record;
 
 /// On-disk format version written to the `meta` table.
 pub const FORMAT_VERSION: u64 = 1;
 const CHUNK_VERSION: u8 = 1;
-/// Most records in one chunk: about one forward batch, so the forwarder rarely decodes a
-/// chunk only to use part of it.
-const CHUNK_MAX_RECORDS: usize = 1024;
-const CHUNK_MAX_BYTES: usize = 1 << 20;
 
 const CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("chunks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 
 /// File name of the queue inside the agent's data directory.
 pub const FILE_NAME: &str = "queue.redb";
@@ -71,10 +79,20 @@ pub enum QueueError {
         /// Decoder message.
         message: String,
     },
+    /// The queue is at `max_bytes` and the pipeline's policy is `block`: the records are
+    /// handed back, nothing was stored.
+    #[error("queue is full ({count} records refused)", count = records.len())]
+    Full {
+        /// The refused records.
+        records: Vec<Record>,
+    },
+    /// Storage is failing (full disk, I/O error); nothing was stored, retry later.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
     /// The writer has stopped (agent shutting down).
     #[error("queue is closed")]
     Closed,
-    /// The data directory could not be created.
+    /// The data directory could not be used.
     #[error("{path}: {source}")]
     Io {
         /// The path.
@@ -97,33 +115,74 @@ pub struct Checkpoint {
     pub value: Vec<u8>,
 }
 
+/// A record that could not be processed, kept with the reason. CBOR; do not reorder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// When it was dead-lettered (ns since the epoch).
+    pub ts_ns: u64,
+    /// The pipeline it came through.
+    pub pipeline: String,
+    /// Why it could not be processed.
+    pub reason: String,
+    /// The record as it was.
+    pub record: Record,
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// Seq of the first record (the next free seq if the append had no records).
+    /// Seq of the first record (the next free seq if the append stored no records).
     pub first_seq: u64,
     /// How many records were stored.
     pub count: usize,
+    /// How many were dropped under `drop_newest`.
+    pub dropped: usize,
 }
 
-enum Command {
-    Append {
-        records: Vec<Record>,
-        checkpoint: Option<Checkpoint>,
-        done: oneshot::Sender<Result<Appended, QueueError>>,
-    },
+/// One append as the writer sees it.
+pub(crate) struct Append {
+    pub records: Vec<Record>,
+    pub dead: Vec<DeadLetter>,
+    pub checkpoint: Option<Checkpoint>,
+    pub when_full: WhenFull,
+    pub done: oneshot::Sender<Result<Appended, QueueError>>,
+}
+
+pub(crate) enum Command {
+    Append(Append),
     /// Acks are published through `Shared::acked`; this only wakes an idle writer.
     Wake,
     Shutdown,
 }
 
-struct Shared {
-    db: Database,
+pub(crate) struct Shared {
+    path: PathBuf,
+    /// `None` only while the writer reopens the file after a storage failure. Readers hold
+    /// the read guard for the length of their read transaction.
+    db: RwLock<Option<Database>>,
     queue_id: String,
     /// Highest seq the sink has acknowledged (everything at or below may be deleted).
     acked: AtomicU64,
     /// Last committed seq, for readers waiting for data.
     committed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, QueueError>,
+    ) -> Result<R, QueueError> {
+        let guard = self
+            .db
+            .read()
+            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?;
+        match guard.as_ref() {
+            Some(d) => f(d),
+            None => Err(QueueError::Unavailable(
+                "queue file is being reopened".into(),
+            )),
+        }
+    }
 }
 
 /// Handle to the queue; cheap to clone.
@@ -134,52 +193,80 @@ pub struct Queue {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-/// Counters for `status` and the bench.
-#[derive(Debug, Clone, Copy, Default)]
+/// What `queue stats` prints.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     /// Records stored and not yet acknowledged.
     pub depth: u64,
+    /// Bytes of stored chunks.
+    pub bytes: u64,
     /// Chunks in the table.
     pub chunks: u64,
     /// Next seq to assign.
     pub next_seq: u64,
+    /// Timestamp of the oldest queued record.
+    pub oldest_ts_ns: Option<u64>,
+    /// Records in the dead-letter table.
+    pub dead_letters: u64,
+    /// Records dropped by `drop_newest` since the queue was created.
+    pub dropped_newest: u64,
+    /// Records dropped by `drop_oldest` since the queue was created.
+    pub dropped_oldest: u64,
+    /// The queue's id.
+    pub queue_id: String,
+}
+
+/// State read from the file when it is opened.
+pub(crate) struct Loaded {
+    pub queue_id: String,
+    pub next_seq: u64,
+    pub first_chunk: Option<u64>,
+    pub bytes: u64,
+    pub next_dead: u64,
+    pub dropped_newest: u64,
+    pub dropped_oldest: u64,
 }
 
 impl Queue {
-    /// Opens (or creates) the queue in `dir` and starts its writer thread.
+    /// Opens (or creates) the queue in `dir` and starts its writer thread. A file that is
+    /// corrupt is moved aside and replaced by a fresh queue.
     pub fn open(dir: &Path, cfg: &QueueConfig) -> Result<Queue, QueueError> {
         std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
             path: dir.into(),
             source,
         })?;
-        let db = Database::builder()
-            // redb's default cache is 1 GiB; the queue is written once and read once, so a
-            // small cache keeps the agent's RSS low without costing throughput.
-            .set_cache_size(2 << 20)
-            .create(dir.join(FILE_NAME))
-            .map_err(db)?;
-        let (queue_id, next_seq, first_chunk) = init_meta(&db)?;
-        let acked = first_chunk.unwrap_or(next_seq).saturating_sub(1);
-        let (committed, _) = watch::channel(next_seq - 1);
+        let path = dir.join(FILE_NAME);
+        let (database, loaded) = match open_file(&path) {
+            Ok(ok) => ok,
+            Err(e) if is_corruption(&e) => {
+                let aside = set_aside(&path)?;
+                tracing::error!(
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "QUEUE FILE IS CORRUPT: moved it aside and starting with an empty queue; \
+                     records in it were not delivered (inspect it with `dataweaver queue check`)"
+                );
+                open_file(&path)?
+            }
+            Err(e) => return Err(e),
+        };
+        let acked = loaded
+            .first_chunk
+            .unwrap_or(loaded.next_seq)
+            .saturating_sub(1);
+        let (committed, _) = watch::channel(loaded.next_seq - 1);
         let shared = Arc::new(Shared {
-            db,
-            queue_id,
+            path,
+            db: RwLock::new(Some(database)),
+            queue_id: loaded.queue_id.clone(),
             acked: AtomicU64::new(acked),
             committed,
         });
         let (tx, rx) = mpsc::channel(1024);
-        let writer = Writer {
-            shared: shared.clone(),
-            rx,
-            next_seq,
-            deleted_upto: acked,
-            max_records: cfg.commit_max_records,
-            max_bytes: cfg.commit_max_bytes,
-            linger: Duration::from_millis(cfg.commit_linger_ms),
-        };
+        let w = writer::Writer::new(shared.clone(), rx, cfg, &loaded, acked);
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || w.run())
             .map_err(|source| QueueError::Io {
                 path: dir.into(),
                 source,
@@ -196,21 +283,35 @@ impl Queue {
         &self.shared.queue_id
     }
 
-    /// Stores `records` (and `checkpoint`, in the same transaction); returns once durable.
+    /// Stores `records` (and `checkpoint`, in the same transaction) under the `block`
+    /// policy; returns once durable.
     pub async fn append(
         &self,
         records: Vec<Record>,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Appended, QueueError> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                records,
-                checkpoint,
-                done,
-            })
+        self.append_with(records, Vec::new(), checkpoint, WhenFull::Block)
             .await
-            .map_err(|_| QueueError::Closed)?;
+    }
+
+    /// Stores records, dead letters and a checkpoint in one transaction, applying
+    /// `when_full` if the queue is at its limit; returns once durable.
+    pub async fn append_with(
+        &self,
+        records: Vec<Record>,
+        dead: Vec<DeadLetter>,
+        checkpoint: Option<Checkpoint>,
+        when_full: WhenFull,
+    ) -> Result<Appended, QueueError> {
+        let (done, rx) = oneshot::channel();
+        let cmd = Command::Append(Append {
+            records,
+            dead,
+            checkpoint,
+            when_full,
+            done,
+        });
+        self.tx.send(cmd).await.map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -233,86 +334,47 @@ impl Queue {
     }
 
     /// Reads records with seq ≥ `from`, up to the limits (at least one record if any).
-    /// Blocking: call from `spawn_blocking`.
+    /// Blocking.
     pub fn read(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Record)>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(db)?;
-        let table = txn.open_table(CHUNKS).map_err(db)?;
-        // The chunk holding `from` may start before it.
-        let start = match table.range(..=from).map_err(db)?.next_back() {
-            Some(entry) => entry.map_err(db)?.0.value(),
-            None => from,
-        };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in table.range(start..).map_err(db)? {
-            let (k, v) = entry.map_err(db)?;
-            let first = k.value();
-            let (count, body) = chunk_header(first, v.value())?;
-            if first + count as u64 <= from {
-                continue;
-            }
-            let records: Vec<Record> =
-                ciborium::from_reader(body).map_err(|e| QueueError::Corrupt {
-                    seq: first,
-                    message: e.to_string(),
-                })?;
-            for (i, r) in records.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from {
-                    continue;
-                }
-                bytes += r.approx_size();
-                out.push((seq, r));
-                if out.len() >= max_records || bytes >= max_bytes {
-                    return Ok(out);
-                }
-            }
-        }
-        Ok(out)
+        self.shared
+            .with_db(|d| read_records(d, from, max_records, max_bytes))
     }
 
-    /// A stored source checkpoint. Blocking (a read transaction).
+    /// A stored source checkpoint. Blocking.
     pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(db)?;
-        let table = txn.open_table(CHECKPOINTS).map_err(db)?;
-        Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+        self.shared.with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let table = txn.open_table(CHECKPOINTS).map_err(db)?;
+            Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// All stored checkpoints whose key starts with `prefix`. Blocking.
     pub fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(db)?;
-        let table = txn.open_table(CHECKPOINTS).map_err(db)?;
-        let mut out = Vec::new();
-        for e in table.range(prefix..).map_err(db)? {
-            let (k, v) = e.map_err(db)?;
-            if !k.value().starts_with(prefix) {
-                break;
+        self.shared.with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let table = txn.open_table(CHECKPOINTS).map_err(db)?;
+            let mut out = Vec::new();
+            for e in table.range(prefix..).map_err(db)? {
+                let (k, v) = e.map_err(db)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().to_vec()));
             }
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    /// Depth and counters. Blocking.
+    /// Depth, bytes and counters. Blocking.
     pub fn stats(&self) -> Result<Stats, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(db)?;
-        let chunks = txn.open_table(CHUNKS).map_err(db)?;
-        let next_seq = *self.shared.committed.borrow() + 1;
-        let first = match chunks.first().map_err(db)? {
-            Some((k, _)) => k.value(),
-            None => next_seq,
-        };
-        let first = first.max(self.acked() + 1);
-        Ok(Stats {
-            depth: next_seq.saturating_sub(first),
-            chunks: chunks.len().map_err(db)?,
-            next_seq,
-        })
+        let acked = self.acked();
+        self.shared.with_db(|d| stats_of(d, acked))
     }
 
     /// Stops the writer after it has committed everything already appended.
@@ -325,7 +387,54 @@ impl Queue {
     }
 }
 
-fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
+fn open_database(path: &Path) -> Result<Database, QueueError> {
+    Database::builder()
+        // redb's default cache is 1 GiB; the queue is written once and read once, so a
+        // small cache keeps the agent's RSS low without costing throughput.
+        .set_cache_size(2 << 20)
+        .create(path)
+        .map_err(db)
+}
+
+/// Opens the file and reads (or creates) its metadata.
+pub(crate) fn open_file(path: &Path) -> Result<(Database, Loaded), QueueError> {
+    let d = open_database(path)?;
+    let loaded = init_meta(&d)?;
+    Ok((d, loaded))
+}
+
+/// Errors that mean the file's content is bad, as opposed to the file being busy, missing
+/// permissions or written by a newer version.
+fn is_corruption(e: &QueueError) -> bool {
+    match e {
+        QueueError::Corrupt { .. } => true,
+        QueueError::Storage(redb::Error::DatabaseAlreadyOpen) => false,
+        QueueError::Storage(redb::Error::Io(io)) => !matches!(
+            io.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::WouldBlock
+        ),
+        QueueError::Storage(_) => true,
+        _ => false,
+    }
+}
+
+/// Renames a bad queue file to `queue.redb.corrupt-<unix seconds>`.
+pub fn set_aside(path: &Path) -> Result<PathBuf, QueueError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = path.with_extension(format!("redb.corrupt-{secs}"));
+    std::fs::rename(path, &aside).map_err(|source| QueueError::Io {
+        path: path.into(),
+        source,
+    })?;
+    Ok(aside)
+}
+
+pub(crate) fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
     if v.len() < 5 || v[0] != CHUNK_VERSION {
         return Err(QueueError::Corrupt {
             seq: first,
@@ -336,51 +445,150 @@ fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
     Ok((count, &v[5..]))
 }
 
-/// Creates the tables on a new file; returns (queue_id, next_seq, first chunk key).
-fn init_meta(db: &Database) -> Result<(String, u64, Option<u64>), QueueError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    let out;
+fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
+    let (count, body) = chunk_header(first, v)?;
+    let records: Vec<Record> = ciborium::from_reader(body).map_err(|e| QueueError::Corrupt {
+        seq: first,
+        message: e.to_string(),
+    })?;
+    if records.len() != count as usize {
+        return Err(QueueError::Corrupt {
+            seq: first,
+            message: format!("header says {count} records, body has {}", records.len()),
+        });
+    }
+    Ok(records)
+}
+
+fn read_records(
+    d: &Database,
+    from: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Record)>, QueueError> {
+    let txn = d.begin_read().map_err(db)?;
+    let table = txn.open_table(CHUNKS).map_err(db)?;
+    // The chunk holding `from` may start before it.
+    let start = match table.range(..=from).map_err(db)?.next_back() {
+        Some(entry) => entry.map_err(db)?.0.value(),
+        None => from,
+    };
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for entry in table.range(start..).map_err(db)? {
+        let (k, v) = entry.map_err(db)?;
+        let first = k.value();
+        let (count, _) = chunk_header(first, v.value())?;
+        if first + count as u64 <= from {
+            continue;
+        }
+        for (i, r) in decode_chunk(first, v.value())?.into_iter().enumerate() {
+            let seq = first + i as u64;
+            if seq < from {
+                continue;
+            }
+            bytes += r.approx_size();
+            out.push((seq, r));
+            if out.len() >= max_records || bytes >= max_bytes {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn meta_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<u64>, QueueError> {
+    Ok(meta.get(key).map_err(db)?.map(|v| le_u64(v.value())))
+}
+
+fn stats_of(d: &Database, acked: u64) -> Result<Stats, QueueError> {
+    let txn = d.begin_read().map_err(db)?;
+    let chunks = txn.open_table(CHUNKS).map_err(db)?;
+    let meta = txn.open_table(META).map_err(db)?;
+    let dead = txn.open_table(DEAD).map_err(db)?;
+    let next_seq = meta_u64(&meta, "next_seq")?.unwrap_or(1);
+    let mut bytes = 0;
+    for e in chunks.iter().map_err(db)? {
+        bytes += e.map_err(db)?.1.value().len() as u64;
+    }
+    let (first, oldest_ts_ns) = match chunks.first().map_err(db)? {
+        Some((k, v)) => {
+            let first_rec = decode_chunk(k.value(), v.value())?
+                .into_iter()
+                .next()
+                .map(|r| r.ts_ns);
+            (k.value(), first_rec)
+        }
+        None => (next_seq, None),
+    };
+    let first = first.max(acked + 1);
+    Ok(Stats {
+        depth: next_seq.saturating_sub(first),
+        bytes,
+        chunks: chunks.len().map_err(db)?,
+        next_seq,
+        oldest_ts_ns,
+        dead_letters: dead.len().map_err(db)?,
+        dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),
+        dropped_oldest: meta_u64(&meta, "dropped_oldest")?.unwrap_or(0),
+        queue_id: meta
+            .get("queue_id")
+            .map_err(db)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Creates the tables on a new file and reads the metadata.
+fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
+    let txn = d.begin_write().map_err(db)?;
+    let loaded;
     {
-        let mut meta = txn.open_table(META).map_err(db_err)?;
-        let version = meta
-            .get("format_version")
-            .map_err(db_err)?
-            .map(|v| le_u64(v.value()));
-        match version {
+        let mut meta = txn.open_table(META).map_err(db)?;
+        match meta_u64(&meta, "format_version")? {
             None => {
                 meta.insert("format_version", &FORMAT_VERSION.to_le_bytes()[..])
-                    .map_err(db_err)?;
+                    .map_err(db)?;
             }
             Some(v) if v == FORMAT_VERSION => {}
             Some(found) => return Err(QueueError::Format { found }),
         }
         let stored = meta
             .get("queue_id")
-            .map_err(db_err)?
+            .map_err(db)?
             .map(|v| String::from_utf8_lossy(v.value()).into_owned());
         let queue_id = match stored {
             Some(id) => id,
             None => {
                 let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-                meta.insert("queue_id", id.as_bytes()).map_err(db_err)?;
+                meta.insert("queue_id", id.as_bytes()).map_err(db)?;
                 id
             }
         };
-        let next_seq = meta
-            .get("next_seq")
-            .map_err(db_err)?
-            .map_or(1, |v| le_u64(v.value()));
-        let chunks = txn.open_table(CHUNKS).map_err(db_err)?;
-        let first = chunks.first().map_err(db_err)?.map(|(k, _)| k.value());
-        txn.open_table(CHECKPOINTS).map_err(db_err)?;
-        out = (queue_id, next_seq, first);
+        let chunks = txn.open_table(CHUNKS).map_err(db)?;
+        let mut bytes = 0;
+        for e in chunks.iter().map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            chunk_header(k.value(), v.value())?;
+            bytes += v.value().len() as u64;
+        }
+        loaded = Loaded {
+            queue_id,
+            next_seq: meta_u64(&meta, "next_seq")?.unwrap_or(1),
+            first_chunk: chunks.first().map_err(db)?.map(|(k, _)| k.value()),
+            bytes,
+            next_dead: meta_u64(&meta, "next_dead")?.unwrap_or(1),
+            dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),
+            dropped_oldest: meta_u64(&meta, "dropped_oldest")?.unwrap_or(0),
+        };
+        txn.open_table(CHECKPOINTS).map_err(db)?;
+        txn.open_table(DEAD).map_err(db)?;
     }
-    txn.commit().map_err(db_err)?;
-    Ok(out)
-}
-
-fn db_err<E: Into<redb::Error>>(e: E) -> QueueError {
-    db(e)
+    txn.commit().map_err(db)?;
+    Ok(loaded)
 }
 
 fn le_u64(b: &[u8]) -> u64 {
@@ -390,251 +598,138 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-struct Pending {
-    records: Vec<Record>,
-    checkpoint: Option<Checkpoint>,
-    done: oneshot::Sender<Result<Appended, QueueError>>,
+/// Result of [`check`].
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Chunks read and decoded.
+    pub chunks: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Problems found; empty means the file is sound.
+    pub problems: Vec<String>,
 }
 
-struct Writer {
-    shared: Arc<Shared>,
-    rx: mpsc::Receiver<Command>,
-    next_seq: u64,
-    deleted_upto: u64,
-    max_records: usize,
-    max_bytes: usize,
-    linger: Duration,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut stop = false;
-        while !stop {
-            let Some(first) = self.rx.blocking_recv() else {
-                break;
-            };
-            let mut batch = Vec::new();
-            let (mut n, mut bytes) = (0usize, 0usize);
-            stop |= self.take(first, &mut batch, &mut n, &mut bytes);
-            // Gather what queued up while the previous commit was syncing.
-            let mut lingered = self.linger.is_zero();
-            while !stop && n < self.max_records && bytes < self.max_bytes {
-                match self.rx.try_recv() {
-                    Ok(cmd) => stop |= self.take(cmd, &mut batch, &mut n, &mut bytes),
-                    Err(_) if !lingered => {
-                        std::thread::sleep(self.linger);
-                        lingered = true;
+/// Verifies a queue file offline: redb's integrity check, then every chunk decoded.
+pub fn check(dir: &Path) -> Result<CheckReport, QueueError> {
+    let path = dir.join(FILE_NAME);
+    if !path.exists() {
+        return Err(QueueError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no queue file"),
+        });
+    }
+    let mut report = CheckReport::default();
+    let mut d = match Database::builder().set_cache_size(2 << 20).open(&path) {
+        Ok(d) => d,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(db(redb::DatabaseError::DatabaseAlreadyOpen));
+        }
+        Err(e) => {
+            report.problems.push(format!("cannot open: {e}"));
+            return Ok(report);
+        }
+    };
+    match d.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => report
+            .problems
+            .push("redb integrity check repaired the file".into()),
+        Err(e) => {
+            report.problems.push(format!("integrity check failed: {e}"));
+            return Ok(report);
+        }
+    }
+    let txn = d.begin_read().map_err(db)?;
+    match txn.open_table(CHUNKS) {
+        Ok(chunks) => {
+            let mut expected_next: Option<u64> = None;
+            for e in chunks.iter().map_err(db)? {
+                let (k, v) = e.map_err(db)?;
+                match decode_chunk(k.value(), v.value()) {
+                    Ok(recs) => {
+                        report.chunks += 1;
+                        report.records += recs.len() as u64;
+                        if expected_next.is_some_and(|n| k.value() < n) {
+                            report
+                                .problems
+                                .push(format!("chunk {} overlaps the previous one", k.value()));
+                        }
+                        expected_next = Some(k.value() + recs.len() as u64);
                     }
-                    Err(_) => break,
+                    Err(e) => report.problems.push(e.to_string()),
                 }
             }
-            self.commit(batch);
         }
-        tracing::debug!("queue writer stopped");
+        Err(e) => report.problems.push(format!("no chunks table: {e}")),
     }
-
-    /// Adds a command to the batch; true on shutdown.
-    fn take(
-        &self,
-        cmd: Command,
-        batch: &mut Vec<Pending>,
-        n: &mut usize,
-        bytes: &mut usize,
-    ) -> bool {
-        match cmd {
-            Command::Append {
-                records,
-                checkpoint,
-                done,
-            } => {
-                *n += records.len();
-                *bytes += records.iter().map(Record::approx_size).sum::<usize>();
-                batch.push(Pending {
-                    records,
-                    checkpoint,
-                    done,
-                });
-                false
-            }
-            Command::Wake => false,
-            Command::Shutdown => true,
+    if let Ok(meta) = txn.open_table(META) {
+        match meta_u64(&meta, "format_version")? {
+            Some(FORMAT_VERSION) => {}
+            other => report.problems.push(format!(
+                "format_version is {other:?}, expected {FORMAT_VERSION}"
+            )),
         }
+    } else {
+        report.problems.push("no meta table".into());
     }
-
-    fn commit(&mut self, batch: Vec<Pending>) {
-        let acked = self.shared.acked.load(Ordering::Acquire);
-        if batch.is_empty() && acked <= self.deleted_upto {
-            return;
-        }
-        let start_seq = self.next_seq;
-        match self.write(&batch, acked) {
-            Ok(()) => {
-                self.deleted_upto = self.deleted_upto.max(acked);
-                let total: usize = batch.iter().map(|p| p.records.len()).sum();
-                self.next_seq = start_seq + total as u64;
-                if total > 0 {
-                    self.shared.committed.send_replace(self.next_seq - 1);
-                }
-                let mut seq = start_seq;
-                for p in batch {
-                    let count = p.records.len();
-                    let _ = p.done.send(Ok(Appended {
-                        first_seq: seq,
-                        count,
-                    }));
-                    seq += count as u64;
-                }
-            }
-            Err(e) => {
-                // After a failed commit the data may or may not be durable (redb's
-                // contract); the sources did not get an ok, so they retry, and the seqs
-                // are never reused: the worst case is a duplicate, never a loss.
-                tracing::error!(error = %e, "queue commit failed");
-                let msg = e.to_string();
-                let total: usize = batch.iter().map(|p| p.records.len()).sum();
-                self.next_seq += total as u64;
-                for p in batch {
-                    let _ = p.done.send(Err(QueueError::Corrupt {
-                        seq: 0,
-                        message: format!("commit failed: {msg}"),
-                    }));
-                }
-            }
-        }
-    }
-
-    fn write(&self, batch: &[Pending], acked: u64) -> Result<(), QueueError> {
-        let mut txn = self.shared.db.begin_write().map_err(db)?;
-        let has_records = batch
-            .iter()
-            .any(|p| !p.records.is_empty() || p.checkpoint.is_some());
-        if !has_records {
-            // Only deletions: not worth an fsync (a lost delete means a resend the sink drops).
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| QueueError::Corrupt {
-                    seq: 0,
-                    message: e.to_string(),
-                })?;
-        }
-        {
-            let mut chunks = txn.open_table(CHUNKS).map_err(db)?;
-            let mut seq = self.next_seq;
-            let mut chunk: Vec<&Record> = Vec::new();
-            let mut chunk_bytes = 0;
-            let mut buf = Vec::new();
-            for r in batch.iter().flat_map(|p| &p.records) {
-                chunk_bytes += r.approx_size();
-                chunk.push(r);
-                if chunk.len() >= CHUNK_MAX_RECORDS || chunk_bytes >= CHUNK_MAX_BYTES {
-                    put_chunk(&mut chunks, seq, &chunk, &mut buf)?;
-                    seq += chunk.len() as u64;
-                    chunk.clear();
-                    chunk_bytes = 0;
-                }
-            }
-            if !chunk.is_empty() {
-                put_chunk(&mut chunks, seq, &chunk, &mut buf)?;
-                seq += chunk.len() as u64;
-            }
-            if acked > self.deleted_upto {
-                chunks
-                    .retain_in(..=acked, |first, v| {
-                        let count = if v.len() >= 5 {
-                            u32::from_le_bytes([v[1], v[2], v[3], v[4]])
-                        } else {
-                            0
-                        };
-                        first + count as u64 - 1 > acked && count > 0
-                    })
-                    .map_err(db)?;
-            }
-            let mut meta = txn.open_table(META).map_err(db)?;
-            if seq != self.next_seq {
-                meta.insert("next_seq", &seq.to_le_bytes()[..])
-                    .map_err(db)?;
-            }
-            let mut cps = txn.open_table(CHECKPOINTS).map_err(db)?;
-            for cp in batch.iter().filter_map(|p| p.checkpoint.as_ref()) {
-                if cp.value.is_empty() {
-                    cps.remove(cp.key.as_str()).map_err(db)?;
-                } else {
-                    cps.insert(cp.key.as_str(), cp.value.as_slice())
-                        .map_err(db)?;
-                }
-            }
-        }
-        txn.commit().map_err(db)?;
-        Ok(())
-    }
+    Ok(report)
 }
 
-fn put_chunk(
-    table: &mut redb::Table<u64, &[u8]>,
-    first: u64,
-    records: &[&Record],
-    buf: &mut Vec<u8>,
-) -> Result<(), QueueError> {
-    buf.clear();
-    buf.push(CHUNK_VERSION);
-    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    ciborium::into_writer(&records, &mut *buf).map_err(|e| QueueError::Corrupt {
-        seq: first,
-        message: e.to_string(),
-    })?;
-    table.insert(first, buf.as_slice()).map_err(db)?;
-    Ok(())
+/// Stats of a queue file that no agent has open. Blocking.
+pub fn offline_stats(dir: &Path) -> Result<Stats, QueueError> {
+    let d = Database::builder()
+        .set_cache_size(2 << 20)
+        .open(dir.join(FILE_NAME))
+        .map_err(db)?;
+    stats_of(&d, 0)
+}
+
+/// Writes every queued record (and then every dead letter) of an offline queue as NDJSON.
+pub fn export(dir: &Path, out: &mut dyn std::io::Write) -> Result<u64, QueueError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let d = Database::builder()
+        .set_cache_size(2 << 20)
+        .open(dir.join(FILE_NAME))
+        .map_err(db)?;
+    let txn = d.begin_read().map_err(db)?;
+    let chunks = txn.open_table(CHUNKS).map_err(db)?;
+    let mut n = 0;
+    let io = |e: std::io::Error| QueueError::Io {
+        path: dir.into(),
+        source: e,
+    };
+    let line = |seq: Option<u64>, r: &Record, reason: Option<&str>| {
+        let text = std::str::from_utf8(&r.payload).ok();
+        serde_json::json!({
+            "seq": seq,
+            "ts_ns": r.ts_ns,
+            "source": r.source,
+            "topic": r.topic,
+            "key": r.key.as_ref().map(|k| b64.encode(k)),
+            "headers": r.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "payload": text,
+            "payload_base64": text.is_none().then(|| b64.encode(&r.payload)),
+            "dead_letter_reason": reason,
+        })
+    };
+    for e in chunks.iter().map_err(db)? {
+        let (k, v) = e.map_err(db)?;
+        for (i, r) in decode_chunk(k.value(), v.value())?.iter().enumerate() {
+            writeln!(out, "{}", line(Some(k.value() + i as u64), r, None)).map_err(io)?;
+            n += 1;
+        }
+    }
+    let dead = txn.open_table(DEAD).map_err(db)?;
+    for e in dead.iter().map_err(db)? {
+        let (_, v) = e.map_err(db)?;
+        if let Ok(dl) = ciborium::from_reader::<DeadLetter, _>(v.value()) {
+            writeln!(out, "{}", line(None, &dl.record, Some(&dl.reason))).map_err(io)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(i: usize) -> Record {
-        Record::new("t/s", "t", format!("line {i}").into_bytes())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn append_read_ack_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = QueueConfig::default();
-        let q = Queue::open(dir.path(), &cfg).unwrap();
-        let id = q.queue_id().to_string();
-        let a = q
-            .append(
-                (0..3000).map(rec).collect(),
-                Some(Checkpoint {
-                    key: "k".into(),
-                    value: vec![7],
-                }),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            a,
-            Appended {
-                first_seq: 1,
-                count: 3000
-            }
-        );
-        let got = q.read(1500, 10_000, usize::MAX).unwrap();
-        assert_eq!(got.len(), 1501);
-        assert_eq!(got[0].0, 1500);
-        assert_eq!(got[0].1.payload, b"line 1499");
-        q.ack(2048);
-        // The ack is applied with the next commit.
-        q.append(vec![rec(3000)], None).await.unwrap();
-        let st = q.stats().unwrap();
-        assert_eq!(st.depth, 3001 - 2048);
-        q.close().await;
-        drop(q);
-        let q = Queue::open(dir.path(), &cfg).unwrap();
-        assert_eq!(q.queue_id(), id, "queue id survives reopen");
-        assert_eq!(q.checkpoint("k").unwrap(), Some(vec![7]));
-        let first = q.read(0, 1, usize::MAX).unwrap();
-        // Chunk [1..=1024] and [1025..=2048] were fully acked and deleted; 2049.. remain.
-        assert_eq!(first[0].0, 2049);
-        let b = q.append(vec![rec(1)], None).await.unwrap();
-        assert_eq!(b.first_seq, 3002, "seqs continue after reopen");
-        q.close().await;
-    }
-}
+mod tests;

@@ -30,6 +30,7 @@ use crate::config::{FileSourceConfig, ReadFrom};
 use crate::pipeline::Pipeline;
 use crate::queue::Checkpoint;
 use crate::record::{Record, now_ns};
+use crate::source::codec;
 
 const FINGERPRINT_BYTES: u64 = 256;
 /// Polls a rotated-away file stays open with no new data before it is dropped.
@@ -49,6 +50,8 @@ struct Tailed {
     file: File,
     /// Where the next read starts.
     read_pos: u64,
+    /// The offset stored in the queue by the last successful append.
+    committed: u64,
     /// Bytes after the last newline, not yet consumed.
     partial: Vec<u8>,
     fp_len: u64,
@@ -77,6 +80,8 @@ pub struct FileSource {
     first_scan: bool,
     /// Checkpoints of files that no longer exist, to delete.
     stale: Vec<String>,
+    /// The queue is refusing appends (logged once per episode).
+    refused: bool,
 }
 
 impl FileSource {
@@ -95,6 +100,7 @@ impl FileSource {
             files: HashMap::new(),
             first_scan: true,
             stale: Vec::new(),
+            refused: false,
         }
     }
 
@@ -257,6 +263,7 @@ impl FileSource {
             path: path.into(),
             file,
             read_pos: 0,
+            committed: 0,
             partial: Vec::new(),
             fp_len: 0,
             fp_crc: 0,
@@ -266,13 +273,17 @@ impl FileSource {
         match saved {
             Some(cp) if matches => {
                 t.read_pos = cp.offset;
+                t.committed = cp.offset;
                 t.fp_len = cp.fp_len;
                 t.fp_crc = cp.fp_crc;
             }
             Some(_) => {
                 tracing::info!(path = %path.display(), "file changed under its checkpoint (new file or truncated); reading from the start");
             }
-            None if self.first_scan && self.cfg.read_from == ReadFrom::End => t.read_pos = len,
+            None if self.first_scan && self.cfg.read_from == ReadFrom::End => {
+                t.read_pos = len;
+                t.committed = len;
+            }
             None => {}
         }
         Ok(t)
@@ -322,6 +333,7 @@ impl FileSource {
                 t.fp_crc = crc;
             }
         }
+        let offset = t.consumed();
         let cp = FileCheckpoint {
             path: t.path.to_string_lossy().into_owned(),
             offset: t.consumed(),
@@ -347,18 +359,30 @@ impl FileSource {
             key: key.into(),
             value,
         });
-        if let Err(e) = self.pipeline.emit(records, checkpoint).await {
-            // Not committed: forget the read and re-read from the last checkpoint.
-            tracing::warn!(source = %self.source, error = %e, "queue refused records; will retry");
-            if let Some(t) = self.files.get_mut(key) {
-                t.read_pos = t.consumed();
-                t.partial.clear();
-                let saved = self.pipeline.queue().checkpoint(key).ok().flatten();
-                t.read_pos = saved
-                    .and_then(|b| ciborium::from_reader::<FileCheckpoint, _>(&b[..]).ok())
-                    .map_or(0, |c| c.offset);
+        let (records, rejected) = codec::decode_all(self.cfg.codec, records);
+        match self.pipeline.emit(records, rejected, checkpoint).await {
+            Ok(_) => {
+                if let Some(t) = self.files.get_mut(key) {
+                    t.committed = offset;
+                }
+                if self.refused {
+                    tracing::info!(source = %self.source, "queue accepts records again; reading resumes");
+                    self.refused = false;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(e) => {
+                // Not committed: forget the read and re-read from the last committed offset
+                // (kept in memory: the queue may be unreadable right now).
+                if !self.refused {
+                    tracing::warn!(source = %self.source, error = %e, "queue refused records; holding them in the file and retrying");
+                    self.refused = true;
+                }
+                if let Some(t) = self.files.get_mut(key) {
+                    t.read_pos = t.committed;
+                    t.partial.clear();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! [`Pipeline`](crate::pipeline::Pipeline) and waits for the queue commit before it treats
 //! the input as consumed.
 
+pub mod codec;
 pub mod file;
 
 use std::sync::Arc;

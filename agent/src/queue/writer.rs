@@ -1,0 +1,425 @@
+//! The queue's single writer thread: group commit, admission under `max_bytes`, deletion
+//! after ack, and recovery from storage failures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redb::{ReadableTable, WriteTransaction};
+use tokio::sync::mpsc;
+
+use super::{
+    Append, Appended, CHECKPOINTS, CHUNK_VERSION, CHUNKS, Command, DEAD, Loaded, META, QueueError,
+    Shared, WhenFull, chunk_header, db, open_file,
+};
+use crate::config::QueueConfig;
+use crate::record::Record;
+
+/// Most records in one chunk: about one forward batch, so the forwarder rarely decodes a
+/// chunk only to use part of it.
+const CHUNK_MAX_RECORDS: usize = 1024;
+const CHUNK_MAX_BYTES: usize = 1 << 20;
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    next_seq: u64,
+    deleted_upto: u64,
+    /// Bytes of stored chunks.
+    bytes: u64,
+    next_dead: u64,
+    dropped_newest: u64,
+    dropped_oldest: u64,
+    max_queue_bytes: u64,
+    max_records: usize,
+    max_bytes: usize,
+    linger: Duration,
+}
+
+/// What the admission step decided for one append.
+enum Verdict {
+    Store,
+    DropRecords,
+    Refuse,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Command>,
+        cfg: &QueueConfig,
+        l: &Loaded,
+        acked: u64,
+    ) -> Self {
+        Writer {
+            shared,
+            rx,
+            next_seq: l.next_seq,
+            deleted_upto: acked,
+            bytes: l.bytes,
+            next_dead: l.next_dead,
+            dropped_newest: l.dropped_newest,
+            dropped_oldest: l.dropped_oldest,
+            max_queue_bytes: cfg.max_bytes,
+            max_records: cfg.commit_max_records,
+            max_bytes: cfg.commit_max_bytes,
+            linger: Duration::from_millis(cfg.commit_linger_ms),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut stop = false;
+        while !stop {
+            let Some(first) = self.rx.blocking_recv() else {
+                break;
+            };
+            let mut batch = Vec::new();
+            let (mut n, mut bytes) = (0usize, 0usize);
+            stop |= take(first, &mut batch, &mut n, &mut bytes);
+            // Gather what queued up while the previous commit was syncing.
+            let mut lingered = self.linger.is_zero();
+            while !stop && n < self.max_records && bytes < self.max_bytes {
+                match self.rx.try_recv() {
+                    Ok(cmd) => stop |= take(cmd, &mut batch, &mut n, &mut bytes),
+                    Err(_) if !lingered => {
+                        std::thread::sleep(self.linger);
+                        lingered = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.commit(batch) {
+                stop |= self.recover();
+            }
+        }
+        tracing::debug!("queue writer stopped");
+    }
+
+    /// Commits one group; false if storage failed (the batch was refused).
+    fn commit(&mut self, batch: Vec<Append>) -> bool {
+        let acked = self.shared.acked.load(Ordering::Acquire);
+        if batch.is_empty() && acked <= self.deleted_upto {
+            return true;
+        }
+        // Admission: decide per append, in order, against the projected size.
+        let mut projected = self.bytes;
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for a in &batch {
+            let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
+            let fits =
+                a.records.is_empty() || projected + size <= self.max_queue_bytes || projected == 0;
+            let v = match (fits, a.when_full) {
+                (true, _) | (false, WhenFull::DropOldest) => {
+                    projected += size;
+                    Verdict::Store
+                }
+                (false, WhenFull::DropNewest) => Verdict::DropRecords,
+                (false, WhenFull::Block) => Verdict::Refuse,
+            };
+            verdicts.push(v);
+        }
+        let free_target = projected.saturating_sub(self.max_queue_bytes);
+        let start_seq = self.next_seq;
+        match self.write(&batch, &verdicts, acked, free_target) {
+            Ok(w) => {
+                self.deleted_upto = self.deleted_upto.max(acked);
+                self.bytes = w.bytes;
+                self.next_dead = w.next_dead;
+                self.dropped_newest = w.dropped_newest;
+                self.dropped_oldest = w.dropped_oldest;
+                self.next_seq = w.next_seq;
+                if w.next_seq != start_seq {
+                    self.shared.committed.send_replace(w.next_seq - 1);
+                }
+                let mut seq = start_seq;
+                for (a, v) in batch.into_iter().zip(verdicts) {
+                    let reply = match v {
+                        Verdict::Store => {
+                            let count = a.records.len();
+                            seq += count as u64;
+                            Ok(Appended {
+                                first_seq: seq - count as u64,
+                                count,
+                                dropped: 0,
+                            })
+                        }
+                        Verdict::DropRecords => Ok(Appended {
+                            first_seq: seq,
+                            count: 0,
+                            dropped: a.records.len(),
+                        }),
+                        Verdict::Refuse => Err(QueueError::Full { records: a.records }),
+                    };
+                    let _ = a.done.send(reply);
+                }
+                true
+            }
+            Err(e) => {
+                // A failed commit stored nothing (redb's transactions are atomic); refuse
+                // the batch so the sources keep their data and retry.
+                tracing::error!(error = %e, "queue commit failed; refusing appends until storage recovers");
+                for a in batch {
+                    let _ = a.done.send(Err(QueueError::Unavailable(e.to_string())));
+                }
+                false
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        batch: &[Append],
+        verdicts: &[Verdict],
+        acked: u64,
+        free_target: u64,
+    ) -> Result<Written, QueueError> {
+        let guard = self
+            .shared
+            .db
+            .read()
+            .map_err(|_| QueueError::Unavailable("lock poisoned".into()))?;
+        let d = guard
+            .as_ref()
+            .ok_or_else(|| QueueError::Unavailable("queue file closed".into()))?;
+        let mut txn = d.begin_write().map_err(db)?;
+        let durable = batch
+            .iter()
+            .any(|a| !a.records.is_empty() || a.checkpoint.is_some() || !a.dead.is_empty());
+        if !durable {
+            // Only deletions: not worth an fsync (a lost delete means a resend the sink drops).
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        }
+        let w = self.write_tables(&txn, batch, verdicts, acked, free_target)?;
+        txn.commit().map_err(db)?;
+        Ok(w)
+    }
+
+    fn write_tables(
+        &self,
+        txn: &WriteTransaction,
+        batch: &[Append],
+        verdicts: &[Verdict],
+        acked: u64,
+        free_target: u64,
+    ) -> Result<Written, QueueError> {
+        let mut w = Written {
+            next_seq: self.next_seq,
+            bytes: self.bytes,
+            next_dead: self.next_dead,
+            dropped_newest: self.dropped_newest,
+            dropped_oldest: self.dropped_oldest,
+        };
+        let mut chunks = txn.open_table(CHUNKS).map_err(db)?;
+        // Make room first (drop_oldest), so the new chunks are never the ones removed.
+        let mut freed = 0u64;
+        while freed < free_target {
+            let Some((first, len, count)) = chunks.first().map_err(db)?.map(|(k, v)| {
+                (
+                    k.value(),
+                    v.value().len() as u64,
+                    chunk_header(k.value(), v.value()).map(|h| h.0),
+                )
+            }) else {
+                break;
+            };
+            chunks.remove(first).map_err(db)?;
+            let count = count.unwrap_or(0) as u64;
+            let unsent = (first + count).saturating_sub(first.max(acked + 1));
+            w.dropped_oldest += unsent;
+            freed += len;
+            w.bytes = w.bytes.saturating_sub(len);
+        }
+        if freed > 0 {
+            tracing::warn!(
+                freed_bytes = freed,
+                dropped_total = w.dropped_oldest,
+                "queue full: dropped the oldest records (drop_oldest)"
+            );
+        }
+        let mut pending: Vec<&Record> = Vec::new();
+        let mut pending_bytes = 0;
+        let mut buf = Vec::new();
+        for (a, v) in batch.iter().zip(verdicts) {
+            match v {
+                Verdict::Store => {
+                    for r in &a.records {
+                        pending_bytes += r.approx_size();
+                        pending.push(r);
+                        if pending.len() >= CHUNK_MAX_RECORDS || pending_bytes >= CHUNK_MAX_BYTES {
+                            w.bytes += put_chunk(&mut chunks, w.next_seq, &pending, &mut buf)?;
+                            w.next_seq += pending.len() as u64;
+                            pending.clear();
+                            pending_bytes = 0;
+                        }
+                    }
+                }
+                Verdict::DropRecords => w.dropped_newest += a.records.len() as u64,
+                Verdict::Refuse => {}
+            }
+        }
+        if !pending.is_empty() {
+            w.bytes += put_chunk(&mut chunks, w.next_seq, &pending, &mut buf)?;
+            w.next_seq += pending.len() as u64;
+        }
+        if acked > self.deleted_upto {
+            let mut removed = 0u64;
+            chunks
+                .retain_in(..=acked, |first, v| {
+                    let count = if v.len() >= 5 {
+                        u32::from_le_bytes([v[1], v[2], v[3], v[4]])
+                    } else {
+                        0
+                    };
+                    let keep = count > 0 && first + count as u64 - 1 > acked;
+                    if !keep {
+                        removed += v.len() as u64;
+                    }
+                    keep
+                })
+                .map_err(db)?;
+            w.bytes = w.bytes.saturating_sub(removed);
+        }
+        let mut dead = txn.open_table(DEAD).map_err(db)?;
+        for (a, v) in batch.iter().zip(verdicts) {
+            if matches!(v, Verdict::Refuse) {
+                continue;
+            }
+            for dl in &a.dead {
+                buf.clear();
+                ciborium::into_writer(dl, &mut buf).map_err(|e| QueueError::Corrupt {
+                    seq: 0,
+                    message: e.to_string(),
+                })?;
+                dead.insert(w.next_dead, buf.as_slice()).map_err(db)?;
+                w.next_dead += 1;
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(db)?;
+        for (key, now, before) in [
+            ("next_seq", w.next_seq, self.next_seq),
+            ("next_dead", w.next_dead, self.next_dead),
+            ("dropped_newest", w.dropped_newest, self.dropped_newest),
+            ("dropped_oldest", w.dropped_oldest, self.dropped_oldest),
+        ] {
+            if now != before {
+                meta.insert(key, &now.to_le_bytes()[..]).map_err(db)?;
+            }
+        }
+        let mut cps = txn.open_table(CHECKPOINTS).map_err(db)?;
+        for (a, v) in batch.iter().zip(verdicts) {
+            let Some(cp) = a
+                .checkpoint
+                .as_ref()
+                .filter(|_| !matches!(v, Verdict::Refuse))
+            else {
+                continue;
+            };
+            if cp.value.is_empty() {
+                cps.remove(cp.key.as_str()).map_err(db)?;
+            } else {
+                cps.insert(cp.key.as_str(), cp.value.as_slice())
+                    .map_err(db)?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// After a storage failure: refuse appends, and close and reopen the file with
+    /// back-off until it works. True if shutdown was requested meanwhile.
+    fn recover(&mut self) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let deadline = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(Command::Append(a)) => {
+                        let _ = a.done.send(Err(QueueError::Unavailable(
+                            "storage is failing; retry later".into(),
+                        )));
+                    }
+                    Ok(Command::Wake) => {}
+                    Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return true;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                }
+            }
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::warn!("queue storage recovered; accepting records again");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "queue storage still failing");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn reopen(&mut self) -> Result<(), QueueError> {
+        let mut guard = self
+            .shared
+            .db
+            .write()
+            .map_err(|_| QueueError::Unavailable("lock poisoned".into()))?;
+        // redb latches an I/O failure until the database is closed: drop it first.
+        drop(guard.take());
+        let (d, l) = open_file(&self.shared.path)?;
+        *guard = Some(d);
+        self.next_seq = l.next_seq;
+        self.bytes = l.bytes;
+        self.next_dead = l.next_dead;
+        self.dropped_newest = l.dropped_newest;
+        self.dropped_oldest = l.dropped_oldest;
+        self.deleted_upto = l
+            .first_chunk
+            .unwrap_or(l.next_seq)
+            .saturating_sub(1)
+            .min(self.deleted_upto);
+        Ok(())
+    }
+}
+
+struct Written {
+    next_seq: u64,
+    bytes: u64,
+    next_dead: u64,
+    dropped_newest: u64,
+    dropped_oldest: u64,
+}
+
+/// Adds a command to the batch; true on shutdown.
+fn take(cmd: Command, batch: &mut Vec<Append>, n: &mut usize, bytes: &mut usize) -> bool {
+    match cmd {
+        Command::Append(a) => {
+            *n += a.records.len();
+            *bytes += a.records.iter().map(Record::approx_size).sum::<usize>();
+            batch.push(a);
+            false
+        }
+        Command::Wake => false,
+        Command::Shutdown => true,
+    }
+}
+
+/// Encodes and inserts one chunk; returns its stored size.
+fn put_chunk(
+    table: &mut redb::Table<u64, &[u8]>,
+    first: u64,
+    records: &[&Record],
+    buf: &mut Vec<u8>,
+) -> Result<u64, QueueError> {
+    buf.clear();
+    buf.push(CHUNK_VERSION);
+    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    ciborium::into_writer(&records, &mut *buf).map_err(|e| QueueError::Corrupt {
+        seq: first,
+        message: e.to_string(),
+    })?;
+    table.insert(first, buf.as_slice()).map_err(db)?;
+    Ok(buf.len() as u64)
+}
