@@ -6,14 +6,13 @@
 use crate::config::Codec;
 use crate::record::Record;
 
-/// Checks one record against the codec: `Err` carries the record back with the reason.
-pub fn decode(codec: Codec, record: Record) -> Result<Record, (Record, String)> {
+/// Checks one record against the codec; `Err` is the reason it does not fit.
+pub fn check(codec: Codec, record: &Record) -> Result<(), String> {
     match codec {
-        Codec::Raw | Codec::Binary => Ok(record),
-        Codec::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload) {
-            Ok(_) => Ok(record),
-            Err(e) => Err((record, format!("invalid JSON: {e}"))),
-        },
+        Codec::Raw | Codec::Binary => Ok(()),
+        Codec::Json => serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload)
+            .map(|_| ())
+            .map_err(|e| format!("invalid JSON: {e}")),
     }
 }
 
@@ -25,9 +24,9 @@ pub fn decode_all(codec: Codec, records: Vec<Record>) -> (Vec<Record>, Vec<(Reco
     let mut ok = Vec::with_capacity(records.len());
     let mut bad = Vec::new();
     for r in records {
-        match decode(codec, r) {
-            Ok(r) => ok.push(r),
-            Err(e) => bad.push(e),
+        match check(codec, &r) {
+            Ok(()) => ok.push(r),
+            Err(reason) => bad.push((r, reason)),
         }
     }
     (ok, bad)
