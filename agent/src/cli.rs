@@ -57,6 +57,33 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Inspect an agent's queue (with the agent stopped: the file is locked while it runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Verify the queue file: redb integrity, then every stored chunk decoded.
+    Check {
+        /// The agent's data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Depth, bytes, oldest record, dead letters and drop counters.
+    Stats {
+        /// The agent's data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write every queued record, then every dead letter, as NDJSON to stdout.
+    Export {
+        /// The agent's data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +163,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Queue { command } => return queue_command(command),
         Command::Certs { command } => match command {
             CertsCommand::Init { dir } => {
                 let p = tls::init_ca(&dir)?;
@@ -153,6 +181,54 @@ pub fn run() -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn queue_command(command: QueueCommand) -> anyhow::Result<ExitCode> {
+    use dataweaver::queue;
+    match command {
+        QueueCommand::Check { dir } => {
+            let report = queue::check(&dir)?;
+            println!(
+                "{}: {} chunks, {} records",
+                dir.join(queue::FILE_NAME).display(),
+                report.chunks,
+                report.records
+            );
+            if report.problems.is_empty() {
+                println!("ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        QueueCommand::Stats { dir } => {
+            let st = queue::offline_stats(&dir)?;
+            let age = st.oldest_ts_ns.map(|ts| {
+                let now = dataweaver::record::now_ns();
+                format!("{:.1} s", now.saturating_sub(ts) as f64 / 1e9)
+            });
+            println!("queue_id:       {}", st.queue_id);
+            println!("depth:          {} records", st.depth);
+            println!("bytes:          {}", st.bytes);
+            println!("chunks:         {}", st.chunks);
+            println!("next_seq:       {}", st.next_seq);
+            println!("oldest age:     {}", age.unwrap_or_else(|| "-".into()));
+            println!("dead letters:   {}", st.dead_letters);
+            println!("dropped_newest: {}", st.dropped_newest);
+            println!("dropped_oldest: {}", st.dropped_oldest);
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Export { dir } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = queue::export(&dir, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("exported {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -43,7 +43,7 @@ fn unknown_key_is_named_with_its_line() {
     );
     let (ok, err) = validate(&p);
     assert!(!ok);
-    assert!(err.contains("bad1.toml:17:"), "line: {err}");
+    assert!(err.contains("bad1.toml:21:"), "line: {err}");
     assert!(
         err.contains("pipelines[0].sources[0].follow_symlinks"),
         "key: {err}"

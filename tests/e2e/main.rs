@@ -5,5 +5,6 @@ mod util;
 
 mod config;
 mod delivery;
+mod limits;
 mod tls;
 mod up;

@@ -92,6 +92,11 @@ max_file_bytes = 1048576
 
     /// Writes `agent.toml` tailing `input/*.log`.
     pub fn agent_config(&self) -> PathBuf {
+        self.agent_config_with("", "", &[self.port])
+    }
+
+    /// `agent.toml` with extra `[queue]` keys, extra keys for the pipeline, and sink ports.
+    pub fn agent_config_with(&self, queue: &str, pipeline: &str, ports: &[u16]) -> PathBuf {
         std::fs::create_dir_all(self.path("input")).unwrap();
         let p = self.path("agent.toml");
         std::fs::write(
@@ -100,21 +105,29 @@ max_file_bytes = 1048576
                 r#"data_dir = "agent/data"
 
 [forward]
-sinks = ["127.0.0.1:{}"]
+sinks = [{}]
 tls = {{ ca = "certs/ca.pem", cert = "certs/edge-1.pem", key = "certs/edge-1.key" }}
 reconnect_min_ms = 50
 reconnect_max_ms = 500
 idle_timeout_ms = 3000
 
+[queue]
+{queue}
+
 [[pipelines]]
 name = "app"
+{pipeline}
 
 [[pipelines.sources]]
 type = "file"
 include = ["input/*.log"]
 poll_interval_ms = 50
 "#,
-                self.port
+                ports
+                    .iter()
+                    .map(|p| format!("\"127.0.0.1:{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .unwrap();
@@ -127,6 +140,28 @@ poll_interval_ms = 50
 
     pub fn agent(&self) -> Proc {
         Proc::start("agent", &self.agent_config(), &self.path("agent.log"))
+    }
+
+    /// Starts an agent from the `agent.toml` last written.
+    pub fn agent_as_configured(&self) -> Proc {
+        Proc::start("agent", &self.path("agent.toml"), &self.path("agent.log"))
+    }
+
+    /// `dataweaver queue stats` of the (stopped) agent, as key → number.
+    pub fn queue_stats(&self) -> std::collections::HashMap<String, u64> {
+        let out = dw(&[
+            "queue",
+            "stats",
+            "--dir",
+            self.path("agent/data").to_str().unwrap(),
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                let n = v.split_whitespace().next()?.parse().ok()?;
+                Some((k.trim().to_string(), n))
+            })
+            .collect()
     }
 }
 

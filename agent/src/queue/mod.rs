@@ -161,6 +161,7 @@ pub(crate) struct Shared {
     /// the read guard for the length of their read transaction.
     db: RwLock<Option<Database>>,
     queue_id: String,
+    max_bytes: u64,
     /// Highest seq the sink has acknowledged (everything at or below may be deleted).
     acked: AtomicU64,
     /// Last committed seq, for readers waiting for data.
@@ -259,6 +260,7 @@ impl Queue {
             path,
             db: RwLock::new(Some(database)),
             queue_id: loaded.queue_id.clone(),
+            max_bytes: cfg.max_bytes,
             acked: AtomicU64::new(acked),
             committed,
         });
@@ -321,6 +323,11 @@ impl Queue {
             // A full channel means the writer is busy and will see the new ack anyway.
             let _ = self.tx.try_send(Command::Wake);
         }
+    }
+
+    /// The configured size limit.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
     }
 
     /// Highest acknowledged seq.

@@ -103,14 +103,20 @@ impl Writer {
         }
         // Admission: decide per append, in order, against the projected size.
         let mut projected = self.bytes;
+        let mut make_room = false;
         let mut verdicts = Vec::with_capacity(batch.len());
         for a in &batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
             let fits =
                 a.records.is_empty() || projected + size <= self.max_queue_bytes || projected == 0;
             let v = match (fits, a.when_full) {
-                (true, _) | (false, WhenFull::DropOldest) => {
+                (true, _) => {
                     projected += size;
+                    Verdict::Store
+                }
+                (false, WhenFull::DropOldest) => {
+                    projected += size;
+                    make_room = true;
                     Verdict::Store
                 }
                 (false, WhenFull::DropNewest) => Verdict::DropRecords,
@@ -118,7 +124,12 @@ impl Writer {
             };
             verdicts.push(v);
         }
-        let free_target = projected.saturating_sub(self.max_queue_bytes);
+        // Only a `drop_oldest` append that did not fit may delete anything.
+        let free_target = if make_room {
+            projected.saturating_sub(self.max_queue_bytes)
+        } else {
+            0
+        };
         let start_seq = self.next_seq;
         match self.write(&batch, &verdicts, acked, free_target) {
             Ok(w) => {

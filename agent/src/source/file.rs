@@ -292,7 +292,12 @@ impl FileSource {
     /// Reads what is new in one file and queues it; true if anything was consumed.
     async fn step(&mut self, key: &str) -> std::io::Result<bool> {
         let max_line = self.cfg.max_line_bytes;
-        let chunk = self.cfg.read_chunk_bytes;
+        // Appends well below the queue's limit, so a full queue is reached (and its policy
+        // applied) in steps rather than by one oversized append.
+        let chunk = self
+            .cfg
+            .read_chunk_bytes
+            .min((self.pipeline.queue().max_bytes() / 8).max(4096) as usize);
         let Some(t) = self.files.get_mut(key) else {
             return Ok(false);
         };
