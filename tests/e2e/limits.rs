@@ -170,3 +170,97 @@ fn corrupt_queue_file_is_reported_and_set_aside() {
         "the agent says so loudly"
     );
 }
+
+/// A size-limited tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB at `path`. Needs root (as CI and the dev machines run);
+    /// elsewhere the test is skipped, except under `CI=true`, where that is a failure.
+    fn mount(path: &std::path::Path, mib: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ])
+            .status();
+        match st {
+            Ok(s) if s.success() => Some(SmallDisk(path.into())),
+            other => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "CI must be able to mount a tmpfs: {other:?}"
+                );
+                eprintln!("SKIPPED: cannot mount a tmpfs here ({other:?}); run as root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+/// A full disk: the agent stays up and refuses records (the file keeps them), recovers by
+/// itself when space returns, and delivers every line exactly once.
+#[test]
+fn full_disk_refuses_recovers_and_loses_nothing() {
+    let w = World::new();
+    let Some(_disk) = SmallDisk::mount(&w.path("agent"), 16) else {
+        return;
+    };
+    // Leave about 3 MiB free.
+    std::fs::write(w.path("agent/filler"), vec![0u8; 13 << 20]).unwrap();
+    let mut agent = w.agent();
+    let mut lines = LineWriter::new(&w.path("input/app.log"), 200);
+    let n = 40_000; // ≈ 9 MiB in the queue: more than the disk has
+    lines.write(n);
+    let start = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(w.path("agent.log")).unwrap_or_default();
+        if log.contains("queue commit failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never hit the full disk:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent must stay up on a full disk"
+    );
+    let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
+    assert!(
+        log.contains("queue refused records"),
+        "sources are told to hold back:\n{log}"
+    );
+
+    // Space returns; the sink comes up; everything arrives once.
+    std::fs::remove_file(w.path("agent/filler")).unwrap();
+    let _sink = w.sink();
+    let out = wait_for_output(&w.output_dir(), n, WAIT);
+    assert_exactly_once_in_order(&out, n);
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "still the same agent process"
+    );
+    let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
+    assert!(
+        log.contains("queue storage recovered"),
+        "it recovered by itself:\n{log}"
+    );
+    agent.kill9();
+}
