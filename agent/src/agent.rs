@@ -1,9 +1,12 @@
 //! The agent: sources → transforms → queue → forwarder, started and stopped in order.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
+use crate::counters::Counters;
 use crate::forward::{ForwardError, Forwarder};
 use crate::pipeline::Pipeline;
 use crate::queue::{Queue, QueueError};
@@ -35,10 +38,17 @@ pub async fn run(
     tracing::info!(queue_id = queue.queue_id(), data_dir = %cfg.data_dir.display(), "queue open");
     let forwarder = Forwarder::new(cfg.forward.clone(), queue.clone())?;
 
+    let counters = Arc::new(Counters::default());
     let sources_stop = CancellationToken::new();
     let sources = TaskTracker::new();
     for p in &cfg.pipelines {
-        let pipeline = Pipeline::new(&p.name, p.when_full, Chain::empty(), queue.clone());
+        let pipeline = Pipeline::new(
+            &p.name,
+            p.when_full,
+            Chain::empty(),
+            queue.clone(),
+            counters.clone(),
+        );
         for s in &p.sources {
             tracing::info!(pipeline = %p.name, source = s.name(), "starting source");
             sources.spawn(source::run(
@@ -51,6 +61,21 @@ pub async fn run(
     let forward_stop = CancellationToken::new();
     let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
 
+    // Counters go to the log every 10 s when they changed (until /metrics exists).
+    let report = {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let line = counters.line();
+                if line != last && !line.is_empty() {
+                    tracing::info!(counters = %line, "counters");
+                    last = line;
+                }
+            }
+        })
+    };
     shutdown.await;
     tracing::info!("shutting down: stopping sources");
     sources_stop.cancel();
@@ -59,6 +84,7 @@ pub async fn run(
     forward_stop.cancel();
     let _ = forwarding.await;
     queue.close().await;
-    tracing::info!("agent stopped");
+    report.abort();
+    tracing::info!(counters = %counters.line(), "agent stopped");
     Ok(())
 }

@@ -150,6 +150,12 @@ pub struct PipelineConfig {
 pub enum SourceConfig {
     /// Tail files matching globs.
     File(FileSourceConfig),
+    /// Newline-delimited lines over TCP (syslog-style), one connection per client.
+    Tcp(NetSourceConfig),
+    /// Newline-delimited lines in UDP datagrams: best-effort, drops counted.
+    Udp(NetSourceConfig),
+    /// Lines from the agent's standard input.
+    Stdin(StdinSourceConfig),
 }
 
 impl SourceConfig {
@@ -157,8 +163,49 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::File(f) => f.name.as_deref().unwrap_or("file"),
+            SourceConfig::Tcp(n) => n.name.as_deref().unwrap_or("tcp"),
+            SourceConfig::Udp(n) => n.name.as_deref().unwrap_or("udp"),
+            SourceConfig::Stdin(n) => n.name.as_deref().unwrap_or("stdin"),
         }
     }
+}
+
+/// A TCP or UDP line listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSourceConfig {
+    /// Source name (default: the type).
+    pub name: Option<String>,
+    /// Address to listen on, e.g. `127.0.0.1:5140`.
+    pub listen: SocketAddr,
+    /// Longer lines are split into records of this size.
+    #[serde(default = "default_net_line")]
+    pub max_line_bytes: usize,
+    /// How each line is interpreted.
+    #[serde(default)]
+    pub codec: Codec,
+    /// Record topic (default: the pipeline name).
+    pub topic: Option<String>,
+    /// UDP: records held in memory between the socket and the queue; beyond this, datagrams
+    /// are dropped and counted (`<source>.dropped`). TCP ignores it (it pushes back instead).
+    #[serde(default = "default_buffer_records")]
+    pub buffer_records: usize,
+}
+
+/// Standard input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinSourceConfig {
+    /// Source name (default `stdin`).
+    pub name: Option<String>,
+    /// Longer lines are split into records of this size.
+    #[serde(default = "default_net_line")]
+    pub max_line_bytes: usize,
+    /// How each line is interpreted.
+    #[serde(default)]
+    pub codec: Codec,
+    /// Record topic (default: the pipeline name).
+    pub topic: Option<String>,
 }
 
 /// Where a file the source has never seen starts being read.
@@ -282,6 +329,12 @@ fn default_reconnect_max() -> u64 {
 fn default_idle_timeout() -> u64 {
     10_000
 }
+fn default_net_line() -> usize {
+    64 << 10
+}
+fn default_buffer_records() -> usize {
+    65_536
+}
 fn default_queue_bytes() -> u64 {
     1 << 30
 }
@@ -334,7 +387,7 @@ pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
     resolve_tls(&mut cfg.forward.tls, &base);
     for p in &mut cfg.pipelines {
         for s in &mut p.sources {
-            let SourceConfig::File(f) = s;
+            let SourceConfig::File(f) = s else { continue };
             for g in f.include.iter_mut().chain(f.exclude.iter_mut()) {
                 if Path::new(g.as_str()).is_relative() {
                     *g = base.join(&*g).to_string_lossy().into_owned();
@@ -426,8 +479,19 @@ impl AgentConfig {
                         ),
                     ));
                 }
-                let SourceConfig::File(fc) = s;
                 let key = format!("pipelines[{i}].sources[{j}]");
+                let fc = match s {
+                    SourceConfig::File(fc) => fc,
+                    SourceConfig::Tcp(n) | SourceConfig::Udp(n) => {
+                        nonzero(&format!("{key}.max_line_bytes"), n.max_line_bytes)?;
+                        nonzero(&format!("{key}.buffer_records"), n.buffer_records)?;
+                        continue;
+                    }
+                    SourceConfig::Stdin(n) => {
+                        nonzero(&format!("{key}.max_line_bytes"), n.max_line_bytes)?;
+                        continue;
+                    }
+                };
                 if fc.include.is_empty() {
                     return Err((
                         format!("{key}.include"),

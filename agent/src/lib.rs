@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod counters;
 pub mod forward;
 pub mod pipeline;
 pub mod queue;

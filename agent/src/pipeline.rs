@@ -1,9 +1,12 @@
 //! A pipeline ties sources to the transform chain and the queue.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
+use crate::counters::Counters;
 use crate::queue::{Appended, Checkpoint, DeadLetter, Queue, QueueError, WhenFull};
 use crate::record::{Record, now_ns};
 use crate::transform::Chain;
@@ -12,6 +15,8 @@ use crate::transform::Chain;
 pub struct Pipeline {
     /// Pipeline name (default topic).
     pub name: String,
+    /// The agent's counters.
+    pub counters: Arc<Counters>,
     when_full: WhenFull,
     chain: Mutex<Chain>,
     queue: Queue,
@@ -24,9 +29,11 @@ impl Pipeline {
         when_full: WhenFull,
         chain: Chain,
         queue: Queue,
+        counters: Arc<Counters>,
     ) -> Arc<Self> {
         Arc::new(Pipeline {
             name: name.into(),
+            counters,
             when_full,
             chain: Mutex::new(chain),
             queue,
@@ -43,10 +50,69 @@ impl Pipeline {
         checkpoint: Option<Checkpoint>,
     ) -> Result<Appended, QueueError> {
         let out = self.chain.lock().await.apply(records);
+        let dead = self.dead_letters(rejected, out.failed);
+        self.queue
+            .append_with(out.records, dead, checkpoint, self.when_full)
+            .await
+    }
+
+    /// Like [`emit`](Self::emit), for sources that cannot hand a refusal back to their
+    /// producer (tcp, udp, stdin): transforms once, then retries the append with back-off
+    /// while the queue refuses (full under `block`, or storage failing), holding the records
+    /// and so pausing the source. Gives up only at `shutdown`: the held records are then
+    /// lost, as such a source's producer had no acknowledgement to wait for.
+    pub async fn emit_until_accepted(
+        &self,
+        records: Vec<Record>,
+        rejected: Vec<(Record, String)>,
+        shutdown: &CancellationToken,
+    ) -> Result<Appended, QueueError> {
+        let out = self.chain.lock().await.apply(records);
+        let mut dead = self.dead_letters(rejected, out.failed);
+        let mut records = out.records;
+        let mut delay = Duration::from_millis(20);
+        let mut warned = false;
+        loop {
+            match self
+                .queue
+                .append_with(records, dead, None, self.when_full)
+                .await
+            {
+                Ok(a) => {
+                    if warned {
+                        tracing::info!(pipeline = %self.name, "queue accepts records again");
+                    }
+                    return Ok(a);
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    let Some(back) = e.into_refused() else {
+                        return Err(QueueError::unavailable(reason));
+                    };
+                    if !warned {
+                        tracing::warn!(pipeline = %self.name, %reason, "queue refuses records; holding them and pausing the source");
+                        warned = true;
+                    }
+                    (records, dead) = (back.records, back.dead);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(QueueError::Closed),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn dead_letters(
+        &self,
+        rejected: Vec<(Record, String)>,
+        failed: Vec<(Record, String)>,
+    ) -> Vec<DeadLetter> {
         let now = now_ns();
         let dead: Vec<DeadLetter> = rejected
             .into_iter()
-            .chain(out.failed)
+            .chain(failed)
             .map(|(record, reason)| DeadLetter {
                 ts_ns: now,
                 pipeline: self.name.clone(),
@@ -57,9 +123,7 @@ impl Pipeline {
         if !dead.is_empty() {
             tracing::warn!(pipeline = %self.name, count = dead.len(), first_reason = %dead[0].reason, "records dead-lettered");
         }
-        self.queue
-            .append_with(out.records, dead, checkpoint, self.when_full)
-            .await
+        dead
     }
 
     /// The queue, for sources that need to read their checkpoints.

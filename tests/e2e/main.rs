@@ -6,5 +6,6 @@ mod util;
 mod config;
 mod delivery;
 mod limits;
+mod sources;
 mod tls;
 mod up;

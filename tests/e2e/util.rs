@@ -97,6 +97,18 @@ max_file_bytes = 1048576
 
     /// `agent.toml` with extra `[queue]` keys, extra keys for the pipeline, and sink ports.
     pub fn agent_config_with(&self, queue: &str, pipeline: &str, ports: &[u16]) -> PathBuf {
+        let file = "[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 50\n";
+        self.agent_config_sources(queue, pipeline, ports, file)
+    }
+
+    /// `agent.toml` with the given `[[pipelines.sources]]` blocks.
+    pub fn agent_config_sources(
+        &self,
+        queue: &str,
+        pipeline: &str,
+        ports: &[u16],
+        sources: &str,
+    ) -> PathBuf {
         std::fs::create_dir_all(self.path("input")).unwrap();
         let p = self.path("agent.toml");
         std::fs::write(
@@ -118,11 +130,7 @@ idle_timeout_ms = 3000
 name = "app"
 {pipeline}
 
-[[pipelines.sources]]
-type = "file"
-include = ["input/*.log"]
-poll_interval_ms = 50
-"#,
+{sources}"#,
                 ports
                     .iter()
                     .map(|p| format!("\"127.0.0.1:{p}\""))
@@ -253,6 +261,8 @@ pub fn line_no(payload: &str) -> usize {
 /// One JSONL record as written by the sink.
 #[derive(Debug, serde::Deserialize)]
 pub struct OutLine {
+    #[serde(default)]
+    pub headers: std::collections::HashMap<String, String>,
     pub agent: String,
     pub queue: String,
     pub seq: u64,
@@ -377,4 +387,37 @@ pub fn assert_exactly_once_in_order(lines: &[OutLine], n: usize) {
             .all(|l| l.agent == "edge-1" && l.topic == "app"),
         "agent id from cert, topic from pipeline"
     );
+}
+
+/// Stops a process with SIGTERM (a graceful stop) and waits for it.
+pub fn sigterm(p: &mut Proc) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    while p.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no exit within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of counter `name` in the agent's last `counters=` log line.
+pub fn counter_in_log(log: &Path, name: &str) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters="))
+        .unwrap_or("");
+    line.split_whitespace()
+        .find_map(|kv| {
+            kv.trim_matches('"')
+                .strip_prefix(&format!("{name}="))
+                .map(|v| v.trim_matches('"').parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
 }

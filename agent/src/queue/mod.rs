@@ -79,16 +79,19 @@ pub enum QueueError {
         /// Decoder message.
         message: String,
     },
-    /// The queue is at `max_bytes` and the pipeline's policy is `block`: the records are
-    /// handed back, nothing was stored.
-    #[error("queue is full ({count} records refused)", count = records.len())]
-    Full {
-        /// The refused records.
-        records: Vec<Record>,
+    /// The queue is at `max_bytes` and the pipeline's policy is `block`: nothing was
+    /// stored, and the append comes back whole so the caller can retry it.
+    #[error("queue is full ({} records refused)", .0.records.len())]
+    Full(Box<Refused>),
+    /// Storage is failing (full disk, I/O error) or being reopened: nothing was stored; the
+    /// append (if this was one) comes back whole. Retry later.
+    #[error("queue unavailable: {reason}")]
+    Unavailable {
+        /// What failed.
+        reason: String,
+        /// The refused append; empty for reads.
+        refused: Box<Refused>,
     },
-    /// Storage is failing (full disk, I/O error); nothing was stored, retry later.
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
     /// The writer has stopped (agent shutting down).
     #[error("queue is closed")]
     Closed,
@@ -128,6 +131,35 @@ pub struct DeadLetter {
     pub record: Record,
 }
 
+/// An append handed back by a refusing queue.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// The records.
+    pub records: Vec<Record>,
+    /// The dead letters.
+    pub dead: Vec<DeadLetter>,
+    /// The checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl QueueError {
+    /// An `Unavailable` error that carries no append.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        QueueError::Unavailable {
+            reason: reason.into(),
+            refused: Box::default(),
+        }
+    }
+
+    /// The refused append, if the queue handed one back.
+    pub fn into_refused(self) -> Option<Refused> {
+        match self {
+            QueueError::Full(r) | QueueError::Unavailable { refused: r, .. } => Some(*r),
+            _ => None,
+        }
+    }
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -146,6 +178,17 @@ pub(crate) struct Append {
     pub checkpoint: Option<Checkpoint>,
     pub when_full: WhenFull,
     pub done: oneshot::Sender<Result<Appended, QueueError>>,
+}
+
+impl Append {
+    /// The data part, to hand back on refusal.
+    pub(crate) fn into_refused(self) -> Refused {
+        Refused {
+            records: self.records,
+            dead: self.dead,
+            checkpoint: self.checkpoint,
+        }
+    }
 }
 
 pub(crate) enum Command {
@@ -176,12 +219,10 @@ impl Shared {
         let guard = self
             .db
             .read()
-            .map_err(|_| QueueError::Unavailable("queue lock poisoned".into()))?;
+            .map_err(|_| QueueError::unavailable("queue lock poisoned"))?;
         match guard.as_ref() {
             Some(d) => f(d),
-            None => Err(QueueError::Unavailable(
-                "queue file is being reopened".into(),
-            )),
+            None => Err(QueueError::unavailable("queue file is being reopened")),
         }
     }
 }

@@ -74,7 +74,7 @@ async fn block_refuses_and_hands_records_back() {
             .await
         {
             Ok(a) => stored += a.count,
-            Err(QueueError::Full { records }) => break records,
+            Err(QueueError::Full(r)) => break r.records,
             Err(e) => panic!("{e}"),
         }
     };

@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redb::{ReadableTable, WriteTransaction};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Append, Appended, CHECKPOINTS, CHUNK_VERSION, CHUNKS, Command, DEAD, Loaded, META, QueueError,
-    Shared, WhenFull, chunk_header, db, open_file,
+    Refused, Shared, WhenFull, chunk_header, db, open_file,
 };
 use crate::config::QueueConfig;
 use crate::record::Record;
@@ -144,9 +144,16 @@ impl Writer {
                 }
                 let mut seq = start_seq;
                 for (a, v) in batch.into_iter().zip(verdicts) {
+                    let Append {
+                        records,
+                        dead,
+                        checkpoint,
+                        done,
+                        ..
+                    } = a;
                     let reply = match v {
                         Verdict::Store => {
-                            let count = a.records.len();
+                            let count = records.len();
                             seq += count as u64;
                             Ok(Appended {
                                 first_seq: seq - count as u64,
@@ -157,11 +164,15 @@ impl Writer {
                         Verdict::DropRecords => Ok(Appended {
                             first_seq: seq,
                             count: 0,
-                            dropped: a.records.len(),
+                            dropped: records.len(),
                         }),
-                        Verdict::Refuse => Err(QueueError::Full { records: a.records }),
+                        Verdict::Refuse => Err(QueueError::Full(Box::new(Refused {
+                            records,
+                            dead,
+                            checkpoint,
+                        }))),
                     };
-                    let _ = a.done.send(reply);
+                    let _ = done.send(reply);
                 }
                 true
             }
@@ -169,8 +180,13 @@ impl Writer {
                 // A failed commit stored nothing (redb's transactions are atomic); refuse
                 // the batch so the sources keep their data and retry.
                 tracing::error!(error = %e, "queue commit failed; refusing appends until storage recovers");
-                for a in batch {
-                    let _ = a.done.send(Err(QueueError::Unavailable(e.to_string())));
+                for mut a in batch {
+                    let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+                    let refused = Box::new(a.into_refused());
+                    let _ = done.send(Err(QueueError::Unavailable {
+                        reason: e.to_string(),
+                        refused,
+                    }));
                 }
                 false
             }
@@ -188,10 +204,10 @@ impl Writer {
             .shared
             .db
             .read()
-            .map_err(|_| QueueError::Unavailable("lock poisoned".into()))?;
+            .map_err(|_| QueueError::unavailable("lock poisoned"))?;
         let d = guard
             .as_ref()
-            .ok_or_else(|| QueueError::Unavailable("queue file closed".into()))?;
+            .ok_or_else(|| QueueError::unavailable("queue file closed"))?;
         let mut txn = d.begin_write().map_err(db)?;
         let durable = batch
             .iter()
@@ -199,7 +215,7 @@ impl Writer {
         if !durable {
             // Only deletions: not worth an fsync (a lost delete means a resend the sink drops).
             txn.set_durability(redb::Durability::None)
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                .map_err(|e| QueueError::unavailable(e.to_string()))?;
         }
         let w = self.write_tables(&txn, batch, verdicts, acked, free_target)?;
         txn.commit().map_err(db)?;
@@ -344,10 +360,13 @@ impl Writer {
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline {
                 match self.rx.try_recv() {
-                    Ok(Command::Append(a)) => {
-                        let _ = a.done.send(Err(QueueError::Unavailable(
-                            "storage is failing; retry later".into(),
-                        )));
+                    Ok(Command::Append(mut a)) => {
+                        let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+                        let refused = Box::new(a.into_refused());
+                        let _ = done.send(Err(QueueError::Unavailable {
+                            reason: "storage is failing; retry later".into(),
+                            refused,
+                        }));
                     }
                     Ok(Command::Wake) => {}
                     Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -376,7 +395,7 @@ impl Writer {
             .shared
             .db
             .write()
-            .map_err(|_| QueueError::Unavailable("lock poisoned".into()))?;
+            .map_err(|_| QueueError::unavailable("lock poisoned"))?;
         // redb latches an I/O failure until the database is closed: drop it first.
         drop(guard.take());
         let (d, l) = open_file(&self.shared.path)?;

@@ -30,7 +30,7 @@ use crate::config::{FileSourceConfig, ReadFrom};
 use crate::pipeline::Pipeline;
 use crate::queue::Checkpoint;
 use crate::record::{Record, now_ns};
-use crate::source::codec;
+use crate::source::{codec, lines};
 
 const FINGERPRINT_BYTES: u64 = 256;
 /// Polls a rotated-away file stays open with no new data before it is dropped.
@@ -417,26 +417,8 @@ fn read_lines(
     let n = read_full(&mut t.file, &mut buf[start..])?;
     buf.truncate(start + n);
     t.read_pos += n as u64;
-    let mut lines = Vec::new();
-    let mut from = 0;
-    while let Some(i) = memchr(b'\n', &buf[from..]) {
-        let mut line = &buf[from..from + i];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        for piece in line.chunks(max_line) {
-            lines.push(piece.to_vec());
-        }
-        from += i + 1;
-    }
-    let mut rest = buf.split_off(from);
-    // A line longer than the limit is emitted in pieces rather than held forever.
-    while rest.len() >= max_line {
-        let tail = rest.split_off(max_line);
-        lines.push(rest);
-        rest = tail;
-    }
-    t.partial = rest;
+    let lines = lines::split_lines(&mut buf, max_line);
+    t.partial = buf;
     Ok((n > 0 || !lines.is_empty()).then_some(lines))
 }
 
@@ -449,10 +431,6 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 /// CRC of the first `len` bytes, or `None` if the file is shorter.

@@ -1,9 +1,12 @@
-//! Sources: where records come from. Each runs as a task that hands batches to its
+//! Sources: where records come from (file, stdin, tcp, udp). Each runs as a task that hands batches to its
 //! [`Pipeline`](crate::pipeline::Pipeline) and waits for the queue commit before it treats
 //! the input as consumed.
 
 pub mod codec;
 pub mod file;
+pub mod lines;
+pub mod net;
+pub mod stdin;
 
 use std::sync::Arc;
 
@@ -16,5 +19,8 @@ use crate::pipeline::Pipeline;
 pub async fn run(cfg: SourceConfig, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
     match cfg {
         SourceConfig::File(f) => file::FileSource::new(f, pipeline).run(shutdown).await,
+        SourceConfig::Tcp(n) => net::run_tcp(n, pipeline, shutdown).await,
+        SourceConfig::Udp(n) => net::run_udp(n, pipeline, shutdown).await,
+        SourceConfig::Stdin(c) => stdin::run(c, pipeline, shutdown).await,
     }
 }
