@@ -156,6 +156,8 @@ pub enum SourceConfig {
     Udp(NetSourceConfig),
     /// Lines from the agent's standard input.
     Stdin(StdinSourceConfig),
+    /// HTTP ingest: POST NDJSON or raw lines; answered only after the queue commit.
+    Http(HttpSourceConfig),
 }
 
 impl SourceConfig {
@@ -166,6 +168,7 @@ impl SourceConfig {
             SourceConfig::Tcp(n) => n.name.as_deref().unwrap_or("tcp"),
             SourceConfig::Udp(n) => n.name.as_deref().unwrap_or("udp"),
             SourceConfig::Stdin(n) => n.name.as_deref().unwrap_or("stdin"),
+            SourceConfig::Http(h) => h.name.as_deref().unwrap_or("http"),
         }
     }
 }
@@ -190,6 +193,30 @@ pub struct NetSourceConfig {
     /// are dropped and counted (`<source>.dropped`). TCP ignores it (it pushes back instead).
     #[serde(default = "default_buffer_records")]
     pub buffer_records: usize,
+}
+
+/// HTTP ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Source name (default `http`).
+    pub name: Option<String>,
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Path that accepts POSTs.
+    #[serde(default = "default_http_path")]
+    pub path: String,
+    /// Larger bodies get 413.
+    #[serde(default = "default_http_body")]
+    pub max_body_bytes: usize,
+    /// `json`: the body is NDJSON and every line must parse (else 400, nothing stored);
+    /// `raw`/`binary`: one record per line.
+    #[serde(default)]
+    pub codec: Codec,
+    /// If set, requests need `Authorization: Bearer <token>` (else 401).
+    pub auth_token: Option<String>,
+    /// Record topic (default: the pipeline name).
+    pub topic: Option<String>,
 }
 
 /// Standard input.
@@ -328,6 +355,12 @@ fn default_reconnect_max() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     10_000
+}
+fn default_http_path() -> String {
+    "/ingest".into()
+}
+fn default_http_body() -> usize {
+    10 << 20
 }
 fn default_net_line() -> usize {
     64 << 10
@@ -489,6 +522,16 @@ impl AgentConfig {
                     }
                     SourceConfig::Stdin(n) => {
                         nonzero(&format!("{key}.max_line_bytes"), n.max_line_bytes)?;
+                        continue;
+                    }
+                    SourceConfig::Http(h) => {
+                        nonzero(&format!("{key}.max_body_bytes"), h.max_body_bytes)?;
+                        if !h.path.starts_with('/') {
+                            return Err((format!("{key}.path"), "must start with /".into()));
+                        }
+                        if h.auth_token.as_deref() == Some("") {
+                            return Err((format!("{key}.auth_token"), "must not be empty".into()));
+                        }
                         continue;
                     }
                 };

@@ -5,6 +5,7 @@ mod util;
 
 mod config;
 mod delivery;
+mod http;
 mod limits;
 mod sources;
 mod tls;

@@ -421,3 +421,36 @@ pub fn counter_in_log(log: &Path, name: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A minimal HTTP/1.1 client over a real socket: `(status, headers and body as text)`.
+pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut s = None;
+    for _ in 0..100 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut s = s.expect("http source never listened");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    // The server may answer (413) and close before taking the whole body: ignore write errors.
+    let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
