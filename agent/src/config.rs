@@ -158,6 +158,8 @@ pub enum SourceConfig {
     Stdin(StdinSourceConfig),
     /// HTTP ingest: POST NDJSON or raw lines; answered only after the queue commit.
     Http(HttpSourceConfig),
+    /// CPU, memory, disk and network of this machine, as JSON, every `interval_secs`.
+    HostMetrics(HostMetricsConfig),
 }
 
 impl SourceConfig {
@@ -169,6 +171,7 @@ impl SourceConfig {
             SourceConfig::Udp(n) => n.name.as_deref().unwrap_or("udp"),
             SourceConfig::Stdin(n) => n.name.as_deref().unwrap_or("stdin"),
             SourceConfig::Http(h) => h.name.as_deref().unwrap_or("http"),
+            SourceConfig::HostMetrics(h) => h.name.as_deref().unwrap_or("host_metrics"),
         }
     }
 }
@@ -215,6 +218,19 @@ pub struct HttpSourceConfig {
     pub codec: Codec,
     /// If set, requests need `Authorization: Bearer <token>` (else 401).
     pub auth_token: Option<String>,
+    /// Record topic (default: the pipeline name).
+    pub topic: Option<String>,
+}
+
+/// Host metrics sampling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMetricsConfig {
+    /// Source name (default `host_metrics`).
+    pub name: Option<String>,
+    /// Seconds between samples.
+    #[serde(default = "default_metrics_interval")]
+    pub interval_secs: u64,
     /// Record topic (default: the pipeline name).
     pub topic: Option<String>,
 }
@@ -355,6 +371,9 @@ fn default_reconnect_max() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     10_000
+}
+fn default_metrics_interval() -> u64 {
+    10
 }
 fn default_http_path() -> String {
     "/ingest".into()
@@ -522,6 +541,10 @@ impl AgentConfig {
                     }
                     SourceConfig::Stdin(n) => {
                         nonzero(&format!("{key}.max_line_bytes"), n.max_line_bytes)?;
+                        continue;
+                    }
+                    SourceConfig::HostMetrics(h) => {
+                        nonzero(&format!("{key}.interval_secs"), h.interval_secs as usize)?;
                         continue;
                     }
                     SourceConfig::Http(h) => {

@@ -1,9 +1,10 @@
-//! Sources: where records come from (file, stdin, tcp, udp, http). Each runs as a task that hands batches to its
+//! Sources: where records come from (file, stdin, tcp, udp, http, host_metrics). Each runs as a task that hands batches to its
 //! [`Pipeline`](crate::pipeline::Pipeline) and waits for the queue commit before it treats
 //! the input as consumed.
 
 pub mod codec;
 pub mod file;
+pub mod host_metrics;
 pub mod http;
 pub mod lines;
 pub mod net;
@@ -24,5 +25,6 @@ pub async fn run(cfg: SourceConfig, pipeline: Arc<Pipeline>, shutdown: Cancellat
         SourceConfig::Udp(n) => net::run_udp(n, pipeline, shutdown).await,
         SourceConfig::Stdin(c) => stdin::run(c, pipeline, shutdown).await,
         SourceConfig::Http(h) => http::run(h, pipeline, shutdown).await,
+        SourceConfig::HostMetrics(h) => host_metrics::run(h, pipeline, shutdown).await,
     }
 }
