@@ -82,7 +82,12 @@ pub async fn run(
     sources.close();
     sources.wait().await;
     forward_stop.cancel();
-    let _ = forwarding.await;
+    if tokio::time::timeout(std::time::Duration::from_secs(10), forwarding)
+        .await
+        .is_err()
+    {
+        tracing::warn!("forwarder did not stop within 10 s; leaving it");
+    }
     queue.close().await;
     report.abort();
     tracing::info!(counters = %counters.line(), "agent stopped");

@@ -81,6 +81,10 @@ pub struct ForwardConfig {
     /// QUIC idle timeout: a silent sink is given up after this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// A sink that has not acknowledged the oldest batch in flight after this long is
+    /// treated as failed (reconnect, or fail over).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
 }
 
 /// Queue size and writer tuning.
@@ -372,6 +376,9 @@ fn default_reconnect_max() -> u64 {
 fn default_idle_timeout() -> u64 {
     10_000
 }
+fn default_ack_timeout() -> u64 {
+    30_000
+}
 fn default_metrics_interval() -> u64 {
     10
 }
@@ -471,6 +478,10 @@ pub fn load_sink(path: &Path) -> Result<SinkConfig, ConfigError> {
 
 type Invalid = (String, String);
 
+/// Largest record or batch a config may ask for: half a wire frame, leaving room for the
+/// per-record envelope.
+pub const MAX_RECORD_BYTES: usize = crate::wire::MAX_FRAME / 2;
+
 impl AgentConfig {
     /// Checks what serde cannot; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -492,6 +503,14 @@ impl AgentConfig {
         nonzero("forward.window", f.window)?;
         nonzero("forward.batch_max_records", f.batch_max_records)?;
         nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
+        nonzero("forward.ack_timeout_ms", f.ack_timeout_ms as usize)?;
+        // A batch (and so a single record) must fit in one wire frame.
+        if f.batch_max_bytes > MAX_RECORD_BYTES {
+            return Err((
+                "forward.batch_max_bytes".into(),
+                format!("at most {MAX_RECORD_BYTES}"),
+            ));
+        }
         if f.reconnect_min_ms == 0 || f.reconnect_min_ms > f.reconnect_max_ms {
             return Err((
                 "forward.reconnect_min_ms".into(),
@@ -536,6 +555,12 @@ impl AgentConfig {
                     SourceConfig::File(fc) => fc,
                     SourceConfig::Tcp(n) | SourceConfig::Udp(n) => {
                         nonzero(&format!("{key}.max_line_bytes"), n.max_line_bytes)?;
+                        if n.max_line_bytes > MAX_RECORD_BYTES {
+                            return Err((
+                                format!("{key}.max_line_bytes"),
+                                format!("at most {MAX_RECORD_BYTES}"),
+                            ));
+                        }
                         nonzero(&format!("{key}.buffer_records"), n.buffer_records)?;
                         continue;
                     }
@@ -577,6 +602,12 @@ impl AgentConfig {
                     fc.poll_interval_ms as usize,
                 )?;
                 nonzero(&format!("{key}.max_line_bytes"), fc.max_line_bytes)?;
+                if fc.max_line_bytes > MAX_RECORD_BYTES {
+                    return Err((
+                        format!("{key}.max_line_bytes"),
+                        format!("at most {MAX_RECORD_BYTES}"),
+                    ));
+                }
                 nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
             }
         }

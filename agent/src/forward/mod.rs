@@ -187,7 +187,7 @@ impl Forwarder {
             self.client.clone(),
             addr,
             &self.cfg.server_name,
-            self.queue.queue_id(),
+            &self.queue.queue_id(),
         )
         .await?;
         let Session {
@@ -198,6 +198,19 @@ impl Forwarder {
             sink_id,
         } = session;
         tracing::info!(sink = %target, %sink_id, high_water_mark, "connected to sink");
+        let committed = self.queue.last_committed();
+        if high_water_mark > committed {
+            // The sink holds seqs this queue never wrote: the file was cloned or restored.
+            // Acking them would delete unsent records; take a new identity instead, at the
+            // price of possibly resending what the sink already has.
+            let new_id = tokio::task::block_in_place(|| self.queue.new_identity())?;
+            tracing::error!(
+                high_water_mark, committed, %new_id,
+                "sink knows this queue beyond its last commit (cloned or restored queue file?); \
+                 switched to a new queue id so nothing is lost"
+            );
+            return Err(ForwardError::Protocol("queue identity reset".into()));
+        }
         if high_water_mark > self.queue.acked() {
             self.queue.ack(high_water_mark);
         }
@@ -212,6 +225,9 @@ impl Forwarder {
         let mut committed = self.queue.committed();
         let mut batch_id = 0u64;
         let mut draining = false;
+        let ack_timeout = Duration::from_millis(self.cfg.ack_timeout_ms);
+        // Deadline for the oldest batch in flight to be acknowledged.
+        let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
         loop {
             committed.borrow_and_update();
             while !draining && in_flight.len() < self.cfg.window {
@@ -225,7 +241,17 @@ impl Forwarder {
                 })?;
                 let Some((frame, last)) = encoded else { break };
                 batch_id = id;
-                send.write_all(&frame).await.map_err(FrameError::from)?;
+                if in_flight.is_empty() {
+                    ack_deadline = tokio::time::Instant::now() + ack_timeout;
+                }
+                // A sink that stops reading must not hold up shutdown.
+                tokio::select! {
+                    r = send.write_all(&frame) => r.map_err(FrameError::from)?,
+                    _ = shutdown.cancelled() => {
+                        conn.close(0u32.into(), b"agent shutting down");
+                        return Ok(());
+                    }
+                }
                 in_flight.push_back((id, last));
                 cursor = last + 1;
             }
@@ -246,12 +272,18 @@ impl Forwarder {
                             "ack {}/{} does not match batch {id}/{last}", ack.batch_id, ack.last_seq)));
                     }
                     self.queue.ack(last);
+                    ack_deadline = tokio::time::Instant::now() + ack_timeout;
                 }
                 _ = committed.changed(), if !draining && in_flight.len() < self.cfg.window => {}
                 _ = shutdown.cancelled(), if !draining => {
                     draining = true;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(3)), if draining => break,
+                _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() && !draining => {
+                    // The connection is alive (keep-alives) but the sink does not commit:
+                    // try again, or another sink.
+                    return Err(ForwardError::Protocol(format!("no ack within {ack_timeout:?}")));
+                }
             }
         }
         let _ = send.finish();

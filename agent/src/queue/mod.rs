@@ -203,7 +203,7 @@ pub(crate) struct Shared {
     /// `None` only while the writer reopens the file after a storage failure. Readers hold
     /// the read guard for the length of their read transaction.
     db: RwLock<Option<Database>>,
-    queue_id: String,
+    queue_id: RwLock<String>,
     max_bytes: u64,
     /// Highest seq the sink has acknowledged (everything at or below may be deleted).
     acked: AtomicU64,
@@ -296,11 +296,11 @@ impl Queue {
             .first_chunk
             .unwrap_or(loaded.next_seq)
             .saturating_sub(1);
-        let (committed, _) = watch::channel(loaded.next_seq - 1);
+        let (committed, _) = watch::channel(loaded.next_seq.saturating_sub(1));
         let shared = Arc::new(Shared {
             path,
             db: RwLock::new(Some(database)),
-            queue_id: loaded.queue_id.clone(),
+            queue_id: RwLock::new(loaded.queue_id.clone()),
             max_bytes: cfg.max_bytes,
             acked: AtomicU64::new(acked),
             committed,
@@ -322,8 +322,37 @@ impl Queue {
     }
 
     /// The random id of this queue file.
-    pub fn queue_id(&self) -> &str {
-        &self.shared.queue_id
+    pub fn queue_id(&self) -> String {
+        self.shared
+            .queue_id
+            .read()
+            .map(|id| id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Gives the queue a new random id, so a sink treats every seq as new. For when a sink
+    /// knows this id with a high-water mark above anything committed here (the file was
+    /// cloned to another machine, or restored from a snapshot): without a new id, the
+    /// records from here up to that mark would be taken for duplicates and lost. Blocking.
+    pub fn new_identity(&self) -> Result<String, QueueError> {
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        self.shared.with_db(|d| {
+            let txn = d.begin_write().map_err(db)?;
+            txn.open_table(META)
+                .map_err(db)?
+                .insert("queue_id", id.as_bytes())
+                .map_err(db)?;
+            txn.commit().map_err(db)
+        })?;
+        if let Ok(mut g) = self.shared.queue_id.write() {
+            g.clone_from(&id);
+        }
+        Ok(id)
+    }
+
+    /// Last committed seq (0 if none).
+    pub fn last_committed(&self) -> u64 {
+        *self.shared.committed.borrow()
     }
 
     /// Stores `records` (and `checkpoint`, in the same transaction) under the `block`
@@ -454,16 +483,12 @@ pub(crate) fn open_file(path: &Path) -> Result<(Database, Loaded), QueueError> {
 /// Errors that mean the file's content is bad, as opposed to the file being busy, missing
 /// permissions or written by a newer version.
 fn is_corruption(e: &QueueError) -> bool {
+    // Only content errors: a locked, unreadable or newer-format file is left alone (the
+    // agent refuses to start and says why) rather than abandoned with its records.
     match e {
-        QueueError::Corrupt { .. } => true,
-        QueueError::Storage(redb::Error::DatabaseAlreadyOpen) => false,
-        QueueError::Storage(redb::Error::Io(io)) => !matches!(
-            io.kind(),
-            std::io::ErrorKind::PermissionDenied
-                | std::io::ErrorKind::StorageFull
-                | std::io::ErrorKind::WouldBlock
-        ),
-        QueueError::Storage(_) => true,
+        QueueError::Corrupt { .. } | QueueError::Storage(redb::Error::Corrupted(_)) => true,
+        // redb reports a file that is not a database at all ("magic number mismatch") so.
+        QueueError::Storage(redb::Error::Io(io)) => io.kind() == std::io::ErrorKind::InvalidData,
         _ => false,
     }
 }
@@ -625,7 +650,7 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
         }
         loaded = Loaded {
             queue_id,
-            next_seq: meta_u64(&meta, "next_seq")?.unwrap_or(1),
+            next_seq: meta_u64(&meta, "next_seq")?.unwrap_or(1).max(1),
             first_chunk: chunks.first().map_err(db)?.map(|(k, _)| k.value()),
             bytes,
             next_dead: meta_u64(&meta, "next_dead")?.unwrap_or(1),

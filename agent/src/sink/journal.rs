@@ -197,7 +197,8 @@ fn init(db: &Database) -> Result<(u64, HashMap<String, u64>), JournalError> {
         let drained = cursor.get("drained").map_err(db_)?.map_or(0, |v| {
             let b = v.value();
             let mut a = [0u8; 8];
-            a.copy_from_slice(&b[..8.min(b.len())]);
+            let n = b.len().min(8);
+            a[..n].copy_from_slice(&b[..n]);
             u64::from_le_bytes(a)
         });
         let next = last_entry.unwrap_or(0).max(drained) + 1;

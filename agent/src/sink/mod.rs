@@ -55,12 +55,17 @@ impl Sink {
         for o in &cfg.outputs {
             match o {
                 OutputConfig::Jsonl(j) => {
-                    let name = format!("jsonl:{}", j.dir.display());
-                    let pos = positions
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, p)| p.as_slice());
-                    outputs.push(Box::new(JsonlOutput::open(&j.dir, j.max_file_bytes, pos)?));
+                    let position_of = |name: &str| {
+                        positions
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, p)| p.clone())
+                    };
+                    outputs.push(Box::new(JsonlOutput::open(
+                        &j.dir,
+                        j.max_file_bytes,
+                        position_of,
+                    )?));
                 }
                 OutputConfig::Stdout(_) => outputs.push(Box::new(StdoutOutput::new())),
             }

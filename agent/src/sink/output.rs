@@ -106,37 +106,52 @@ pub struct JsonlOutput {
 impl JsonlOutput {
     /// Opens the output at a committed position (`None` for a fresh start), discarding
     /// anything written after that position.
-    pub fn open(dir: &Path, max_file_bytes: u64, position: Option<&[u8]>) -> std::io::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        max_file_bytes: u64,
+        position_of: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (index, offset) = match position {
+        // The canonical path names the position, however the config spelled it.
+        let dir = dir.canonicalize()?;
+        let existing: Vec<u64> = std::fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| file_index(&e.path()))
+            .collect();
+        let (mut index, mut offset) = match position_of(&output_name(&dir)) {
             Some(p) if p.len() == 16 => (
                 u64::from_le_bytes(p[..8].try_into().unwrap_or_default()),
                 u64::from_le_bytes(p[8..].try_into().unwrap_or_default()),
             ),
-            _ => (1, 0),
+            // No position (a new journal, or files from elsewhere): never touch existing
+            // files, start after them.
+            _ => (existing.iter().max().map_or(1, |m| m + 1), 0),
         };
         // Files past the committed one were started after the last commit.
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if let Some(i) = file_index(&path) {
-                if i > index {
-                    std::fs::remove_file(&path)?;
-                }
-            }
+        for i in existing.iter().filter(|&&i| i > index) {
+            std::fs::remove_file(jsonl_path(&dir, *i))?;
         }
-        let path = jsonl_path(dir, index);
+        let mut path = jsonl_path(&dir, index);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            // Someone moved or cut our file: never pad it; continue in a new one.
+            tracing::warn!(path = %path.display(), len, offset, "output file is shorter than committed; starting a new file");
+            index += 1;
+            offset = 0;
+            path = jsonl_path(&dir, index);
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)?;
-        if file.metadata()?.len() != offset {
+        if file.metadata()?.len() > offset {
             tracing::info!(path = %path.display(), offset, "truncating output to its last committed position");
             file.set_len(offset)?;
             file.sync_all()?;
         }
         let mut out = JsonlOutput {
-            dir: dir.into(),
+            dir,
             max_file_bytes,
             index,
             offset,
@@ -172,7 +187,7 @@ impl JsonlOutput {
 
 impl Output for JsonlOutput {
     fn name(&self) -> String {
-        format!("jsonl:{}", self.dir.display())
+        output_name(&self.dir)
     }
 
     fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()> {
@@ -218,6 +233,10 @@ impl Output for JsonlOutput {
         self.file.set_len(offset)?;
         self.seek_end()
     }
+}
+
+fn output_name(dir: &Path) -> String {
+    format!("jsonl:{}", dir.display())
 }
 
 /// Path of the JSONL file number `index`.

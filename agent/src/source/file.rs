@@ -33,8 +33,9 @@ use crate::record::{Record, now_ns};
 use crate::source::{codec, lines};
 
 const FINGERPRINT_BYTES: u64 = 256;
-/// Polls a rotated-away file stays open with no new data before it is dropped.
-const ROTATED_GRACE_POLLS: u32 = 4;
+/// How long a rotated-away file stays open with no new data before it is dropped: long
+/// enough for an application to notice the rotation (logrotate's HUP) and reopen.
+const ROTATED_GRACE: Duration = Duration::from_secs(10);
 
 /// The stored position of one file. CBOR; do not reorder fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,7 +59,11 @@ struct Tailed {
     fp_crc: u32,
     /// No longer matched by the globs: read to the end, then drop.
     rotated: bool,
-    idle_polls: u32,
+    /// Since when a rotated file has had no new data.
+    idle_since: Option<Instant>,
+    /// The last append was refused by failing storage, which may have stored it after all:
+    /// re-read the position from the queue before reading on.
+    reload: bool,
 }
 
 impl Tailed {
@@ -268,7 +273,8 @@ impl FileSource {
             fp_len: 0,
             fp_crc: 0,
             rotated: false,
-            idle_polls: 0,
+            idle_since: None,
+            reload: false,
         };
         match saved {
             Some(cp) if matches => {
@@ -298,15 +304,29 @@ impl FileSource {
             .cfg
             .read_chunk_bytes
             .min((self.pipeline.queue().max_bytes() / 8).max(4096) as usize);
+        let queue = self.pipeline.queue().clone();
         let Some(t) = self.files.get_mut(key) else {
             return Ok(false);
         };
+        if t.reload {
+            // Only what the queue holds counts; if it is still unreadable, try later.
+            let Ok(saved) = tokio::task::block_in_place(|| queue.checkpoint(key)) else {
+                return Ok(false);
+            };
+            let offset = saved
+                .and_then(|b| ciborium::from_reader::<FileCheckpoint, _>(&b[..]).ok())
+                .map_or(t.committed, |c| c.offset);
+            t.read_pos = offset;
+            t.committed = offset;
+            t.partial.clear();
+            t.reload = false;
+        }
         let lines = tokio::task::block_in_place(|| read_lines(t, chunk, max_line))?;
         let Some(lines) = lines else {
             // Nothing new at all.
             if t.rotated {
-                t.idle_polls += 1;
-                if t.idle_polls >= ROTATED_GRACE_POLLS {
+                let since = *t.idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= ROTATED_GRACE {
                     // A last line without newline in a finished file is still a record.
                     if !t.partial.is_empty() {
                         let line = std::mem::take(&mut t.partial);
@@ -318,7 +338,7 @@ impl FileSource {
             }
             return Ok(false);
         };
-        t.idle_polls = 0;
+        t.idle_since = None;
         if lines.is_empty() {
             // Only part of a line so far: wait for its newline.
             return Ok(false);
@@ -385,6 +405,8 @@ impl FileSource {
                 if let Some(t) = self.files.get_mut(key) {
                     t.read_pos = t.committed;
                     t.partial.clear();
+                    // A full queue stored nothing; failing storage may have stored it.
+                    t.reload = matches!(e, crate::queue::QueueError::Unavailable { .. });
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -400,9 +422,13 @@ fn read_lines(
     max_line: usize,
 ) -> std::io::Result<Option<Vec<Vec<u8>>>> {
     let len = t.file.metadata()?.len();
-    if len < t.read_pos {
+    // Truncated (copytruncate) — possibly already grown past our offset again, which only
+    // the fingerprint of the first bytes reveals.
+    let replaced = t.fp_len > 0 && fingerprint(&mut t.file, t.fp_len)? != Some(t.fp_crc);
+    if len < t.read_pos || replaced {
         tracing::info!(path = %t.path.display(), "file truncated; reading from the start");
         t.read_pos = 0;
+        t.committed = 0;
         t.partial.clear();
         t.fp_len = 0;
     }
@@ -435,7 +461,8 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// CRC of the first `len` bytes, or `None` if the file is shorter.
 fn fingerprint(f: &mut File, len: u64) -> std::io::Result<Option<u32>> {
-    let mut buf = vec![0u8; len as usize];
+    // The length comes from a stored checkpoint: never trust it beyond what we write.
+    let mut buf = vec![0u8; len.min(FINGERPRINT_BYTES) as usize];
     f.seek(SeekFrom::Start(0))?;
     let n = read_full(f, &mut buf)?;
     Ok((n == buf.len()).then(|| crc32fast::hash(&buf)))

@@ -14,7 +14,11 @@ use crate::record::Record;
 
 /// Samples until `shutdown`.
 pub async fn run(cfg: HostMetricsConfig, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
-    let source = format!("{}/{}", pipeline.name, cfg.name.as_deref().unwrap_or("host_metrics"));
+    let source = format!(
+        "{}/{}",
+        pipeline.name,
+        cfg.name.as_deref().unwrap_or("host_metrics")
+    );
     let topic = cfg.topic.clone().unwrap_or_else(|| pipeline.name.clone());
     let mut sampler = match Sampler::new() {
         Ok(s) => s,
@@ -30,8 +34,15 @@ pub async fn run(cfg: HostMetricsConfig, pipeline: Arc<Pipeline>, shutdown: Canc
             _ = tick.tick() => {}
         }
         let payload = tokio::task::block_in_place(|| sampler.sample());
-        let record = Record::new(source.clone(), topic.clone(), payload.to_string().into_bytes());
-        if let Err(e) = pipeline.emit_until_accepted(vec![record], Vec::new(), &shutdown).await {
+        let record = Record::new(
+            source.clone(),
+            topic.clone(),
+            payload.to_string().into_bytes(),
+        );
+        if let Err(e) = pipeline
+            .emit_until_accepted(vec![record], Vec::new(), &shutdown)
+            .await
+        {
             tracing::debug!(%source, error = %e, "sample not queued");
         }
     }

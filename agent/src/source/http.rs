@@ -54,7 +54,7 @@ pub async fn run(cfg: HttpSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         topic: cfg.topic.clone().unwrap_or_else(|| pipeline.name.clone()),
         codec: cfg.codec,
         token: cfg.auth_token.clone(),
-        max_line: cfg.max_body_bytes,
+        max_line: cfg.max_body_bytes.min(crate::config::MAX_RECORD_BYTES),
         source: source.clone(),
         pipeline,
     });

@@ -9,7 +9,7 @@
 pub fn split_lines(buf: &mut Vec<u8>, max_line: usize) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     let mut from = 0;
-    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
         let mut line = &buf[from..from + i];
         if line.last() == Some(&b'\r') {
             line = &line[..line.len() - 1];
@@ -44,7 +44,7 @@ mod tests {
         buf.extend_from_slice(b"dddddd\n");
         assert_eq!(
             split_lines(&mut buf, 4),
-            vec![b"cccd".to_vec(), b"dddd".to_vec()]
+            vec![b"cccd".to_vec(), b"dddd".to_vec(), b"d".to_vec()]
         );
         let mut long = b"xxxxxxxxxx".to_vec();
         assert_eq!(split_lines(&mut long, 4).len(), 2);
