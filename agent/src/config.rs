@@ -85,6 +85,12 @@ pub struct ForwardConfig {
     /// treated as failed (reconnect, or fail over).
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout_ms: u64,
+    /// Failed attempts on one sink before moving to the next in `sinks`.
+    #[serde(default = "default_failover_after")]
+    pub failover_after: u32,
+    /// While on a fallback sink, try the first one again after this long.
+    #[serde(default = "default_failback")]
+    pub failback_after_ms: u64,
 }
 
 /// Queue size and writer tuning.
@@ -376,6 +382,12 @@ fn default_reconnect_max() -> u64 {
 fn default_idle_timeout() -> u64 {
     10_000
 }
+fn default_failover_after() -> u32 {
+    3
+}
+fn default_failback() -> u64 {
+    300_000
+}
 fn default_ack_timeout() -> u64 {
     30_000
 }
@@ -504,6 +516,8 @@ impl AgentConfig {
         nonzero("forward.batch_max_records", f.batch_max_records)?;
         nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
         nonzero("forward.ack_timeout_ms", f.ack_timeout_ms as usize)?;
+        nonzero("forward.failover_after", f.failover_after as usize)?;
+        nonzero("forward.failback_after_ms", f.failback_after_ms as usize)?;
         // A batch (and so a single record) must fit in one wire frame.
         if f.batch_max_bytes > MAX_RECORD_BYTES {
             return Err((

@@ -5,6 +5,7 @@ mod util;
 
 mod config;
 mod delivery;
+mod failover;
 mod http;
 mod limits;
 mod sources;

@@ -182,3 +182,29 @@ fn stdin_lines_arrive() {
     let out = wait_for_output(&w.output_dir(), 1000, WAIT);
     assert_exactly_once_in_order(&out, 1000);
 }
+
+/// `host_metrics` sends a JSON sample of this machine every interval.
+#[test]
+fn host_metrics_sends_json_samples() {
+    let w = World::new();
+    w.agent_config_sources(
+        "",
+        "",
+        &[w.port],
+        "[[pipelines.sources]]\ntype = \"host_metrics\"\ninterval_secs = 1\n",
+    );
+    let _sink = w.sink();
+    let _agent = w.agent_as_configured();
+    let out = wait_for_output(&w.output_dir(), 2, WAIT);
+    let sample: serde_json::Value = serde_json::from_str(&out[0].payload).expect("a JSON sample");
+    assert!(
+        sample["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{sample}"
+    );
+    assert!(sample["cpu_percent"].is_number(), "{sample}");
+    assert!(
+        sample["disks"].as_array().is_some_and(|d| !d.is_empty()),
+        "{sample}"
+    );
+    assert!(sample["network"].is_array(), "{sample}");
+}

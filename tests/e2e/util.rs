@@ -69,21 +69,25 @@ impl World {
 
     /// Writes `sink.toml` (JSONL output under `sink/out`, small files to exercise rotation).
     pub fn sink_config(&self) -> PathBuf {
-        let p = self.path("sink.toml");
+        self.sink_config_named("sink", self.port)
+    }
+
+    /// Writes `NAME.toml` for a sink on `port` with data in `NAME/data`, output in `NAME/out`.
+    pub fn sink_config_named(&self, name: &str, port: u16) -> PathBuf {
+        let p = self.path(&format!("{name}.toml"));
         std::fs::write(
             &p,
             format!(
-                r#"listen = "127.0.0.1:{}"
-data_dir = "sink/data"
+                r#"listen = "127.0.0.1:{port}"
+data_dir = "{name}/data"
 tls = {{ ca = "certs/ca.pem", cert = "certs/sink.pem", key = "certs/sink.key" }}
 idle_timeout_ms = 3000
 
 [[outputs]]
 type = "jsonl"
-dir = "sink/out"
+dir = "{name}/out"
 max_file_bytes = 1048576
-"#,
-                self.port
+"#
             ),
         )
         .unwrap();

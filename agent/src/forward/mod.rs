@@ -141,20 +141,39 @@ impl Forwarder {
 
     /// Runs until `shutdown`, then waits briefly for outstanding acks and closes cleanly.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
+        let sinks = self.cfg.sinks.len();
+        let mut failures = 0u32; // consecutive, for the back-off
+        let mut here = 0u32; // consecutive failures on the current sink
         let mut which = 0usize;
         while !shutdown.is_cancelled() {
-            let target = &self.cfg.sinks[which % self.cfg.sinks.len()];
+            let target = &self.cfg.sinks[which % sinks];
             let delivered_before = self.queue.acked();
-            match self.session(target, &shutdown).await {
-                Ok(()) => break,
+            // Away from the first (preferred) sink, go back to it now and then.
+            let failback = (which % sinks != 0).then(|| {
+                tokio::time::Instant::now() + Duration::from_millis(self.cfg.failback_after_ms)
+            });
+            match self.session(target, &shutdown, failback).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Failback) => {
+                    tracing::info!(from = %target, to = %self.cfg.sinks[0], "failing back to the preferred sink");
+                    which = 0;
+                    (failures, here) = (0, 0);
+                    continue;
+                }
                 Err(e) => {
                     if self.queue.acked() > delivered_before {
-                        failures = 0;
+                        (failures, here) = (0, 0);
                     }
                     failures = failures.saturating_add(1);
+                    here += 1;
                     tracing::warn!(sink = %target, error = %e, "sink connection ended");
-                    which += 1;
+                    // A sink that just restarted is worth a few tries before failing over:
+                    // batches it may have committed are only recognised by it.
+                    if here >= self.cfg.failover_after && sinks > 1 {
+                        which += 1;
+                        here = 0;
+                        tracing::warn!(to = %self.cfg.sinks[which % sinks], "failing over");
+                    }
                 }
             }
             let delay = backoff(
@@ -176,7 +195,8 @@ impl Forwarder {
         &self,
         target: &str,
         shutdown: &CancellationToken,
-    ) -> Result<(), ForwardError> {
+        failback: Option<tokio::time::Instant>,
+    ) -> Result<Ended, ForwardError> {
         let addr = tokio::net::lookup_host(target)
             .await
             .ok()
@@ -225,6 +245,7 @@ impl Forwarder {
         let mut committed = self.queue.committed();
         let mut batch_id = 0u64;
         let mut draining = false;
+        let mut ended = Ended::Shutdown;
         let ack_timeout = Duration::from_millis(self.cfg.ack_timeout_ms);
         // Deadline for the oldest batch in flight to be acknowledged.
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
@@ -249,7 +270,7 @@ impl Forwarder {
                     r = send.write_all(&frame) => r.map_err(FrameError::from)?,
                     _ = shutdown.cancelled() => {
                         conn.close(0u32.into(), b"agent shutting down");
-                        return Ok(());
+                        return Ok(Ended::Shutdown);
                     }
                 }
                 in_flight.push_back((id, last));
@@ -278,6 +299,11 @@ impl Forwarder {
                 _ = shutdown.cancelled(), if !draining => {
                     draining = true;
                 }
+                _ = tokio::time::sleep_until(failback.unwrap_or_else(tokio::time::Instant::now)), if failback.is_some() && !draining => {
+                    // Stop sending, collect the outstanding acks, then leave for the preferred sink.
+                    draining = true;
+                    ended = Ended::Failback;
+                }
                 _ = tokio::time::sleep(Duration::from_secs(3)), if draining => break,
                 _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() && !draining => {
                     // The connection is alive (keep-alives) but the sink does not commit:
@@ -288,8 +314,14 @@ impl Forwarder {
         }
         let _ = send.finish();
         conn.close(0u32.into(), b"bye");
-        Ok(())
+        Ok(ended)
     }
+}
+
+/// How a session ended without error.
+enum Ended {
+    Shutdown,
+    Failback,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
