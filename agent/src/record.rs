@@ -38,6 +38,29 @@ impl Record {
         }
     }
 
+    /// Records for lines seen now, each with the optional header (the file path, the peer).
+    pub fn from_lines(
+        source: &str,
+        topic: &str,
+        header: Option<(&str, &str)>,
+        lines: Vec<Vec<u8>>,
+    ) -> Vec<Record> {
+        let ts_ns = now_ns();
+        lines
+            .into_iter()
+            .map(|payload| Record {
+                ts_ns,
+                source: source.to_string(),
+                topic: topic.to_string(),
+                key: None,
+                headers: header
+                    .map(|(k, v)| vec![(k.to_string(), v.to_string())])
+                    .unwrap_or_default(),
+                payload,
+            })
+            .collect()
+    }
+
     /// Approximate in-memory and on-disk size, used for batching limits.
     pub fn approx_size(&self) -> usize {
         32 + self.source.len()

@@ -10,14 +10,6 @@ fn http_source(port: u16, extra: &str) -> String {
     )
 }
 
-fn tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ndjson(from: usize, n: usize) -> Vec<u8> {
     (from..from + n)
         .map(|i| format!("{{\"msg\":\"line-{i:08}-http\"}}\n"))

@@ -14,24 +14,6 @@ fn net_sources(tcp: u16, udp: u16, udp_buffer: usize) -> String {
     )
 }
 
-fn tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn connect(port: u16) -> std::net::TcpStream {
-    for _ in 0..100 {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("tcp source never listened");
-}
-
 /// Two TCP clients at once: every line arrives once, each connection's lines in order, with
 /// the peer address as a header.
 #[test]
@@ -41,8 +23,8 @@ fn tcp_lines_from_real_clients_arrive_once() {
     w.agent_config_sources("", "", &[w.port], &net_sources(tcp, udp, 1024));
     let _sink = w.sink();
     let _agent = w.agent_as_configured();
-    let mut a = connect(tcp);
-    let mut b = connect(tcp);
+    let mut a = connect_tcp(tcp);
+    let mut b = connect_tcp(tcp);
     let mut expected = 0;
     for i in 0..5000 {
         let (client, name) = if i % 2 == 0 {
@@ -89,7 +71,7 @@ fn udp_lines_arrive() {
     w.agent_config_sources("", "", &[w.port], &net_sources(tcp, udp, 65536));
     let _sink = w.sink();
     let mut agent = w.agent_as_configured();
-    connect(tcp); // the agent is up once its sources listen
+    connect_tcp(tcp); // the agent is up once its sources listen
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..2000 {
         sock.send_to(format!("line-{i:08}-udp").as_bytes(), ("127.0.0.1", udp))
@@ -121,7 +103,7 @@ fn udp_overload_drops_are_counted() {
         &net_sources(tcp, udp, 200),
     );
     let mut agent = w.agent_as_configured();
-    connect(tcp);
+    connect_tcp(tcp);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let sent = 5000;
     for i in 0..sent {

@@ -429,15 +429,7 @@ pub fn counter_in_log(log: &Path, name: &str) -> u64 {
 /// A minimal HTTP/1.1 client over a real socket: `(status, headers and body as text)`.
 pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     use std::io::Read;
-    let mut s = None;
-    for _ in 0..100 {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut s = s.expect("http source never listened");
+    let mut s = connect_tcp(port);
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -457,4 +449,24 @@ pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// A free TCP port on loopback.
+pub fn tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects to a TCP source, waiting up to 5 s for it to listen.
+pub fn connect_tcp(port: u16) -> std::net::TcpStream {
+    for _ in 0..100 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on tcp port {port}");
 }

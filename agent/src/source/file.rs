@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{FileSourceConfig, ReadFrom};
 use crate::pipeline::Pipeline;
 use crate::queue::Checkpoint;
-use crate::record::{Record, now_ns};
+use crate::record::Record;
 use crate::source::{codec, lines};
 
 const FINGERPRINT_BYTES: u64 = 256;
@@ -367,19 +367,8 @@ impl FileSource {
         };
         let mut value = Vec::new();
         ciborium::into_writer(&cp, &mut value).map_err(std::io::Error::other)?;
-        let ts = now_ns();
-        let path = cp.path.clone();
-        let records = lines
-            .into_iter()
-            .map(|payload| Record {
-                ts_ns: ts,
-                source: self.source.clone(),
-                topic: self.topic.clone(),
-                key: None,
-                headers: vec![("file".into(), path.clone())],
-                payload,
-            })
-            .collect();
+        let records =
+            Record::from_lines(&self.source, &self.topic, Some(("file", &cp.path)), lines);
         let checkpoint = Some(Checkpoint {
             key: key.into(),
             value,

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Codec, HttpSourceConfig};
 use crate::pipeline::Pipeline;
 use crate::queue::QueueError;
-use crate::record::{Record, now_ns};
+use crate::record::Record;
 use crate::source::{codec, lines};
 
 struct Ingest {
@@ -98,27 +98,21 @@ async fn ingest(
     if found.is_empty() {
         return (StatusCode::BAD_REQUEST, "empty body: no lines\n").into_response();
     }
-    let ts = now_ns();
-    let peer = peer.to_string();
-    let mut records = Vec::with_capacity(found.len());
-    for (i, payload) in found.into_iter().enumerate() {
-        let r = Record {
-            ts_ns: ts,
-            source: s.source.clone(),
-            topic: s.topic.clone(),
-            key: None,
-            headers: vec![("peer".into(), peer.clone())],
-            payload,
-        };
-        // A bad line fails the whole request: the client resends it fixed, nothing half-stored.
-        if let Err(reason) = codec::check(s.codec, &r) {
+    let records = Record::from_lines(
+        &s.source,
+        &s.topic,
+        Some(("peer", &peer.to_string())),
+        found,
+    );
+    // A bad line fails the whole request: the client resends it fixed, nothing half-stored.
+    for (i, r) in records.iter().enumerate() {
+        if let Err(reason) = codec::check(s.codec, r) {
             return (
                 StatusCode::BAD_REQUEST,
                 format!("line {}: {reason}\n", i + 1),
             )
                 .into_response();
         }
-        records.push(r);
     }
     let n = records.len();
     match s.pipeline.emit(records, Vec::new(), None).await {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Codec, NetSourceConfig};
 use crate::pipeline::Pipeline;
-use crate::record::{Record, now_ns};
+use crate::record::Record;
 use crate::source::{codec, lines};
 
 struct Ctx {
@@ -41,18 +41,7 @@ impl Ctx {
     }
 
     fn records(&self, lines: Vec<Vec<u8>>, peer: &str) -> Vec<Record> {
-        let ts = now_ns();
-        lines
-            .into_iter()
-            .map(|payload| Record {
-                ts_ns: ts,
-                source: self.source.clone(),
-                topic: self.topic.clone(),
-                key: None,
-                headers: vec![("peer".into(), peer.to_string())],
-                payload,
-            })
-            .collect()
+        Record::from_lines(&self.source, &self.topic, Some(("peer", peer)), lines)
     }
 
     async fn emit(&self, records: Vec<Record>, shutdown: &CancellationToken) -> bool {

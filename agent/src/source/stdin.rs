@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StdinSourceConfig;
 use crate::pipeline::Pipeline;
-use crate::record::{Record, now_ns};
+use crate::record::Record;
 use crate::source::{codec, lines};
 
 /// Reads standard input until end of file or `shutdown`; the last line needs no newline.
@@ -36,18 +36,7 @@ pub async fn run(cfg: StdinSourceConfig, pipeline: Arc<Pipeline>, shutdown: Canc
             found.push(std::mem::take(&mut carry));
         }
         if !found.is_empty() {
-            let ts = now_ns();
-            let records = found
-                .into_iter()
-                .map(|payload| Record {
-                    ts_ns: ts,
-                    source: source.clone(),
-                    topic: topic.clone(),
-                    key: None,
-                    headers: Vec::new(),
-                    payload,
-                })
-                .collect();
+            let records = Record::from_lines(&source, &topic, None, found);
             let (records, rejected) = codec::decode_all(cfg.codec, records);
             if let Err(e) = pipeline
                 .emit_until_accepted(records, rejected, &shutdown)
