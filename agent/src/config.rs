@@ -101,6 +101,11 @@ pub struct QueueConfig {
     /// policies apply. Default 1 GiB.
     #[serde(default = "default_queue_bytes")]
     pub max_bytes: u64,
+    /// Free space the queue leaves on its filesystem: when less is left, the queue counts
+    /// as full (pipelines' `when_full` applies) before writes fail. 0 disables the check
+    /// (a failed write is still handled: the queue refuses, recovers and shrinks its limit).
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve_bytes: u64,
     /// Most records in one commit.
     #[serde(default = "default_commit_records")]
     pub commit_max_records: usize,
@@ -117,6 +122,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_bytes: default_queue_bytes(),
+            disk_reserve_bytes: default_disk_reserve(),
             commit_max_records: default_commit_records(),
             commit_max_bytes: default_commit_bytes(),
             commit_linger_ms: 0,
@@ -405,6 +411,9 @@ fn default_net_line() -> usize {
 }
 fn default_buffer_records() -> usize {
     65_536
+}
+fn default_disk_reserve() -> u64 {
+    1 << 20
 }
 fn default_queue_bytes() -> u64 {
     1 << 30

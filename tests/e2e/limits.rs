@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::util::*;
 
-const WAIT: Duration = Duration::from_secs(240);
+const WAIT: Duration = Duration::from_secs(60);
 const LINES: usize = 10_000;
 
 /// Runs the agent (no sink) until it has read every line, then stops it with SIGKILL and
@@ -211,24 +211,38 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A full disk: the agent stays up and refuses records (the file keeps them), recovers by
-/// itself when space returns, and delivers every line exactly once.
+/// A full disk: the agent sees it coming (free space below `disk_reserve_bytes`), refuses
+/// records (the file keeps them), stays up, recovers by itself when space returns, and
+/// delivers every line exactly once.
 #[test]
 fn full_disk_refuses_recovers_and_loses_nothing() {
+    full_disk("", "queue accepts records again");
+}
+
+/// The same when writes really fail with ENOSPC (the free-space check is off): the queue
+/// refuses, reopens its file, shrinks its limit so deletions can be written, and recovers.
+#[test]
+fn enospc_on_write_refuses_recovers_and_loses_nothing() {
+    full_disk("disk_reserve_bytes = 0", "queue storage recovered");
+}
+
+fn full_disk(queue: &str, recovered: &str) {
     let w = World::new();
     let Some(_disk) = SmallDisk::mount(&w.path("agent"), 16) else {
         return;
     };
     // Leave about 3 MiB free.
     std::fs::write(w.path("agent/filler"), vec![0u8; 13 << 20]).unwrap();
-    let mut agent = w.agent();
+    w.agent_config_with(queue, "", &[w.port]);
+    let mut agent = w.agent_as_configured();
     let mut lines = LineWriter::new(&w.path("input/app.log"), 200);
     let n = 40_000; // ≈ 9 MiB in the queue: more than the disk has
     lines.write(n);
     let start = std::time::Instant::now();
     loop {
+        // Either the queue saw the disk filling up and refused, or a write hit ENOSPC.
         let log = std::fs::read_to_string(w.path("agent.log")).unwrap_or_default();
-        if log.contains("queue commit failed") {
+        if log.contains("queue refused records") || log.contains("queue commit failed") {
             break;
         }
         assert!(
@@ -258,9 +272,6 @@ fn full_disk_refuses_recovers_and_loses_nothing() {
         "still the same agent process"
     );
     let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
-    assert!(
-        log.contains("queue storage recovered"),
-        "it recovered by itself:\n{log}"
-    );
+    assert!(log.contains(recovered), "it recovered by itself:\n{log}");
     agent.kill9();
 }

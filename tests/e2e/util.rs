@@ -313,6 +313,17 @@ pub fn wait_for_output(dir: &Path, n: usize, timeout: Duration) -> Vec<OutLine> 
             return read_output(dir);
         }
         if start.elapsed() > timeout {
+            // The logs of the test's processes say why; print their ends.
+            if let Some(world) = dir.parent().and_then(Path::parent) {
+                for log in ["agent.log", "sink.log", "sinkb.log"] {
+                    let text = std::fs::read_to_string(world.join(log)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    eprintln!("--- {log} (last lines) ---");
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
             panic!(
                 "timed out after {timeout:?}: {} of {n} lines arrived",
                 lines.len()

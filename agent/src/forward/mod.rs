@@ -2,10 +2,12 @@
 //!
 //! # Protocol per connection
 //! Open a bidirectional stream, send `Hello` (protocol version, queue id), receive
-//! `Welcome` with the sink's high-water mark for this (agent, queue): everything at or below
-//! it is already durable there, so it is acked locally and sending resumes after it. Then
+//! `Welcome` (the sink's journal id), send `Resolve` (the highest seq this journal acked as
+//! we durably recorded it, and our ack mark), receive `Resolved` with the journal's
+//! high-water mark: what it holds beyond our ack mark is its own and is acked here. Then
 //! batches flow with up to `window` in flight; each `Ack` lets the queue delete up to its
-//! `last_seq`. Nothing is deleted on QUIC delivery alone, only on the sink's application ack.
+//! `last_seq` and record the journal as owner; once that commit is durable, a `Confirm`
+//! lets the sink output those records. Nothing is deleted on QUIC delivery alone.
 //!
 //! # Failures
 //! Any error drops the connection; the next one (same or next sink in the list, after a
@@ -58,26 +60,31 @@ pub enum ForwardError {
     Io(#[from] std::io::Error),
 }
 
-/// A connected, welcomed data stream to a sink.
+/// A connected, welcomed and resolved data stream to a sink.
 pub struct Session {
     /// The QUIC connection.
     pub conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    /// The sink's high-water mark for our queue.
+    /// The sink's high-water mark for our queue after resolution.
     pub high_water_mark: u64,
-    /// The sink's id.
+    /// The sink's name, for logs.
     pub sink_id: String,
+    /// The sink's journal id: what acks are recorded against.
+    pub journal_id: String,
 }
 
-/// Connects to `addr`, verifying its certificate for `server_name`, and exchanges
-/// Hello/Welcome. Public so tests and tools can probe a sink exactly as an agent would.
+/// Connects to `addr` (its certificate verified for `server_name`) and opens a data stream:
+/// `Hello` → `Welcome` → `Resolve` (with the marks `marks(journal_id)` returns: what this
+/// journal acked, as durably recorded, and what was delivered anywhere) → `Resolved`.
+/// Public so tests and tools can probe a sink exactly as an agent would.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     client: quinn::ClientConfig,
     addr: SocketAddr,
     server_name: &str,
     queue_id: &str,
+    marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
     let conn = endpoint
         .connect_with(client, addr, server_name)
@@ -85,33 +92,65 @@ pub async fn connect(
         .await
         .map_err(|e| ForwardError::Connect(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentFrame {
-        kind: Some(agent_frame::Kind::Hello(Hello {
-            protocol_version: wire::PROTOCOL_VERSION,
-            queue_id: queue_id.into(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        })),
+    let hello = Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        queue_id: queue_id.into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
     };
-    wire::write_frame(&mut send, &hello).await?;
-    let welcome = tokio::time::timeout(
-        Duration::from_secs(10),
-        wire::read_frame::<SinkFrame>(&mut recv),
+    wire::write_frame(
+        &mut send,
+        &AgentFrame {
+            kind: Some(agent_frame::Kind::Hello(hello)),
+        },
     )
-    .await
-    .map_err(|_| ForwardError::Protocol("no welcome within 10 s".into()))??;
-    match welcome.and_then(|f| f.kind) {
-        Some(sink_frame::Kind::Welcome(w)) => Ok(Session {
-            conn,
-            send,
-            recv,
-            high_water_mark: w.high_water_mark,
-            sink_id: w.sink_id,
-        }),
-        Some(sink_frame::Kind::Refusal(r)) => Err(ForwardError::Refused(r.reason)),
-        other => Err(ForwardError::Protocol(format!(
-            "expected welcome, got {other:?}"
-        ))),
-    }
+    .await?;
+    let welcome = match answer(&mut recv).await? {
+        sink_frame::Kind::Welcome(w) => w,
+        sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
+        other => {
+            return Err(ForwardError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            )));
+        }
+    };
+    let (confirm_upto, delivered_upto) = marks(&welcome.journal_id)?;
+    let resolve = wire::Resolve {
+        confirm_upto,
+        delivered_upto,
+    };
+    wire::write_frame(
+        &mut send,
+        &AgentFrame {
+            kind: Some(agent_frame::Kind::Resolve(resolve)),
+        },
+    )
+    .await?;
+    let resolved = match answer(&mut recv).await? {
+        sink_frame::Kind::Resolved(r) => r,
+        sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
+        other => {
+            return Err(ForwardError::Protocol(format!(
+                "expected resolved, got {other:?}"
+            )));
+        }
+    };
+    Ok(Session {
+        conn,
+        send,
+        recv,
+        high_water_mark: resolved.high_water_mark,
+        sink_id: welcome.sink_id,
+        journal_id: welcome.journal_id,
+    })
+}
+
+async fn answer(recv: &mut quinn::RecvStream) -> Result<sink_frame::Kind, ForwardError> {
+    let frame = tokio::time::timeout(Duration::from_secs(10), wire::read_frame::<SinkFrame>(recv))
+        .await
+        .map_err(|_| ForwardError::Protocol("no answer within 10 s".into()))??;
+    frame
+        .and_then(|f| f.kind)
+        .ok_or_else(|| ForwardError::Protocol("sink closed the stream".into()))
 }
 
 /// Sends the queue's records to the configured sinks until shutdown.
@@ -202,12 +241,17 @@ impl Forwarder {
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| ForwardError::Resolve(target.into()))?;
+        let queue = &self.queue;
         let session = connect(
             &self.endpoint,
             self.client.clone(),
             addr,
             &self.cfg.server_name,
-            &self.queue.queue_id(),
+            &queue.queue_id(),
+            |journal| {
+                let confirm_upto = tokio::task::block_in_place(|| queue.owner_mark(journal))?;
+                Ok((confirm_upto, queue.acked()))
+            },
         )
         .await?;
         let Session {
@@ -216,6 +260,7 @@ impl Forwarder {
             recv,
             high_water_mark,
             sink_id,
+            journal_id,
         } = session;
         tracing::info!(sink = %target, %sink_id, high_water_mark, "connected to sink");
         let committed = self.queue.last_committed();
@@ -231,9 +276,15 @@ impl Forwarder {
             );
             return Err(ForwardError::Protocol("queue identity reset".into()));
         }
+        // What this journal holds beyond our ack mark is its own (it kept it at Resolve):
+        // acknowledge it like a batch, and confirm once that is durable.
+        let mut session_acked = 0u64;
         if high_water_mark > self.queue.acked() {
-            self.queue.ack(high_water_mark);
+            self.queue.ack_from(&journal_id, high_water_mark);
+            session_acked = high_water_mark;
         }
+        let mut durable = self.queue.durable_acked();
+        let mut confirmed = 0u64;
         let mut cursor = self.queue.acked().max(high_water_mark) + 1;
 
         // Acks are read by their own task: a read cut short by `select!` would lose bytes.
@@ -251,6 +302,16 @@ impl Forwarder {
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
         loop {
             committed.borrow_and_update();
+            // Confirm what this sink acked and we have durably recorded as its own: only then
+            // may it write those records to its outputs.
+            let upto = (*durable.borrow_and_update()).min(session_acked);
+            if upto > confirmed {
+                let frame = AgentFrame {
+                    kind: Some(agent_frame::Kind::Confirm(wire::Confirm { upto_seq: upto })),
+                };
+                wire::write_frame(&mut send, &frame).await?;
+                confirmed = upto;
+            }
             while !draining && in_flight.len() < self.cfg.window {
                 let (max_r, max_b) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
                 let id = batch_id + 1;
@@ -276,7 +337,8 @@ impl Forwarder {
                 in_flight.push_back((id, last));
                 cursor = last + 1;
             }
-            if draining && in_flight.is_empty() {
+            // Leave only when the sink can output everything it acked in this session.
+            if draining && in_flight.is_empty() && confirmed >= session_acked {
                 break;
             }
             tokio::select! {
@@ -292,10 +354,16 @@ impl Forwarder {
                         return Err(ForwardError::Protocol(format!(
                             "ack {}/{} does not match batch {id}/{last}", ack.batch_id, ack.last_seq)));
                     }
-                    self.queue.ack(last);
+                    self.queue.ack_from(&journal_id, last);
+                    session_acked = last;
                     ack_deadline = tokio::time::Instant::now() + ack_timeout;
                 }
                 _ = committed.changed(), if !draining && in_flight.len() < self.cfg.window => {}
+                r = durable.changed() => {
+                    if r.is_err() {
+                        return Err(ForwardError::Protocol("queue closed".into()));
+                    }
+                }
                 _ = shutdown.cancelled(), if !draining => {
                     draining = true;
                 }

@@ -27,13 +27,14 @@
 //!
 //! # On-disk layout (format version 1; do not change without bumping [`FORMAT_VERSION`])
 //! - `chunks`: `u64` first seq → `[version: u8 = 1][count: u32 LE][CBOR array of Record]`
-//! - `meta`: `format_version`, `next_seq`, `next_dead`, `dropped_newest`, `dropped_oldest`
-//!   (u64 LE each), `queue_id` (UTF-8)
+//! - `meta`: `format_version`, `next_seq`, `next_dead`, `dropped_newest`, `dropped_oldest`,
+//!   `owner:<sink id>` (u64 LE each), `queue_id` (UTF-8)
 //! - `checkpoints`: source key → source-defined bytes
 //! - `dead_letters`: `u64` id → CBOR [`DeadLetter`]
 
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -209,6 +210,11 @@ pub(crate) struct Shared {
     acked: AtomicU64,
     /// Last committed seq, for readers waiting for data.
     committed: watch::Sender<u64>,
+    /// Per sink id, the highest seq it acknowledged (persisted with the deletions).
+    owners: Mutex<HashMap<String, u64>>,
+    /// The ack mark as of the last durable commit: seqs up to it are durably recorded as
+    /// delivered, with their owners.
+    durable_acked: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -304,6 +310,8 @@ impl Queue {
             max_bytes: cfg.max_bytes,
             acked: AtomicU64::new(acked),
             committed,
+            owners: Mutex::new(HashMap::new()),
+            durable_acked: watch::channel(acked).0,
         });
         let (tx, rx) = mpsc::channel(1024);
         let w = writer::Writer::new(shared.clone(), rx, cfg, &loaded, acked);
@@ -385,6 +393,30 @@ impl Queue {
         });
         self.tx.send(cmd).await.map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Marks everything up to `seq` as delivered by sink `sink_id`; it is deleted, and the
+    /// sink recorded as its owner, in the next commit (see [`Queue::durable_acked`]).
+    pub fn ack_from(&self, sink_id: &str, seq: u64) {
+        if let Ok(mut m) = self.shared.owners.lock() {
+            let e = m.entry(sink_id.to_string()).or_default();
+            *e = (*e).max(seq);
+        }
+        self.ack(seq);
+    }
+
+    /// The highest seq `sink_id` acknowledged, as durably recorded. Blocking.
+    pub fn owner_mark(&self, sink_id: &str) -> Result<u64, QueueError> {
+        self.shared.with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let meta = txn.open_table(META).map_err(db)?;
+            Ok(meta_u64(&meta, &format!("owner:{sink_id}"))?.unwrap_or(0))
+        })
+    }
+
+    /// Watches the ack mark of the last durable commit.
+    pub fn durable_acked(&self) -> watch::Receiver<u64> {
+        self.shared.durable_acked.subscribe()
     }
 
     /// Marks everything up to `seq` as delivered; it is deleted with the next commit.

@@ -15,6 +15,24 @@ use super::{
 use crate::config::QueueConfig;
 use crate::record::Record;
 
+/// Bytes available to us on the filesystem holding `path` (Unix; `None` elsewhere).
+#[cfg(unix)]
+fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Bytes available on the filesystem (not measured on this platform: ENOSPC handling only).
+#[cfg(not(unix))]
+fn free_disk_bytes(_path: &std::path::Path) -> Option<u64> {
+    None
+}
+
 /// Most records in one chunk: about one forward batch, so the forwarder rarely decodes a
 /// chunk only to use part of it.
 const CHUNK_MAX_RECORDS: usize = 1024;
@@ -31,6 +49,9 @@ pub(crate) struct Writer {
     dropped_newest: u64,
     dropped_oldest: u64,
     max_queue_bytes: u64,
+    /// Set after a failed write: admit nothing above it until the queue has drained.
+    soft_limit: Option<u64>,
+    disk_reserve: u64,
     max_records: usize,
     max_bytes: usize,
     linger: Duration,
@@ -61,6 +82,8 @@ impl Writer {
             dropped_newest: l.dropped_newest,
             dropped_oldest: l.dropped_oldest,
             max_queue_bytes: cfg.max_bytes,
+            soft_limit: None,
+            disk_reserve: cfg.disk_reserve_bytes,
             max_records: cfg.commit_max_records,
             max_bytes: cfg.commit_max_bytes,
             linger: Duration::from_millis(cfg.commit_linger_ms),
@@ -97,6 +120,14 @@ impl Writer {
 
     /// Commits one group; false if storage failed (the batch was refused).
     fn commit(&mut self, batch: Vec<Append>) -> bool {
+        // Owners before the ack mark: `ack_from` writes them in the opposite order, so the
+        // snapshot covers every seq up to `acked`.
+        let owners: Vec<(String, u64)> = self
+            .shared
+            .owners
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
         let acked = self.shared.acked.load(Ordering::Acquire);
         if batch.is_empty() && acked <= self.deleted_upto {
             return true;
@@ -104,11 +135,32 @@ impl Writer {
         // Admission: decide per append, in order, against the projected size.
         let mut projected = self.bytes;
         let mut make_room = false;
+        let mut disk_short = 0u64;
+        // A nearly full disk counts as a full queue: refusing before ENOSPC keeps room for
+        // the deletions that will free space (redb copies pages on every commit).
+        let mut disk_room = (self.disk_reserve > 0)
+            .then(|| free_disk_bytes(&self.shared.path))
+            .flatten()
+            .map(|f| f.saturating_sub(self.disk_reserve));
+        // After a failed write, a lower limit holds until the queue has drained well below it.
+        if self.soft_limit.is_some_and(|l| self.bytes <= l / 2) {
+            tracing::info!(
+                "queue drained after a storage failure; back to its configured max_bytes"
+            );
+            self.soft_limit = None;
+        }
+        let limit = self
+            .max_queue_bytes
+            .min(self.soft_limit.unwrap_or(u64::MAX));
         let mut verdicts = Vec::with_capacity(batch.len());
         for a in &batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
+            let disk_ok = disk_room.is_none_or(|room| room >= 2 * size);
             let fits =
-                a.records.is_empty() || projected + size <= self.max_queue_bytes || projected == 0;
+                a.records.is_empty() || (disk_ok && (projected + size <= limit || projected == 0));
+            if let Some(room) = disk_room.as_mut().filter(|_| fits) {
+                *room = room.saturating_sub(2 * size);
+            }
             let v = match (fits, a.when_full) {
                 (true, _) => {
                     projected += size;
@@ -117,6 +169,9 @@ impl Writer {
                 (false, WhenFull::DropOldest) => {
                     projected += size;
                     make_room = true;
+                    if !disk_ok {
+                        disk_short += 2 * size;
+                    }
                     Verdict::Store
                 }
                 (false, WhenFull::DropNewest) => Verdict::DropRecords,
@@ -126,13 +181,18 @@ impl Writer {
         }
         // Only a `drop_oldest` append that did not fit may delete anything.
         let free_target = if make_room {
-            projected.saturating_sub(self.max_queue_bytes)
+            projected
+                .saturating_sub(self.max_queue_bytes)
+                .max(disk_short)
         } else {
             0
         };
         let start_seq = self.next_seq;
-        match self.write(&batch, &verdicts, acked, free_target) {
+        match self.write(&batch, &verdicts, acked, free_target, &owners) {
             Ok(w) => {
+                if acked > self.deleted_upto {
+                    self.shared.durable_acked.send_replace(acked);
+                }
                 self.deleted_upto = self.deleted_upto.max(acked);
                 self.bytes = w.bytes;
                 self.next_dead = w.next_dead;
@@ -180,6 +240,9 @@ impl Writer {
                 // A failed commit stored nothing (redb's transactions are atomic); refuse
                 // the batch so the sources keep their data and retry.
                 tracing::error!(error = %e, "queue commit failed; refusing appends until storage recovers");
+                // Most likely a full disk: what is stored now is what fits. Keep well below
+                // it, so the deletions that free space can always be written.
+                self.soft_limit = Some(self.bytes * 3 / 4);
                 for mut a in batch {
                     let done = std::mem::replace(&mut a.done, oneshot::channel().0);
                     let refused = Box::new(a.into_refused());
@@ -199,6 +262,7 @@ impl Writer {
         verdicts: &[Verdict],
         acked: u64,
         free_target: u64,
+        owners: &[(String, u64)],
     ) -> Result<Written, QueueError> {
         let guard = self
             .shared
@@ -208,16 +272,18 @@ impl Writer {
         let d = guard
             .as_ref()
             .ok_or_else(|| QueueError::unavailable("queue file closed"))?;
-        let mut txn = d.begin_write().map_err(db)?;
-        let durable = batch
-            .iter()
-            .any(|a| !a.records.is_empty() || a.checkpoint.is_some() || !a.dead.is_empty());
-        if !durable {
-            // Only deletions: not worth an fsync (a lost delete means a resend the sink drops).
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| QueueError::unavailable(e.to_string()))?;
-        }
+        // Every commit is synced, deletions too: a deletion persists the sink's ownership of
+        // what it acked (`owner:<sink>`), and the agent confirms to the sink only what is
+        // durable here (see `sink::journal`).
+        let txn = d.begin_write().map_err(db)?;
         let w = self.write_tables(&txn, batch, verdicts, acked, free_target)?;
+        if acked > self.deleted_upto {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            for (sink, seq) in owners {
+                meta.insert(format!("owner:{sink}").as_str(), &seq.to_le_bytes()[..])
+                    .map_err(db)?;
+            }
+        }
         txn.commit().map_err(db)?;
         Ok(w)
     }

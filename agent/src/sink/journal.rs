@@ -1,17 +1,25 @@
-//! The sink's journal: received batches, durable before they are acknowledged.
+//! The sink's journal: received batches, durable before they are acknowledged, drained to
+//! the outputs only once the agent has confirmed this sink owns them.
 //!
 //! # Design constraints
 //! - One writer thread, group commit (as in the agent's queue).
 //! - De-duplication by high-water mark per (agent id, queue id): a record whose seq is at or
 //!   below the mark is dropped; the mark is updated in the same transaction as the records,
 //!   and in memory only after that transaction committed.
-//! - The drainer (outputs) reads committed entries in key order and deletes them in the
-//!   transaction that advances its cursor.
+//! - **Ownership before output.** An ack can be lost when a sink dies; the agent then sends
+//!   the batch to another sink. So an entry is drained only after the agent *confirmed* it
+//!   (`Confirm` frame, or `Hello.confirm_upto`): the agent confirms only seqs it recorded
+//!   durably as acknowledged by this sink. At `Hello`, unconfirmed entries whose seqs the
+//!   agent reports as delivered elsewhere (`delivered_upto`) are discarded. Together: a
+//!   record reaches exactly one sink's outputs, even across failover.
+//! - The drainer deletes drained entries in the transaction that records its output
+//!   positions; unconfirmed entries stay until confirmed or discarded.
 //!
 //! # On-disk layout (format version 1)
 //! - `journal`: `u64` entry number → protobuf `JournalEntry` (see `wire/dataweaver.proto`)
 //! - `hwm`: `"<agent>/<queue>"` → `u64` highest durable seq
-//! - `cursor`: output name → output-defined bytes; `"drained"` → last drained entry (u64 LE)
+//! - `confirmed`: `"<agent>/<queue>"` → `u64` highest seq the agent confirmed as ours
+//! - `cursor`: output name → output-defined bytes
 //! - `meta`: `format_version`
 
 use std::collections::HashMap;
@@ -19,16 +27,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::wire::{JournalEntry, Record};
+use crate::wire::{JournalEntry, JournalHeader, Record};
 
 /// On-disk format version.
 pub const FORMAT_VERSION: u64 = 1;
-const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
-/// Output cursors; shared with the drainer.
+pub(crate) const CONFIRMED: TableDefinition<&str, u64> = TableDefinition::new("confirmed");
+/// Output positions; shared with the drainer.
 pub(crate) const CURSOR: TableDefinition<&str, &[u8]> = TableDefinition::new("cursor");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -57,6 +66,11 @@ pub(crate) fn db<E: Into<redb::Error>>(e: E) -> JournalError {
     JournalError::Storage(e.into())
 }
 
+/// The (agent, queue) key of marks.
+pub(crate) fn mark_key(agent: &str, queue: &str) -> String {
+    format!("{agent}/{queue}")
+}
+
 struct Submit {
     key: String,
     agent_id: String,
@@ -67,57 +81,117 @@ struct Submit {
     done: oneshot::Sender<Result<u64, String>>,
 }
 
+enum Command {
+    Submit(Submit),
+    /// The agent confirms seqs up to `upto` as ours.
+    Confirm {
+        key: String,
+        upto: u64,
+    },
+    /// A stream starts: confirm up to `confirm_upto`, discard unconfirmed entries up to
+    /// `delivered_upto`, answer the high-water mark.
+    Resolve {
+        key: String,
+        confirm_upto: u64,
+        delivered_upto: u64,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
 /// Handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
+    id: String,
     db: Arc<Database>,
-    tx: mpsc::Sender<Submit>,
-    appended: watch::Receiver<u64>,
+    tx: mpsc::Sender<Command>,
+    changed: watch::Receiver<u64>,
 }
 
 impl Journal {
     /// Opens (or creates) `journal.redb` in `dir` and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
+        // Entries are read once, right after they were written (still in the OS page
+        // cache), so redb's own cache can stay small; its 1 GiB default would show as RSS.
         let db = Database::builder()
             .set_cache_size(4 << 20)
             .create(dir.join("journal.redb"))
             .map_err(db)?;
-        let (next, hwm) = init(&db)?;
+        let (next, hwm, confirmed, id) = init(&db)?;
         let db = Arc::new(db);
-        let (appended_tx, appended) = watch::channel(next - 1);
+        let (changed_tx, changed) = watch::channel(0);
         let (tx, rx) = mpsc::channel(256);
         let writer = Writer {
             db: db.clone(),
             rx,
             next,
             hwm,
-            appended: appended_tx,
+            confirmed,
+            changed: changed_tx,
+            generation: 0,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| JournalError::Io(dir.into(), e))?;
-        Ok(Journal { db, tx, appended })
+        Ok(Journal {
+            id: format!("{id:016x}"),
+            db,
+            tx,
+            changed,
+        })
     }
 
-    /// The redb database (the drainer commits its cursor here).
+    /// Random id of this journal file, told to agents in `Welcome`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The redb database (the drainer commits its positions here).
     pub fn db(&self) -> &Arc<Database> {
         &self.db
     }
 
-    /// Watches the number of the last committed entry.
-    pub fn appended(&self) -> watch::Receiver<u64> {
-        self.appended.clone()
+    /// Ticks whenever entries were added or confirmed.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
     }
 
-    /// The durable high-water mark for (agent, queue). Blocking.
-    pub fn high_water_mark(&self, agent_id: &str, queue_id: &str) -> Result<u64, JournalError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(HWM).map_err(db)?;
-        Ok(t.get(hwm_key(agent_id, queue_id).as_str())
-            .map_err(db)?
-            .map_or(0, |v| v.value()))
+    /// Starts a stream for (agent, queue): applies the agent's confirmation and its
+    /// delivered-elsewhere mark, and returns the high-water mark to put in `Welcome`.
+    pub async fn resolve(
+        &self,
+        agent_id: &str,
+        queue_id: &str,
+        confirm_upto: u64,
+        delivered_upto: u64,
+    ) -> Result<u64, String> {
+        let (done, rx) = oneshot::channel();
+        let key = mark_key(agent_id, queue_id);
+        self.tx
+            .send(Command::Resolve {
+                key,
+                confirm_upto,
+                delivered_upto,
+                done,
+            })
+            .await
+            .map_err(|_| "journal closed".to_string())?;
+        rx.await.map_err(|_| "journal closed".to_string())?
+    }
+
+    /// Records the agent's confirmation that seqs up to `upto` belong to this sink.
+    pub async fn confirm(
+        &self,
+        agent_id: &str,
+        queue_id: &str,
+        upto: u64,
+    ) -> Result<(), JournalError> {
+        let key = mark_key(agent_id, queue_id);
+        self.tx
+            .send(Command::Confirm { key, upto })
+            .await
+            .map_err(|_| JournalError::Closed)
     }
 
     /// Queues a batch for the next commit. The receiver yields the batch's last seq once
@@ -130,30 +204,51 @@ impl Journal {
     ) -> Result<oneshot::Receiver<Result<u64, String>>, JournalError> {
         let (done, rx) = oneshot::channel();
         let s = Submit {
-            key: hwm_key(agent_id, queue_id),
+            key: mark_key(agent_id, queue_id),
             agent_id: agent_id.into(),
             queue_id: queue_id.into(),
             last: records.last().map_or(0, |r| r.seq),
             records,
             done,
         };
-        self.tx.send(s).await.map_err(|_| JournalError::Closed)?;
+        self.tx
+            .send(Command::Submit(s))
+            .await
+            .map_err(|_| JournalError::Closed)?;
         Ok(rx)
     }
 
-    /// Reads committed entries after `after`: at least one if any, then more while their
-    /// encoded size stays under `max_bytes`. Blocking.
-    pub fn read(
+    /// Confirmed entries ready for the outputs, oldest first: at least one if any, then
+    /// more while their encoded size stays under `max_bytes`. Blocking.
+    pub fn read_drainable(
         &self,
-        after: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
         let txn = self.db.begin_read().map_err(db)?;
         let t = txn.open_table(JOURNAL).map_err(db)?;
+        let confirmed = txn.open_table(CONFIRMED).map_err(db)?;
+        let mut marks: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::new();
         let mut bytes = 0;
-        for e in t.range(after + 1..).map_err(db)? {
+        for e in t.iter().map_err(db)? {
             let (k, v) = e.map_err(db)?;
+            let h = JournalHeader::decode(v.value())
+                .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+            let key = mark_key(&h.agent_id, &h.queue_id);
+            let mark = match marks.get(&key) {
+                Some(m) => *m,
+                None => {
+                    let m = confirmed
+                        .get(key.as_str())
+                        .map_err(db)?
+                        .map_or(0, |v| v.value());
+                    marks.insert(key, m);
+                    m
+                }
+            };
+            if h.last_seq > mark {
+                continue; // not ours yet
+            }
             bytes += v.value().len();
             if !out.is_empty() && bytes > max_bytes {
                 break;
@@ -167,18 +262,18 @@ impl Journal {
     }
 }
 
-/// Deletes drained entries up to `upto` inside the drainer's transaction.
-pub(crate) fn delete_upto(txn: &redb::WriteTransaction, upto: u64) -> Result<(), JournalError> {
+/// Deletes drained entries inside the drainer's transaction.
+pub(crate) fn delete_entries(txn: &WriteTransaction, keys: &[u64]) -> Result<(), JournalError> {
     let mut t = txn.open_table(JOURNAL).map_err(db)?;
-    t.retain_in(..=upto, |_, _| false).map_err(db)?;
+    for k in keys {
+        t.remove(*k).map_err(db)?;
+    }
     Ok(())
 }
 
-fn hwm_key(agent: &str, queue: &str) -> String {
-    format!("{agent}/{queue}")
-}
+type Marks = HashMap<String, u64>;
 
-fn init(db: &Database) -> Result<(u64, HashMap<String, u64>), JournalError> {
+fn init(db: &Database) -> Result<(u64, Marks, Marks, u64), JournalError> {
     let txn = db.begin_write().map_err(db_)?;
     let out;
     {
@@ -191,24 +286,29 @@ fn init(db: &Database) -> Result<(u64, HashMap<String, u64>), JournalError> {
             Some(FORMAT_VERSION) => {}
             Some(other) => return Err(JournalError::Format(other)),
         }
+        let stored = meta.get("journal_id").map_err(db_)?.map(|v| v.value());
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let id = fastrand::u64(1..);
+                meta.insert("journal_id", id).map_err(db_)?;
+                id
+            }
+        };
         let j = txn.open_table(JOURNAL).map_err(db_)?;
-        let last_entry = j.last().map_err(db_)?.map(|(k, _)| k.value());
-        let cursor = txn.open_table(CURSOR).map_err(db_)?;
-        let drained = cursor.get("drained").map_err(db_)?.map_or(0, |v| {
-            let b = v.value();
-            let mut a = [0u8; 8];
-            let n = b.len().min(8);
-            a[..n].copy_from_slice(&b[..n]);
-            u64::from_le_bytes(a)
-        });
-        let next = last_entry.unwrap_or(0).max(drained) + 1;
-        let h = txn.open_table(HWM).map_err(db_)?;
-        let mut hwm = HashMap::new();
-        for e in h.iter().map_err(db_)? {
-            let (k, v) = e.map_err(db_)?;
-            hwm.insert(k.value().to_string(), v.value());
-        }
-        out = (next, hwm);
+        // Entry numbers only order entries; one freed by the drainer may be used again.
+        let next = j.last().map_err(db_)?.map_or(0, |(k, _)| k.value()) + 1;
+        txn.open_table(CURSOR).map_err(db_)?;
+        let read = |def: TableDefinition<&str, u64>| -> Result<Marks, JournalError> {
+            let t = txn.open_table(def).map_err(db_)?;
+            let mut m = HashMap::new();
+            for e in t.iter().map_err(db_)? {
+                let (k, v) = e.map_err(db_)?;
+                m.insert(k.value().to_string(), v.value());
+            }
+            Ok(m)
+        };
+        out = (next, read(HWM)?, read(CONFIRMED)?, id);
     }
     txn.commit().map_err(db_)?;
     Ok(out)
@@ -220,22 +320,26 @@ fn db_<E: Into<redb::Error>>(e: E) -> JournalError {
 
 struct Writer {
     db: Arc<Database>,
-    rx: mpsc::Receiver<Submit>,
+    rx: mpsc::Receiver<Command>,
     next: u64,
-    hwm: HashMap<String, u64>,
-    appended: watch::Sender<u64>,
+    hwm: Marks,
+    confirmed: Marks,
+    changed: watch::Sender<u64>,
+    generation: u64,
 }
 
 impl Writer {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut batch = vec![first];
-            let mut n = batch[0].records.len();
+            let mut n = 0;
             while n < 65_536 {
                 match self.rx.try_recv() {
-                    Ok(s) => {
-                        n += s.records.len();
-                        batch.push(s);
+                    Ok(c) => {
+                        if let Command::Submit(s) = &c {
+                            n += s.records.len();
+                        }
+                        batch.push(c);
                     }
                     Err(_) => break,
                 }
@@ -244,41 +348,108 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut batch: Vec<Submit>) {
-        let mut marks: HashMap<String, u64> = HashMap::new();
+    fn commit(&mut self, mut batch: Vec<Command>) {
+        let mut hwm = self.hwm.clone();
+        let mut confirmed = self.confirmed.clone();
         let mut next = self.next;
+        let mut resolved: Vec<u64> = Vec::new();
         let result = (|| -> Result<(), JournalError> {
             let txn = self.db.begin_write().map_err(db)?;
             {
                 let mut j = txn.open_table(JOURNAL).map_err(db)?;
                 let mut h = txn.open_table(HWM).map_err(db)?;
+                let mut c = txn.open_table(CONFIRMED).map_err(db)?;
                 let mut buf = Vec::new();
-                for s in &mut batch {
-                    let mark = marks
-                        .get(&s.key)
-                        .or_else(|| self.hwm.get(&s.key))
-                        .copied()
-                        .unwrap_or(0);
-                    let fresh: Vec<Record> = std::mem::take(&mut s.records)
-                        .into_iter()
-                        .filter(|r| r.seq > mark)
-                        .collect();
-                    let Some(top) = fresh.iter().map(|r| r.seq).max() else {
-                        continue;
-                    };
-                    let entry = JournalEntry {
-                        agent_id: s.agent_id.clone(),
-                        queue_id: s.queue_id.clone(),
-                        records: fresh,
-                    };
-                    buf.clear();
-                    entry
-                        .encode(&mut buf)
-                        .map_err(|e| JournalError::Corrupt(next, e.to_string()))?;
-                    j.insert(next, buf.as_slice()).map_err(db)?;
-                    next += 1;
-                    h.insert(s.key.as_str(), top).map_err(db)?;
-                    marks.insert(s.key.clone(), top);
+                for cmd in &mut batch {
+                    match cmd {
+                        Command::Submit(s) => {
+                            let mark = hwm.get(&s.key).copied().unwrap_or(0);
+                            let fresh: Vec<Record> = std::mem::take(&mut s.records)
+                                .into_iter()
+                                .filter(|r| r.seq > mark)
+                                .collect();
+                            let Some(top) = fresh.iter().map(|r| r.seq).max() else {
+                                continue;
+                            };
+                            let entry = JournalEntry {
+                                agent_id: s.agent_id.clone(),
+                                queue_id: s.queue_id.clone(),
+                                records: fresh,
+                                last_seq: top,
+                            };
+                            buf.clear();
+                            entry
+                                .encode(&mut buf)
+                                .map_err(|e| JournalError::Corrupt(next, e.to_string()))?;
+                            j.insert(next, buf.as_slice()).map_err(db)?;
+                            next += 1;
+                            h.insert(s.key.as_str(), top).map_err(db)?;
+                            hwm.insert(s.key.clone(), top);
+                        }
+                        Command::Confirm { key, upto } => {
+                            if confirmed.get(key).is_none_or(|m| *upto > *m) {
+                                c.insert(key.as_str(), *upto).map_err(db)?;
+                                confirmed.insert(key.clone(), *upto);
+                            }
+                        }
+                        Command::Resolve {
+                            key,
+                            confirm_upto,
+                            delivered_upto,
+                            ..
+                        } => {
+                            let ours = confirmed.get(key).copied().unwrap_or(0).max(*confirm_upto);
+                            c.insert(key.as_str(), ours).map_err(db)?;
+                            confirmed.insert(key.clone(), ours);
+                            // Unconfirmed records up to what the agent delivered elsewhere
+                            // are not ours: drop them, keep the rest.
+                            let mut top = ours;
+                            let mut rewrite = Vec::new();
+                            for e in j.iter().map_err(db)? {
+                                let (k, v) = e.map_err(db)?;
+                                let hd = JournalHeader::decode(v.value())
+                                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                                if mark_key(&hd.agent_id, &hd.queue_id) != *key
+                                    || hd.last_seq <= ours
+                                {
+                                    continue;
+                                }
+                                let mut entry = JournalEntry::decode(v.value())
+                                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                                let before = entry.records.len();
+                                entry
+                                    .records
+                                    .retain(|r| r.seq <= ours || r.seq > *delivered_upto);
+                                if entry.records.len() != before {
+                                    tracing::info!(
+                                        entry = k.value(),
+                                        dropped = before - entry.records.len(),
+                                        "discarding records the agent delivered through another sink"
+                                    );
+                                    rewrite.push((k.value(), entry));
+                                } else {
+                                    top = top.max(hd.last_seq);
+                                }
+                            }
+                            for (k, mut entry) in rewrite {
+                                if entry.records.is_empty() {
+                                    j.remove(k).map_err(db)?;
+                                } else {
+                                    entry.last_seq =
+                                        entry.records.iter().map(|r| r.seq).max().unwrap_or(0);
+                                    top = top.max(entry.last_seq);
+                                    buf.clear();
+                                    entry
+                                        .encode(&mut buf)
+                                        .map_err(|e| JournalError::Corrupt(k, e.to_string()))?;
+                                    j.insert(k, buf.as_slice()).map_err(db)?;
+                                }
+                            }
+                            h.insert(key.as_str(), top).map_err(db)?;
+                            hwm.insert(key.clone(), top);
+                            resolved.push(top);
+                        }
+                    }
                 }
             }
             txn.commit().map_err(db)?;
@@ -286,21 +457,98 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
-                self.hwm.extend(marks);
-                if next != self.next {
-                    self.next = next;
-                    self.appended.send_replace(next - 1);
-                }
-                for s in batch {
-                    let _ = s.done.send(Ok(s.last));
+                self.hwm = hwm;
+                self.confirmed = confirmed;
+                self.next = next;
+                self.generation += 1;
+                self.changed.send_replace(self.generation);
+                let mut resolved = resolved.into_iter();
+                for cmd in batch {
+                    match cmd {
+                        Command::Submit(s) => {
+                            let _ = s.done.send(Ok(s.last));
+                        }
+                        Command::Resolve { done, .. } => {
+                            let _ = done.send(Ok(resolved.next().unwrap_or(0)));
+                        }
+                        Command::Confirm { .. } => {}
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "journal commit failed");
-                for s in batch {
-                    let _ = s.done.send(Err(e.to_string()));
+                for cmd in batch {
+                    match cmd {
+                        Command::Submit(s) => {
+                            let _ = s.done.send(Err(e.to_string()));
+                        }
+                        Command::Resolve { done, .. } => {
+                            let _ = done.send(Err(e.to_string()));
+                        }
+                        Command::Confirm { .. } => {}
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(from: u64, to: u64) -> Vec<Record> {
+        (from..=to)
+            .map(|seq| Record {
+                seq,
+                payload: format!("r{seq}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn drainable_seqs(j: &Journal) -> Vec<u64> {
+        j.read_drainable(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, e)| e.records.into_iter().map(|r| r.seq))
+            .collect()
+    }
+
+    /// Acks lost in a failover: the journal holds 1..=10, the agent recorded only 1..=4 as
+    /// acked here and delivered 5..=8 through another sink. Resolve keeps 1..=4 (ours,
+    /// drainable), discards 5..=8, keeps 9..=10 unconfirmed (the agent still has them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolve_discards_what_went_elsewhere_and_outputs_only_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.submit("a", "q", recs(1, 6))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        j.submit("a", "q", recs(7, 10))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            drainable_seqs(&j).is_empty(),
+            "nothing is output before the agent confirms"
+        );
+        let hwm = j.resolve("a", "q", 4, 8).await.unwrap();
+        assert_eq!(hwm, 10, "9 and 10 are still held here");
+        assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4]);
+        // Seqs 5..=8 are gone for good: a confirm up to 10 outputs only 9 and 10 more.
+        j.confirm("a", "q", 10).await.unwrap();
+        j.submit("b", "q", recs(1, 1))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap(); // flush the writer
+        assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4, 9, 10]);
     }
 }

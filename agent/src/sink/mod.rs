@@ -218,21 +218,39 @@ async fn serve_stream(
         return Err(reason);
     }
     let queue_id = hello.queue_id;
-    let hwm = {
-        let (j, a, q) = (journal.clone(), agent.to_string(), queue_id.clone());
-        tokio::task::spawn_blocking(move || j.high_water_mark(&a, &q))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
-    };
     let welcome = SinkFrame {
         kind: Some(sink_frame::Kind::Welcome(wire::Welcome {
             protocol_version: wire::PROTOCOL_VERSION,
-            high_water_mark: hwm,
             sink_id: sink_id.into(),
+            journal_id: journal.id().into(),
         })),
     };
     wire::write_frame(&mut send, &welcome)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resolve = match wire::read_frame::<AgentFrame>(&mut recv)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(AgentFrame {
+            kind: Some(agent_frame::Kind::Resolve(r)),
+        }) => r,
+        other => return Err(format!("expected resolve, got {other:?}")),
+    };
+    let hwm = journal
+        .resolve(
+            agent,
+            &queue_id,
+            resolve.confirm_upto,
+            resolve.delivered_upto,
+        )
+        .await?;
+    let resolved = SinkFrame {
+        kind: Some(sink_frame::Kind::Resolved(wire::Resolved {
+            high_water_mark: hwm,
+        })),
+    };
+    wire::write_frame(&mut send, &resolved)
         .await
         .map_err(|e| e.to_string())?;
     tracing::debug!(%agent, %queue_id, hwm, "stream welcomed");
@@ -267,6 +285,15 @@ async fn serve_stream(
                 Some(AgentFrame {
                     kind: Some(agent_frame::Kind::Batch(b)),
                 }) => b,
+                Some(AgentFrame {
+                    kind: Some(agent_frame::Kind::Confirm(c)),
+                }) => {
+                    journal
+                        .confirm(agent, &queue_id, c.upto_seq)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
                 Some(other) => return Err(format!("expected batch, got {other:?}")),
             };
             let done = journal
@@ -284,22 +311,20 @@ async fn serve_stream(
     result.and(acked)
 }
 
-/// Moves committed journal entries to the outputs, committing positions after each round.
+/// Moves confirmed journal entries to the outputs, committing positions after each round.
 async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: CancellationToken) {
-    let mut appended = journal.appended();
-    let mut drained = read_drained(&journal).unwrap_or(0);
+    let mut changed = journal.changed();
     loop {
-        let target = *appended.borrow_and_update();
-        if target <= drained {
-            tokio::select! {
-                r = appended.changed() => if r.is_err() { break },
-                _ = stop.cancelled() => break,
-            }
-            continue;
-        }
+        changed.borrow_and_update();
         // Writes and fsyncs: in place on this task's own thread (see `Sink::run`).
-        match drain_round(&journal, &mut outputs, drained) {
-            Ok(d) => drained = d,
+        match drain_round(&journal, &mut outputs) {
+            Ok(0) => {
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { break },
+                    _ = stop.cancelled() => break,
+                }
+            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "output drain failed; retrying");
                 for o in outputs.iter_mut() {
@@ -316,27 +341,15 @@ async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: Cancel
     }
 }
 
-fn read_drained(journal: &Journal) -> Result<u64, JournalError> {
-    use redb::ReadableDatabase;
-    let txn = journal.db().begin_read().map_err(journal::db)?;
-    let t = txn.open_table(journal::CURSOR).map_err(journal::db)?;
-    Ok(t.get("drained").map_err(journal::db)?.map_or(0, |v| {
-        let b = v.value();
-        u64::from_le_bytes(b.try_into().unwrap_or_default())
-    }))
-}
-
-fn drain_round(
-    journal: &Journal,
-    outputs: &mut [Box<dyn Output>],
-    drained: u64,
-) -> Result<u64, String> {
+/// Writes one round of confirmed entries to every output, then commits their positions and
+/// deletes the entries in one transaction. Returns how many entries were drained.
+fn drain_round(journal: &Journal, outputs: &mut [Box<dyn Output>]) -> Result<usize, String> {
     // A few MiB per round: big enough that the fsyncs amortise, small enough to keep the
     // sink's memory flat while a backlog drains.
-    let entries = journal.read(drained, 4 << 20).map_err(|e| e.to_string())?;
-    let Some(last) = entries.last().map(|(k, _)| *k) else {
-        return Ok(drained);
-    };
+    let entries = journal.read_drainable(4 << 20).map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
     for o in outputs.iter_mut() {
         o.write(&entries)
             .map_err(|e| format!("{}: {e}", o.name()))?;
@@ -344,8 +357,6 @@ fn drain_round(
     let txn = journal.db().begin_write().map_err(|e| e.to_string())?;
     {
         let mut c = txn.open_table(journal::CURSOR).map_err(|e| e.to_string())?;
-        c.insert("drained", &last.to_le_bytes()[..])
-            .map_err(|e| e.to_string())?;
         for o in outputs.iter() {
             let p = o.position();
             if !p.is_empty() {
@@ -354,10 +365,11 @@ fn drain_round(
             }
         }
     }
-    journal::delete_upto(&txn, last).map_err(|e| e.to_string())?;
+    let keys: Vec<u64> = entries.iter().map(|(k, _)| *k).collect();
+    journal::delete_entries(&txn, &keys).map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())?;
     for o in outputs.iter_mut() {
         o.committed();
     }
-    Ok(last)
+    Ok(entries.len())
 }

@@ -20,7 +20,7 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 #[derive(Clone, PartialEq, Message)]
 pub struct AgentFrame {
     /// The message carried.
-    #[prost(oneof = "agent_frame::Kind", tags = "1, 2")]
+    #[prost(oneof = "agent_frame::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<agent_frame::Kind>,
 }
 
@@ -35,6 +35,12 @@ pub mod agent_frame {
         /// Records to store.
         #[prost(message, tag = "2")]
         Batch(super::Batch),
+        /// Seqs the agent has durably recorded as delivered by this sink.
+        #[prost(message, tag = "3")]
+        Confirm(super::Confirm),
+        /// Second frame of a data stream.
+        #[prost(message, tag = "4")]
+        Resolve(super::Resolve),
     }
 }
 
@@ -42,7 +48,7 @@ pub mod agent_frame {
 #[derive(Clone, PartialEq, Message)]
 pub struct SinkFrame {
     /// The message carried.
-    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<sink_frame::Kind>,
 }
 
@@ -60,6 +66,9 @@ pub mod sink_frame {
         /// The sink will not serve this stream.
         #[prost(message, tag = "3")]
         Refusal(super::Refusal),
+        /// Answer to Resolve.
+        #[prost(message, tag = "4")]
+        Resolved(super::Resolved),
     }
 }
 
@@ -77,18 +86,45 @@ pub struct Hello {
     pub agent_version: String,
 }
 
+/// The agent's view of this sink's journal, sent after `Welcome`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Resolve {
+    /// Highest seq this journal acknowledged, as the agent durably recorded it.
+    #[prost(uint64, tag = "1")]
+    pub confirm_upto: u64,
+    /// Every seq up to this one was delivered (through this sink or another).
+    #[prost(uint64, tag = "2")]
+    pub delivered_upto: u64,
+}
+
+/// The sink's answer to `Resolve`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Resolved {
+    /// Highest seq durably held for (agent, queue) after the resolution; 0 = none.
+    #[prost(uint64, tag = "1")]
+    pub high_water_mark: u64,
+}
+
+/// The agent confirms this sink owns every seq up to `upto_seq`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Confirm {
+    /// Highest confirmed seq.
+    #[prost(uint64, tag = "1")]
+    pub upto_seq: u64,
+}
+
 /// The sink's answer to Hello.
 #[derive(Clone, PartialEq, Message)]
 pub struct Welcome {
     /// Protocol version the sink speaks.
     #[prost(uint32, tag = "1")]
     pub protocol_version: u32,
-    /// Highest seq durably held for (agent, queue); 0 = none.
-    #[prost(uint64, tag = "2")]
-    pub high_water_mark: u64,
-    /// Sink identity, for logs.
+    /// Sink name, for logs.
     #[prost(string, tag = "3")]
     pub sink_id: String,
+    /// Random id of the sink's journal: the agent records per journal which seqs it acked.
+    #[prost(string, tag = "4")]
+    pub journal_id: String,
 }
 
 /// Why the sink refuses a stream.
@@ -170,6 +206,24 @@ pub struct JournalEntry {
     /// Records, ascending seqs.
     #[prost(message, repeated, tag = "3")]
     pub records: Vec<Record>,
+    /// Highest seq in `records`.
+    #[prost(uint64, tag = "4")]
+    pub last_seq: u64,
+}
+
+/// The first fields of a [`JournalEntry`], decoded without its records (protobuf skips
+/// the length-delimited records field cheaply).
+#[derive(Clone, PartialEq, Message)]
+pub struct JournalHeader {
+    /// Agent id.
+    #[prost(string, tag = "1")]
+    pub agent_id: String,
+    /// Queue id.
+    #[prost(string, tag = "2")]
+    pub queue_id: String,
+    /// Highest seq in the entry.
+    #[prost(uint64, tag = "4")]
+    pub last_seq: u64,
 }
 
 impl Record {
@@ -301,7 +355,10 @@ mod tests {
         for f in [
             ("protocol_version", 1),
             ("queue_id", 2),
-            ("high_water_mark", 2),
+            ("high_water_mark", 1),
+            ("journal_id", 4),
+            ("confirm_upto", 1),
+            ("delivered_upto", 2),
             ("batch_id", 1),
             ("last_seq", 2),
             ("agent_id", 1),
