@@ -218,6 +218,7 @@ fn queue_command(command: QueueCommand) -> anyhow::Result<ExitCode> {
             println!("dead letters:   {}", st.dead_letters);
             println!("dropped_newest: {}", st.dropped_newest);
             println!("dropped_oldest: {}", st.dropped_oldest);
+            println!("corrupt lost:   {}", st.corrupt_dropped);
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Export { dir } => {

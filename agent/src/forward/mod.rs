@@ -318,9 +318,19 @@ impl Forwarder {
                 // A short read of recently written pages plus decoding: done in place rather
                 // than on the blocking pool, whose many threads would each keep an
                 // allocator heap of batch-sized buffers (it doubled the agent's RSS).
-                let encoded = tokio::task::block_in_place(|| {
+                let encoded = match tokio::task::block_in_place(|| {
                     encode_batch(&self.queue, id, cursor, max_r, max_b)
-                })?;
+                }) {
+                    Err(QueueError::Corrupt { seq, message }) => {
+                        // Undecodable bytes cannot be delivered; stalling on them would
+                        // stop everything behind them. Drop the chunk, loudly, and go on.
+                        let lost =
+                            tokio::task::block_in_place(|| self.queue.drop_corrupt_chunk(seq))?;
+                        tracing::error!(first_seq = seq, records = lost, %message, "dropped a corrupt queue chunk");
+                        continue;
+                    }
+                    other => other?,
+                };
                 let Some((frame, last)) = encoded else { break };
                 batch_id = id;
                 if in_flight.is_empty() {

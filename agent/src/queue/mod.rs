@@ -260,6 +260,8 @@ pub struct Stats {
     pub dropped_newest: u64,
     /// Records dropped by `drop_oldest` since the queue was created.
     pub dropped_oldest: u64,
+    /// Records lost in chunks that no longer decoded (dropped so delivery could go on).
+    pub corrupt_dropped: u64,
     /// The queue's id.
     pub queue_id: String,
 }
@@ -480,6 +482,28 @@ impl Queue {
         })
     }
 
+    /// Removes a chunk that does not decode, so delivery goes on past it; counts the
+    /// records its header claimed (`corrupt_dropped` in the meta table). Blocking.
+    pub fn drop_corrupt_chunk(&self, first: u64) -> Result<u64, QueueError> {
+        self.shared.with_db(|d| {
+            let txn = d.begin_write().map_err(db)?;
+            let lost;
+            {
+                let mut chunks = txn.open_table(CHUNKS).map_err(db)?;
+                let removed = chunks.remove(first).map_err(db)?;
+                lost = removed.map_or(0, |v| {
+                    chunk_header(first, v.value()).map_or(0, |(n, _)| n as u64)
+                });
+                let mut meta = txn.open_table(META).map_err(db)?;
+                let total = meta_u64(&meta, "corrupt_dropped")?.unwrap_or(0) + lost;
+                meta.insert("corrupt_dropped", &total.to_le_bytes()[..])
+                    .map_err(db)?;
+            }
+            txn.commit().map_err(db)?;
+            Ok(lost)
+        })
+    }
+
     /// Depth, bytes and counters. Blocking.
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let acked = self.acked();
@@ -621,9 +645,9 @@ fn stats_of(d: &Database, acked: u64) -> Result<Stats, QueueError> {
     }
     let (first, oldest_ts_ns) = match chunks.first().map_err(db)? {
         Some((k, v)) => {
-            let first_rec = decode_chunk(k.value(), v.value())?
-                .into_iter()
-                .next()
+            let first_rec = decode_chunk(k.value(), v.value())
+                .ok()
+                .and_then(|r| r.into_iter().next())
                 .map(|r| r.ts_ns);
             (k.value(), first_rec)
         }
@@ -639,6 +663,7 @@ fn stats_of(d: &Database, acked: u64) -> Result<Stats, QueueError> {
         dead_letters: dead.len().map_err(db)?,
         dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),
         dropped_oldest: meta_u64(&meta, "dropped_oldest")?.unwrap_or(0),
+        corrupt_dropped: meta_u64(&meta, "corrupt_dropped")?.unwrap_or(0),
         queue_id: meta
             .get("queue_id")
             .map_err(db)?
@@ -675,10 +700,10 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
         };
         let chunks = txn.open_table(CHUNKS).map_err(db)?;
         let mut bytes = 0;
+        // Sizes only: a bad chunk is dropped when the forwarder reaches it, not a reason to
+        // abandon the whole file.
         for e in chunks.iter().map_err(db)? {
-            let (k, v) = e.map_err(db)?;
-            chunk_header(k.value(), v.value())?;
-            bytes += v.value().len() as u64;
+            bytes += e.map_err(db)?.1.value().len() as u64;
         }
         loaded = Loaded {
             queue_id,

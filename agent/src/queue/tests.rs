@@ -175,3 +175,30 @@ async fn corrupt_file_is_set_aside_and_a_fresh_queue_starts() {
         .collect();
     assert_eq!(aside.len(), 1, "the bad file is kept for inspection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_is_dropped_and_reading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    q.append((0..2048).map(rec).collect(), None).await.unwrap(); // chunks at 1 and 1025
+    q.close().await;
+    drop(q);
+    {
+        let d = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = d.begin_write().unwrap();
+        txn.open_table(CHUNKS)
+            .unwrap()
+            .insert(1, &[CHUNK_VERSION, 0, 4, 0, 0, 0xff, 0xff][..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    assert!(matches!(
+        q.read(1, 10, usize::MAX),
+        Err(QueueError::Corrupt { seq: 1, .. })
+    ));
+    assert_eq!(q.drop_corrupt_chunk(1).unwrap(), 1024);
+    let rest = q.read(1, 10, usize::MAX).unwrap();
+    assert_eq!(rest[0].0, 1025, "reading resumes after the bad chunk");
+    q.close().await;
+}
