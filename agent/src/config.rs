@@ -449,8 +449,10 @@ pub enum Kind {
 /// Guesses the kind from the top-level keys: a sink has `listen`, an agent `forward`.
 pub fn detect_kind(path: &Path) -> Result<Kind, ConfigError> {
     let raw = read(path)?;
+    // A file that does not parse is reported by the loader, with its position.
+    let top: toml::Table = toml::from_str(&raw).unwrap_or_default();
     Ok(
-        if raw.lines().any(|l| l.trim_start().starts_with("listen")) {
+        if top.contains_key("listen") && !top.contains_key("forward") {
             Kind::Sink
         } else {
             Kind::Agent
