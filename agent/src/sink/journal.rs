@@ -30,7 +30,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::wire::{JournalEntry, JournalHeader, Record};
+use crate::wire::{Batch, JournalEntry, JournalHeader, Record};
 
 /// On-disk format version.
 pub const FORMAT_VERSION: u64 = 1;
@@ -75,10 +75,23 @@ struct Submit {
     key: String,
     agent_id: String,
     queue_id: String,
-    records: Vec<Record>,
+    /// The encoded `Batch`.
+    batch: bytes::Bytes,
+    first: u64,
     /// Last seq of the batch as sent (what the ack names).
     last: u64,
     done: oneshot::Sender<Result<u64, String>>,
+}
+
+/// Journal entries decoded for the outputs.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Agent id from the client certificate.
+    pub agent_id: String,
+    /// The agent's queue id.
+    pub queue_id: String,
+    /// The records, duplicates removed.
+    pub records: Vec<Record>,
 }
 
 enum Command {
@@ -194,21 +207,25 @@ impl Journal {
             .map_err(|_| JournalError::Closed)
     }
 
-    /// Queues a batch for the next commit. The receiver yields the batch's last seq once
-    /// every record of it is durable (or was already), or the reason it is not.
+    /// Queues an encoded `Batch` with seqs `first..=last` for the next commit. The receiver
+    /// yields `last` once every record of it is durable (or was already), or the reason it
+    /// is not.
     pub async fn submit(
         &self,
         agent_id: &str,
         queue_id: &str,
-        records: Vec<Record>,
+        batch: bytes::Bytes,
+        first: u64,
+        last: u64,
     ) -> Result<oneshot::Receiver<Result<u64, String>>, JournalError> {
         let (done, rx) = oneshot::channel();
         let s = Submit {
             key: mark_key(agent_id, queue_id),
             agent_id: agent_id.into(),
             queue_id: queue_id.into(),
-            last: records.last().map_or(0, |r| r.seq),
-            records,
+            batch,
+            first,
+            last,
             done,
         };
         self.tx
@@ -220,10 +237,7 @@ impl Journal {
 
     /// Confirmed entries ready for the outputs, oldest first: at least one if any, then
     /// more while their encoded size stays under `max_bytes`. Blocking.
-    pub fn read_drainable(
-        &self,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
+    pub fn read_drainable(&self, max_bytes: usize) -> Result<Vec<(u64, Entry)>, JournalError> {
         let txn = self.db.begin_read().map_err(db)?;
         let t = txn.open_table(JOURNAL).map_err(db)?;
         let confirmed = txn.open_table(CONFIRMED).map_err(db)?;
@@ -254,8 +268,16 @@ impl Journal {
                 break;
             }
             // One copy of the entry; record payloads then slice it.
-            let entry = JournalEntry::decode(bytes::Bytes::copy_from_slice(v.value()))
+            let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v.value()))
                 .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+            let records = raw
+                .records()
+                .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+            let entry = Entry {
+                agent_id: raw.agent_id,
+                queue_id: raw.queue_id,
+                records,
+            };
             out.push((k.value(), entry));
         }
         Ok(out)
@@ -333,11 +355,12 @@ impl Writer {
         while let Some(first) = self.rx.blocking_recv() {
             let mut batch = vec![first];
             let mut n = 0;
-            while n < 65_536 {
+            // Bound a commit group to a few tens of MiB of batches.
+            while n < (32 << 20) {
                 match self.rx.try_recv() {
                     Ok(c) => {
                         if let Command::Submit(s) = &c {
-                            n += s.records.len();
+                            n += s.batch.len();
                         }
                         batch.push(c);
                     }
@@ -364,18 +387,16 @@ impl Writer {
                     match cmd {
                         Command::Submit(s) => {
                             let mark = hwm.get(&s.key).copied().unwrap_or(0);
-                            let fresh: Vec<Record> = std::mem::take(&mut s.records)
-                                .into_iter()
-                                .filter(|r| r.seq > mark)
-                                .collect();
-                            let Some(top) = fresh.iter().map(|r| r.seq).max() else {
-                                continue;
-                            };
+                            if s.last <= mark {
+                                continue; // all duplicates
+                            }
+                            // Kept as received; duplicates at its start are only marked.
                             let entry = JournalEntry {
                                 agent_id: s.agent_id.clone(),
                                 queue_id: s.queue_id.clone(),
-                                records: fresh,
-                                last_seq: top,
+                                last_seq: s.last,
+                                batch: std::mem::take(&mut s.batch),
+                                skip_upto: if s.first <= mark { mark } else { 0 },
                             };
                             buf.clear();
                             entry
@@ -383,8 +404,8 @@ impl Writer {
                                 .map_err(|e| JournalError::Corrupt(next, e.to_string()))?;
                             j.insert(next, buf.as_slice()).map_err(db)?;
                             next += 1;
-                            h.insert(s.key.as_str(), top).map_err(db)?;
-                            hwm.insert(s.key.clone(), top);
+                            h.insert(s.key.as_str(), s.last).map_err(db)?;
+                            hwm.insert(s.key.clone(), s.last);
                         }
                         Command::Confirm { key, upto } => {
                             if confirmed.get(key).is_none_or(|m| *upto > *m) {
@@ -416,27 +437,36 @@ impl Writer {
                                 }
                                 let mut entry = JournalEntry::decode(v.value())
                                     .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
-                                let before = entry.records.len();
-                                entry
-                                    .records
-                                    .retain(|r| r.seq <= ours || r.seq > *delivered_upto);
-                                if entry.records.len() != before {
+                                let mut records = entry
+                                    .records()
+                                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                                let before = records.len();
+                                records.retain(|r| r.seq <= ours || r.seq > *delivered_upto);
+                                if records.len() != before {
                                     tracing::info!(
                                         entry = k.value(),
-                                        dropped = before - entry.records.len(),
+                                        dropped = before - records.len(),
                                         "discarding records the agent delivered through another sink"
                                     );
+                                    // Rare: re-encode the batch without them.
+                                    entry.last_seq =
+                                        records.iter().map(|r| r.seq).max().unwrap_or(0);
+                                    entry.skip_upto = 0;
+                                    entry.batch = Batch {
+                                        batch_id: 0,
+                                        records,
+                                    }
+                                    .encode_to_vec()
+                                    .into();
                                     rewrite.push((k.value(), entry));
                                 } else {
                                     top = top.max(hd.last_seq);
                                 }
                             }
-                            for (k, mut entry) in rewrite {
-                                if entry.records.is_empty() {
+                            for (k, entry) in rewrite {
+                                if entry.last_seq == 0 {
                                     j.remove(k).map_err(db)?;
                                 } else {
-                                    entry.last_seq =
-                                        entry.records.iter().map(|r| r.seq).max().unwrap_or(0);
                                     top = top.max(entry.last_seq);
                                     buf.clear();
                                     entry
@@ -497,14 +527,26 @@ impl Writer {
 mod tests {
     use super::*;
 
-    fn recs(from: u64, to: u64) -> Vec<Record> {
-        (from..=to)
+    async fn put(j: &Journal, agent: &str, from: u64, to: u64) {
+        let records: Vec<Record> = (from..=to)
             .map(|seq| Record {
                 seq,
                 payload: format!("r{seq}").into_bytes().into(),
                 ..Default::default()
             })
-            .collect()
+            .collect();
+        let batch = Batch {
+            batch_id: 1,
+            records,
+        }
+        .encode_to_vec()
+        .into();
+        j.submit(agent, "q", batch, from, to)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     fn drainable_seqs(j: &Journal) -> Vec<u64> {
@@ -522,18 +564,8 @@ mod tests {
     async fn resolve_discards_what_went_elsewhere_and_outputs_only_confirmed() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.submit("a", "q", recs(1, 6))
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
-        j.submit("a", "q", recs(7, 10))
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
+        put(&j, "a", 1, 6).await;
+        put(&j, "a", 7, 10).await;
         assert!(
             drainable_seqs(&j).is_empty(),
             "nothing is output before the agent confirms"
@@ -543,12 +575,21 @@ mod tests {
         assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4]);
         // Seqs 5..=8 are gone for good: a confirm up to 10 outputs only 9 and 10 more.
         j.confirm("a", "q", 10).await.unwrap();
-        j.submit("b", "q", recs(1, 1))
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap(); // flush the writer
+        put(&j, "b", 1, 1).await; // flush the writer
         assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4, 9, 10]);
+    }
+
+    /// A resent batch that overlaps what is held is journaled as received, its duplicate
+    /// head only marked; the outputs see every seq once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_resend_outputs_each_seq_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        put(&j, "a", 1, 6).await;
+        put(&j, "a", 4, 8).await;
+        put(&j, "a", 2, 5).await; // entirely old: not journaled at all
+        j.confirm("a", "q", 8).await.unwrap();
+        put(&j, "b", 1, 1).await; // flush the writer
+        assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     }
 }

@@ -1,9 +1,10 @@
 //! The sink: a QUIC server that journals batches from agents and drains them to outputs.
 //!
 //! Data path: accept (mutual TLS; the agent id is the client certificate's CN) → read
-//! `Hello` → answer `Welcome` with the high-water mark → for each `Batch`, submit to the
-//! [`Journal`] and, once committed, send `Ack` (in order, on the same stream). A separate
-//! drainer task moves committed entries to the outputs.
+//! `Hello` → `Welcome` → `Resolve` → `Resolved` (high-water mark) → for each `Batch`,
+//! submit its bytes to the [`Journal`] and, once committed, send `Ack` (in order, on the
+//! same stream); `Confirm` frames mark records as this sink's. A separate drainer moves
+//! confirmed entries to the outputs.
 
 pub mod journal;
 pub mod output;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -277,27 +279,39 @@ async fn serve_stream(
     });
     let result = async {
         loop {
-            let batch = match wire::read_frame::<AgentFrame>(&mut recv)
+            // Batches stay encoded: only their seqs are read here, the bytes are journaled
+            // as they came (decoding and re-encoding every record cost a fifth of the sink).
+            let frame = match wire::read_frame::<wire::AgentFrameRaw>(&mut recv)
                 .await
                 .map_err(|e| e.to_string())?
             {
                 None => return Ok(()),
-                Some(AgentFrame {
-                    kind: Some(agent_frame::Kind::Batch(b)),
-                }) => b,
-                Some(AgentFrame {
-                    kind: Some(agent_frame::Kind::Confirm(c)),
-                }) => {
-                    journal
-                        .confirm(agent, &queue_id, c.upto_seq)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    continue;
-                }
-                Some(other) => return Err(format!("expected batch, got {other:?}")),
+                Some(f) => f,
+            };
+            if let Some(c) = frame.confirm {
+                journal
+                    .confirm(agent, &queue_id, c.upto_seq)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+            let Some(raw) = frame.batch else {
+                return Err("expected batch or confirm".to_string());
+            };
+            let seqs = wire::BatchSeqs::decode(raw.clone())
+                .map_err(|e| format!("malformed batch: {e}"))?;
+            let (Some(first), Some(last)) = (seqs.records.first(), seqs.records.last()) else {
+                return Err("empty batch".to_string());
+            };
+            if seqs.records.windows(2).any(|w| w[0].seq >= w[1].seq) {
+                return Err("batch seqs not ascending".to_string());
+            }
+            let batch = wire::Batch {
+                batch_id: seqs.batch_id,
+                records: Vec::new(),
             };
             let done = journal
-                .submit(agent, &queue_id, batch.records)
+                .submit(agent, &queue_id, raw, first.seq, last.seq)
                 .await
                 .map_err(|e| e.to_string())?;
             if pending_tx.send((batch.batch_id, done)).await.is_err() {

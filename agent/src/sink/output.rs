@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::Serialize;
 
-use crate::wire::JournalEntry;
+use crate::sink::journal::Entry;
 
 /// A destination for journal entries.
 pub trait Output: Send {
     /// Stable name, the key of this output's position in the cursor table.
     fn name(&self) -> String;
     /// Writes entries and makes them as durable as this output can.
-    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()>;
+    fn write(&mut self, entries: &[(u64, Entry)]) -> std::io::Result<()>;
     /// The position to commit after a successful `write`.
     fn position(&self) -> Vec<u8>;
     /// The position was committed: a later rollback returns here.
@@ -67,7 +67,7 @@ impl Serialize for Headers<'_> {
 }
 
 /// Appends the JSON lines of `entries` to `buf`.
-pub fn format_lines(entries: &[(u64, JournalEntry)], buf: &mut Vec<u8>) {
+pub fn format_lines(entries: &[(u64, Entry)], buf: &mut Vec<u8>) {
     let b64 = base64::engine::general_purpose::STANDARD;
     for (_, e) in entries {
         for r in &e.records {
@@ -190,7 +190,7 @@ impl Output for JsonlOutput {
         output_name(&self.dir)
     }
 
-    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()> {
+    fn write(&mut self, entries: &[(u64, Entry)]) -> std::io::Result<()> {
         if self.offset >= self.max_file_bytes {
             self.rotate()?;
         }
@@ -275,7 +275,7 @@ impl Output for StdoutOutput {
         "stdout".into()
     }
 
-    fn write(&mut self, entries: &[(u64, JournalEntry)]) -> std::io::Result<()> {
+    fn write(&mut self, entries: &[(u64, Entry)]) -> std::io::Result<()> {
         self.buf.clear();
         format_lines(entries, &mut self.buf);
         let mut out = std::io::stdout().lock();

@@ -194,7 +194,7 @@ pub struct Header {
     pub value: String,
 }
 
-/// A sink journal value.
+/// A sink journal value: a batch as received, kept as its wire bytes.
 #[derive(Clone, PartialEq, Message)]
 pub struct JournalEntry {
     /// Agent id from the client certificate.
@@ -203,12 +203,60 @@ pub struct JournalEntry {
     /// The agent's queue id.
     #[prost(string, tag = "2")]
     pub queue_id: String,
-    /// Records, ascending seqs.
-    #[prost(message, repeated, tag = "3")]
-    pub records: Vec<Record>,
-    /// Highest seq in `records`.
+    /// Highest seq in the batch.
     #[prost(uint64, tag = "4")]
     pub last_seq: u64,
+    /// The encoded `Batch`, as it came off the wire (not decoded and re-encoded).
+    #[prost(bytes = "bytes", tag = "5")]
+    pub batch: bytes::Bytes,
+    /// Records with seqs up to this one are duplicates: skip them when draining.
+    #[prost(uint64, tag = "6")]
+    pub skip_upto: u64,
+}
+
+impl JournalEntry {
+    /// The entry's records, without the ones marked as duplicates.
+    pub fn records(&self) -> Result<Vec<Record>, prost::DecodeError> {
+        let mut batch = Batch::decode(self.batch.clone())?;
+        batch.records.retain(|r| r.seq > self.skip_upto);
+        Ok(batch.records)
+    }
+}
+
+/// An agent frame whose batch is left encoded: the sink journals batches as received.
+#[derive(Clone, PartialEq, Message)]
+pub struct AgentFrameRaw {
+    /// `Hello`, if that is what the frame carries.
+    #[prost(message, optional, tag = "1")]
+    pub hello: Option<Hello>,
+    /// The `Batch` bytes.
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub batch: Option<bytes::Bytes>,
+    /// `Confirm`.
+    #[prost(message, optional, tag = "3")]
+    pub confirm: Option<Confirm>,
+    /// `Resolve`.
+    #[prost(message, optional, tag = "4")]
+    pub resolve: Option<Resolve>,
+}
+
+/// A `Batch` decoded for its seqs only (protobuf skips the other record fields).
+#[derive(Clone, PartialEq, Message)]
+pub struct BatchSeqs {
+    /// Agent-chosen id.
+    #[prost(uint64, tag = "1")]
+    pub batch_id: u64,
+    /// One per record.
+    #[prost(message, repeated, tag = "2")]
+    pub records: Vec<RecordSeq>,
+}
+
+/// A record's seq alone.
+#[derive(Clone, PartialEq, Message)]
+pub struct RecordSeq {
+    /// Queue sequence number.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
 }
 
 /// The first fields of a [`JournalEntry`], decoded without its records (protobuf skips
