@@ -275,3 +275,44 @@ fn full_disk(queue: &str, recovered: &str) {
     assert!(log.contains(recovered), "it recovered by itself:\n{log}");
     agent.kill9();
 }
+
+/// The sink's disk fills up: its journal refuses (no acks, so the agent keeps everything),
+/// reopens itself when space returns, and every line arrives exactly once.
+#[test]
+fn sink_full_disk_recovers_and_loses_nothing() {
+    let w = World::new();
+    let Some(_disk) = SmallDisk::mount(&w.path("sink/data"), 16) else {
+        return;
+    };
+    std::fs::write(
+        w.path("sink/data/filler"),
+        vec![0u8; (15 << 20) + (512 << 10)],
+    )
+    .unwrap();
+    let mut sink = w.sink();
+    let _agent = w.agent();
+    let mut lines = LineWriter::new(&w.path("input/app.log"), 200);
+    let n = 40_000;
+    lines.write(n);
+    let start = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(w.path("sink.log")).unwrap_or_default();
+        if log.contains("journal commit failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the sink's disk never filled:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(w.path("sink/data/filler")).unwrap();
+    let out = wait_for_output(&w.output_dir(), n, WAIT);
+    assert_exactly_once_in_order(&out, n);
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "the sink stayed up"
+    );
+    let log = std::fs::read_to_string(w.path("sink.log")).unwrap();
+    assert!(log.contains("journal storage recovered"), "{log}");
+}

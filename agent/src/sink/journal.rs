@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -109,13 +109,45 @@ enum Command {
         delivered_upto: u64,
         done: oneshot::Sender<Result<u64, String>>,
     },
+    /// Storage failed elsewhere (the drainer): close and reopen the file.
+    Reopen,
+}
+
+/// The journal file, closed and reopened by the writer after a storage failure (redb
+/// latches an I/O error until the database is reopened).
+struct Store {
+    path: PathBuf,
+    /// `None` only while being reopened; readers hold the read guard for their transaction.
+    db: RwLock<Option<Database>>,
+}
+
+impl Store {
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, JournalError>,
+    ) -> Result<R, JournalError> {
+        let guard = self.db.read().map_err(|_| JournalError::Closed)?;
+        match guard.as_ref() {
+            Some(d) => f(d),
+            None => Err(JournalError::Closed),
+        }
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, JournalError> {
+    // Entries are read once, right after they were written (still in the OS page cache), so
+    // redb's own cache can stay small; its 1 GiB default would show as RSS.
+    Database::builder()
+        .set_cache_size(4 << 20)
+        .create(path)
+        .map_err(db)
 }
 
 /// Handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     id: String,
-    db: Arc<Database>,
+    store: Arc<Store>,
     tx: mpsc::Sender<Command>,
     changed: watch::Receiver<u64>,
 }
@@ -124,18 +156,17 @@ impl Journal {
     /// Opens (or creates) `journal.redb` in `dir` and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
-        // Entries are read once, right after they were written (still in the OS page
-        // cache), so redb's own cache can stay small; its 1 GiB default would show as RSS.
-        let db = Database::builder()
-            .set_cache_size(4 << 20)
-            .create(dir.join("journal.redb"))
-            .map_err(db)?;
-        let (next, hwm, confirmed, id) = init(&db)?;
-        let db = Arc::new(db);
+        let path = dir.join("journal.redb");
+        let database = open_database(&path)?;
+        let (next, hwm, confirmed, id) = init(&database)?;
+        let store = Arc::new(Store {
+            path,
+            db: RwLock::new(Some(database)),
+        });
         let (changed_tx, changed) = watch::channel(0);
         let (tx, rx) = mpsc::channel(256);
         let writer = Writer {
-            db: db.clone(),
+            store: store.clone(),
             rx,
             next,
             hwm,
@@ -149,7 +180,7 @@ impl Journal {
             .map_err(|e| JournalError::Io(dir.into(), e))?;
         Ok(Journal {
             id: format!("{id:016x}"),
-            db,
+            store,
             tx,
             changed,
         })
@@ -160,9 +191,17 @@ impl Journal {
         &self.id
     }
 
-    /// The redb database (the drainer commits its positions here).
-    pub fn db(&self) -> &Arc<Database> {
-        &self.db
+    /// Runs `f` on the open database (the drainer commits its positions through this).
+    pub fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, JournalError>,
+    ) -> Result<R, JournalError> {
+        self.store.with_db(f)
+    }
+
+    /// After a failed write elsewhere (the drainer's): have the writer reopen the file.
+    pub async fn reopen(&self) {
+        let _ = self.tx.send(Command::Reopen).await;
     }
 
     /// Ticks whenever entries were added or confirmed.
@@ -238,49 +277,51 @@ impl Journal {
     /// Confirmed entries ready for the outputs, oldest first: at least one if any, then
     /// more while their encoded size stays under `max_bytes`. Blocking.
     pub fn read_drainable(&self, max_bytes: usize) -> Result<Vec<(u64, Entry)>, JournalError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(JOURNAL).map_err(db)?;
-        let confirmed = txn.open_table(CONFIRMED).map_err(db)?;
-        let mut marks: HashMap<String, u64> = HashMap::new();
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for e in t.iter().map_err(db)? {
-            let (k, v) = e.map_err(db)?;
-            let h = JournalHeader::decode(v.value())
-                .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
-            let key = mark_key(&h.agent_id, &h.queue_id);
-            let mark = match marks.get(&key) {
-                Some(m) => *m,
-                None => {
-                    let m = confirmed
-                        .get(key.as_str())
-                        .map_err(db)?
-                        .map_or(0, |v| v.value());
-                    marks.insert(key, m);
-                    m
+        self.store.with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let t = txn.open_table(JOURNAL).map_err(db)?;
+            let confirmed = txn.open_table(CONFIRMED).map_err(db)?;
+            let mut marks: HashMap<String, u64> = HashMap::new();
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for e in t.iter().map_err(db)? {
+                let (k, v) = e.map_err(db)?;
+                let h = JournalHeader::decode(v.value())
+                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                let key = mark_key(&h.agent_id, &h.queue_id);
+                let mark = match marks.get(&key) {
+                    Some(m) => *m,
+                    None => {
+                        let m = confirmed
+                            .get(key.as_str())
+                            .map_err(db)?
+                            .map_or(0, |v| v.value());
+                        marks.insert(key, m);
+                        m
+                    }
+                };
+                if h.last_seq > mark {
+                    continue; // not ours yet
                 }
-            };
-            if h.last_seq > mark {
-                continue; // not ours yet
+                bytes += v.value().len();
+                if !out.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                // One copy of the entry; record payloads then slice it.
+                let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v.value()))
+                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                let records = raw
+                    .records()
+                    .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
+                let entry = Entry {
+                    agent_id: raw.agent_id,
+                    queue_id: raw.queue_id,
+                    records,
+                };
+                out.push((k.value(), entry));
             }
-            bytes += v.value().len();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            // One copy of the entry; record payloads then slice it.
-            let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v.value()))
-                .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
-            let records = raw
-                .records()
-                .map_err(|e| JournalError::Corrupt(k.value(), e.to_string()))?;
-            let entry = Entry {
-                agent_id: raw.agent_id,
-                queue_id: raw.queue_id,
-                records,
-            };
-            out.push((k.value(), entry));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }
 
@@ -341,7 +382,7 @@ fn db_<E: Into<redb::Error>>(e: E) -> JournalError {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    store: Arc<Store>,
     rx: mpsc::Receiver<Command>,
     next: u64,
     hwm: Marks,
@@ -376,8 +417,18 @@ impl Writer {
         let mut confirmed = self.confirmed.clone();
         let mut next = self.next;
         let mut resolved: Vec<u64> = Vec::new();
+        if batch.iter().any(|c| matches!(c, Command::Reopen)) {
+            batch.retain(|c| !matches!(c, Command::Reopen));
+            self.recover();
+        }
+        let store = self.store.clone();
+        let guard = match store.db.read() {
+            Ok(g) => g,
+            Err(_) => return,
+        };
         let result = (|| -> Result<(), JournalError> {
-            let txn = self.db.begin_write().map_err(db)?;
+            let d = guard.as_ref().ok_or(JournalError::Closed)?;
+            let txn = d.begin_write().map_err(db)?;
             {
                 let mut j = txn.open_table(JOURNAL).map_err(db)?;
                 let mut h = txn.open_table(HWM).map_err(db)?;
@@ -407,6 +458,7 @@ impl Writer {
                             h.insert(s.key.as_str(), s.last).map_err(db)?;
                             hwm.insert(s.key.clone(), s.last);
                         }
+                        Command::Reopen => {}
                         Command::Confirm { key, upto } => {
                             if confirmed.get(key).is_none_or(|m| *upto > *m) {
                                 c.insert(key.as_str(), *upto).map_err(db)?;
@@ -501,25 +553,73 @@ impl Writer {
                         Command::Resolve { done, .. } => {
                             let _ = done.send(Ok(resolved.next().unwrap_or(0)));
                         }
-                        Command::Confirm { .. } => {}
+                        Command::Confirm { .. } | Command::Reopen => {}
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "journal commit failed");
+                // Nothing was acked: agents resend (confirms come again with the next
+                // Resolve). A failed write latches redb until the file is reopened.
+                tracing::error!(error = %e, "journal commit failed; reopening the journal");
                 for cmd in batch {
-                    match cmd {
-                        Command::Submit(s) => {
-                            let _ = s.done.send(Err(e.to_string()));
-                        }
-                        Command::Resolve { done, .. } => {
-                            let _ = done.send(Err(e.to_string()));
-                        }
-                        Command::Confirm { .. } => {}
+                    refuse(cmd, &e.to_string());
+                }
+                drop(guard);
+                self.recover();
+            }
+        }
+    }
+
+    /// Closes and reopens the file until that works, refusing what arrives meanwhile.
+    fn recover(&mut self) {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let deadline = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(cmd) => refuse(cmd, "journal storage is failing; retry later"),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
                     }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::warn!("journal storage recovered");
+                    self.generation += 1;
+                    self.changed.send_replace(self.generation);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal storage still failing");
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    fn reopen(&mut self) -> Result<(), JournalError> {
+        let mut guard = self.store.db.write().map_err(|_| JournalError::Closed)?;
+        drop(guard.take());
+        let d = open_database(&self.store.path)?;
+        let (next, hwm, confirmed, _) = init(&d)?;
+        *guard = Some(d);
+        (self.next, self.hwm, self.confirmed) = (next, hwm, confirmed);
+        Ok(())
+    }
+}
+
+/// Answers a command that will not be carried out.
+fn refuse(cmd: Command, reason: &str) {
+    match cmd {
+        Command::Submit(s) => {
+            let _ = s.done.send(Err(reason.to_string()));
+        }
+        Command::Resolve { done, .. } => {
+            let _ = done.send(Err(reason.to_string()));
+        }
+        Command::Confirm { .. } | Command::Reopen => {}
     }
 }
 

@@ -145,14 +145,16 @@ impl Sink {
 
 fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
     use redb::{ReadableDatabase, ReadableTable};
-    let txn = journal.db().begin_read().map_err(journal::db)?;
-    let t = txn.open_table(journal::CURSOR).map_err(journal::db)?;
-    let mut out = Vec::new();
-    for e in t.iter().map_err(journal::db)? {
-        let (k, v) = e.map_err(journal::db)?;
-        out.push((k.value().to_string(), v.value().to_vec()));
-    }
-    Ok(out)
+    journal.with_db(|d| {
+        let txn = d.begin_read().map_err(journal::db)?;
+        let t = txn.open_table(journal::CURSOR).map_err(journal::db)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(journal::db)? {
+            let (k, v) = e.map_err(journal::db)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    })
 }
 
 async fn serve_connection(
@@ -341,6 +343,8 @@ async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: Cancel
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "output drain failed; retrying");
+                // If it was the journal's storage, redb needs a reopen before anything works.
+                journal.reopen().await;
                 for o in outputs.iter_mut() {
                     if let Err(e) = o.rollback() {
                         tracing::error!(output = %o.name(), error = %e, "output rollback failed");
@@ -368,20 +372,24 @@ fn drain_round(journal: &Journal, outputs: &mut [Box<dyn Output>]) -> Result<usi
         o.write(&entries)
             .map_err(|e| format!("{}: {e}", o.name()))?;
     }
-    let txn = journal.db().begin_write().map_err(|e| e.to_string())?;
-    {
-        let mut c = txn.open_table(journal::CURSOR).map_err(|e| e.to_string())?;
-        for o in outputs.iter() {
-            let p = o.position();
-            if !p.is_empty() {
-                c.insert(o.name().as_str(), p.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-    }
     let keys: Vec<u64> = entries.iter().map(|(k, _)| *k).collect();
-    journal::delete_entries(&txn, &keys).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())?;
+    journal
+        .with_db(|d| {
+            let txn = d.begin_write().map_err(journal::db)?;
+            {
+                let mut c = txn.open_table(journal::CURSOR).map_err(journal::db)?;
+                for o in outputs.iter() {
+                    let p = o.position();
+                    if !p.is_empty() {
+                        c.insert(o.name().as_str(), p.as_slice())
+                            .map_err(journal::db)?;
+                    }
+                }
+            }
+            journal::delete_entries(&txn, &keys)?;
+            txn.commit().map_err(journal::db)
+        })
+        .map_err(|e| e.to_string())?;
     for o in outputs.iter_mut() {
         o.committed();
     }
