@@ -44,39 +44,7 @@ fn failover_and_back_delivers_exactly_once_across_sinks() {
     let _a = Proc::start("sink", &cfg_a, &w.path("sink.log"));
     std::thread::sleep(Duration::from_secs(5));
     lines.write(2000);
-    let n = lines.next;
-    let start = Instant::now();
-    let union = loop {
-        let mut all = read_output(&w.path("sink/out"));
-        all.extend(read_output(&w.path("sinkb/out")));
-        let distinct: std::collections::HashSet<usize> =
-            all.iter().map(|l| line_no(&l.payload)).collect();
-        if distinct.len() >= n {
-            break all;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{} of {n} lines arrived",
-            distinct.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut count: HashMap<usize, usize> = HashMap::new();
-    for l in &union {
-        *count.entry(line_no(&l.payload)).or_default() += 1;
-    }
-    assert!((0..n).all(|i| count.contains_key(&i)), "a line is missing");
-    let dups: Vec<usize> = count
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(l, _)| *l)
-        .take(10)
-        .collect();
-    assert!(
-        dups.is_empty(),
-        "duplicates across the two sinks, e.g. lines {dups:?}"
-    );
-    assert_eq!(union.len(), n, "exactly once in the union");
+    wait_for_union_exactly_once(&w, lines.next);
     let a_after = read_output(&w.path("sink/out")).len();
     assert!(
         a_after > a_before,
@@ -120,13 +88,21 @@ fn sinks_killed_in_turn_deliver_exactly_once_across_sinks() {
         sinks[victim] = Proc::start("sink", &cfg[victim], &logs[victim]);
     }
     lines.write(1000);
-    let n = lines.next;
-    let start = Instant::now();
-    loop {
+    wait_for_union_exactly_once(&w, lines.next);
+}
+
+/// Waits until lines `0..n` are in the union of both sinks' outputs, failing on the first
+/// duplicate seen, and checks nothing more arrives.
+fn wait_for_union_exactly_once(w: &World, n: usize) {
+    let union = || {
         let mut all = read_output(&w.path("sink/out"));
         all.extend(read_output(&w.path("sinkb/out")));
+        all
+    };
+    let start = Instant::now();
+    loop {
         let mut count: HashMap<usize, usize> = HashMap::new();
-        for l in &all {
+        for l in &union() {
             *count.entry(line_no(&l.payload)).or_default() += 1;
         }
         let dups: Vec<usize> = count
@@ -139,12 +115,11 @@ fn sinks_killed_in_turn_deliver_exactly_once_across_sinks() {
             dups.is_empty(),
             "duplicates across the two sinks, e.g. lines {dups:?}"
         );
-        if count.len() == n {
+        if count.len() >= n {
+            assert!((0..n).all(|i| count.contains_key(&i)), "a line is missing");
             std::thread::sleep(Duration::from_millis(500));
-            let again =
-                read_output(&w.path("sink/out")).len() + read_output(&w.path("sinkb/out")).len();
-            assert_eq!(again, n, "exactly once in the union");
-            break;
+            assert_eq!(union().len(), n, "exactly once in the union");
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(180),
