@@ -648,13 +648,13 @@ impl SinkConfig {
             return Err(("outputs".into(), "at least one output is needed".into()));
         }
         for (i, o) in self.outputs.iter().enumerate() {
-            if let OutputConfig::Jsonl(j) = o {
-                if j.max_file_bytes < 4096 {
-                    return Err((
-                        format!("outputs[{i}].max_file_bytes"),
-                        "must be at least 4096".into(),
-                    ));
-                }
+            if let OutputConfig::Jsonl(j) = o
+                && j.max_file_bytes < 4096
+            {
+                return Err((
+                    format!("outputs[{i}].max_file_bytes"),
+                    "must be at least 4096".into(),
+                ));
             }
         }
         Ok(())
@@ -730,16 +730,16 @@ fn toml_error(path: &Path, raw: &str, key: String, e: &toml::de::Error) -> Confi
         key
     };
     for marker in ["unknown field `", "missing field `", "unknown variant `"] {
-        if let Some(rest) = message.strip_prefix(marker) {
-            if let Some(name) = rest.split('`').next() {
-                let already = key == name || key.ends_with(&format!(".{name}"));
-                if marker != "unknown variant `" && !already {
-                    key = if key.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{key}.{name}")
-                    };
-                }
+        if let Some(rest) = message.strip_prefix(marker)
+            && let Some(name) = rest.split('`').next()
+        {
+            let already = key == name || key.ends_with(&format!(".{name}"));
+            if marker != "unknown variant `" && !already {
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
             }
         }
     }

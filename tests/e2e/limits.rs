@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::util::*;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(240);
 const LINES: usize = 10_000;
 
 /// Runs the agent (no sink) until it has read every line, then stops it with SIGKILL and

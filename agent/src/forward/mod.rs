@@ -188,7 +188,7 @@ impl Forwarder {
             let target = &self.cfg.sinks[which % sinks];
             let delivered_before = self.queue.acked();
             // Away from the first (preferred) sink, go back to it now and then.
-            let failback = (which % sinks != 0).then(|| {
+            let failback = (!which.is_multiple_of(sinks)).then(|| {
                 tokio::time::Instant::now() + Duration::from_millis(self.cfg.failback_after_ms)
             });
             match self.session(target, &shutdown, failback).await {
