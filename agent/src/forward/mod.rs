@@ -14,8 +14,9 @@
 //! back-off with jitter) resends from the oldest unacknowledged seq and the sink drops what
 //! it already has.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -181,6 +182,24 @@ impl Forwarder {
     /// Runs until `shutdown`, then waits briefly for outstanding acks and closes cleanly.
     pub async fn run(self, shutdown: CancellationToken) {
         let sinks = self.cfg.sinks.len();
+        // Sinks that may hold records they acked but were never confirmed as theirs (their
+        // session ended abruptly): after a restart, any of them.
+        let unconfirmed: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(if sinks > 1 {
+            self.cfg.sinks.iter().cloned().collect()
+        } else {
+            HashSet::new()
+        }));
+        let current = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sweeper = tokio::spawn(sweep(
+            self.cfg.clone(),
+            self.queue.clone(),
+            self.client.clone(),
+            self.endpoint.clone(),
+            unconfirmed.clone(),
+            current.clone(),
+            shutdown.clone(),
+        ));
+        let _stop_sweeper = AbortOnDrop(sweeper);
         let mut failures = 0u32; // consecutive, for the back-off
         let mut here = 0u32; // consecutive failures on the current sink
         let mut which = 0usize;
@@ -191,7 +210,15 @@ impl Forwarder {
             let failback = (!which.is_multiple_of(sinks)).then(|| {
                 tokio::time::Instant::now() + Duration::from_millis(self.cfg.failback_after_ms)
             });
-            match self.session(target, &shutdown, failback).await {
+            current.store(which % sinks, std::sync::atomic::Ordering::Relaxed);
+            let ended = self.session(target, &shutdown, failback).await;
+            if !matches!(ended, Ok(Ended::Shutdown)) && sinks > 1 {
+                // The sink may hold acked records it was not yet told are its own.
+                if let Ok(mut pending) = unconfirmed.lock() {
+                    pending.insert(target.clone());
+                }
+            }
+            match ended {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Failback) => {
                     tracing::info!(from = %target, to = %self.cfg.sinks[0], "failing back to the preferred sink");
@@ -393,6 +420,72 @@ impl Forwarder {
         let _ = send.finish();
         conn.close(0u32.into(), b"bye");
         Ok(ended)
+    }
+}
+
+/// Every few seconds, resolves with the sinks (other than the current one) that may hold
+/// records they acked but were never confirmed as theirs: a short `Hello`/`Resolve`
+/// exchange confirms what is theirs (so they output it) and discards copies delivered
+/// elsewhere. Without it such records would wait for the agent's next session with them.
+async fn sweep(
+    cfg: ForwardConfig,
+    queue: Queue,
+    client: quinn::ClientConfig,
+    endpoint: quinn::Endpoint,
+    unconfirmed: Arc<Mutex<HashSet<String>>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let active =
+            &cfg.sinks[current.load(std::sync::atomic::Ordering::Relaxed) % cfg.sinks.len()];
+        let targets: Vec<String> = match unconfirmed.lock() {
+            Ok(p) => p.iter().filter(|t| *t != active).cloned().collect(),
+            Err(_) => return,
+        };
+        for target in targets {
+            let Some(addr) = tokio::net::lookup_host(&target)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+            else {
+                continue;
+            };
+            let marks = |journal: &str| {
+                let confirm_upto = tokio::task::block_in_place(|| queue.owner_mark(journal))?;
+                Ok((confirm_upto, queue.acked()))
+            };
+            let queue_id = queue.queue_id();
+            let attempt = connect(
+                &endpoint,
+                client.clone(),
+                addr,
+                &cfg.server_name,
+                &queue_id,
+                marks,
+            );
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(session)) => {
+                    // Held beyond our ack mark means copies of records still in flight
+                    // elsewhere: come back later to have them discarded.
+                    if session.high_water_mark <= queue.acked()
+                        && let Ok(mut p) = unconfirmed.lock()
+                    {
+                        p.remove(&target);
+                    }
+                    tracing::debug!(sink = %target, "resolved ownership with an idle sink");
+                    session.conn.close(0u32.into(), b"resolved");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(sink = %target, error = %e, "cannot resolve with idle sink yet")
+                }
+                Err(_) => tracing::debug!(sink = %target, "resolve with idle sink timed out"),
+            }
+        }
     }
 }
 
