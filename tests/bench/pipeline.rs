@@ -170,25 +170,17 @@ impl Tail {
         }
     }
 
-    /// Counts new complete lines only (cheap: the bench must not steal the pipeline's CPU).
-    fn count(&mut self) {
+    /// New bytes of the output, following rotation to the next file; empty when none.
+    fn read_new(&mut self) -> Vec<u8> {
         loop {
             let path = self.dir.join(format!("out-{:08}.jsonl", self.index));
             let Ok(mut f) = std::fs::File::open(&path) else {
-                return;
+                return Vec::new();
             };
             let _ = f.seek(SeekFrom::Start(self.offset));
             let mut buf = Vec::new();
             let _ = f.read_to_end(&mut buf);
             self.offset += buf.len() as u64;
-            let newlines = buf.iter().filter(|&&b| b == b'\n').count();
-            self.lines += newlines;
-            // Keep the bytes after the last newline for the next poll.
-            let tail = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if newlines > 0 {
-                self.carry.clear();
-            }
-            self.carry.extend_from_slice(&buf[tail..]);
             if buf.is_empty()
                 && self
                     .dir
@@ -199,40 +191,34 @@ impl Tail {
                 self.offset = 0;
                 continue;
             }
-            return;
+            return buf;
         }
     }
 
-    fn poll(&mut self, mut seen: impl FnMut(&[u8])) {
-        loop {
-            let path = self.dir.join(format!("out-{:08}.jsonl", self.index));
-            let Ok(mut f) = std::fs::File::open(&path) else {
-                return;
-            };
-            let _ = f.seek(SeekFrom::Start(self.offset));
-            let mut buf = Vec::new();
-            let _ = f.read_to_end(&mut buf);
-            self.offset += buf.len() as u64;
-            self.carry.extend_from_slice(&buf);
-            let mut start = 0;
-            while let Some(i) = self.carry[start..].iter().position(|&b| b == b'\n') {
-                seen(&self.carry[start..start + i]);
-                self.lines += 1;
-                start += i + 1;
-            }
-            self.carry.drain(..start);
-            if self
-                .dir
-                .join(format!("out-{:08}.jsonl", self.index + 1))
-                .exists()
-                && buf.is_empty()
-            {
-                self.index += 1;
-                self.offset = 0;
-                continue;
-            }
-            return;
+    /// Counts new complete lines only (cheap: the bench must not steal the pipeline's CPU).
+    fn count(&mut self) {
+        let buf = self.read_new();
+        let newlines = buf.iter().filter(|&&b| b == b'\n').count();
+        self.lines += newlines;
+        // Keep the bytes after the last newline for a later `poll`.
+        if newlines > 0 {
+            self.carry.clear();
         }
+        let tail = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.carry.extend_from_slice(&buf[tail..]);
+    }
+
+    /// Hands each new complete line to `seen`.
+    fn poll(&mut self, mut seen: impl FnMut(&[u8])) {
+        let buf = self.read_new();
+        self.carry.extend_from_slice(&buf);
+        let mut start = 0;
+        while let Some(i) = self.carry[start..].iter().position(|&b| b == b'\n') {
+            seen(&self.carry[start..start + i]);
+            self.lines += 1;
+            start += i + 1;
+        }
+        self.carry.drain(..start);
     }
 }
 

@@ -362,26 +362,7 @@ pub fn assert_exactly_once(lines: &[OutLine], n: usize) {
 
 /// Asserts the output holds lines 0..n exactly once each, in order, with rising seqs.
 pub fn assert_exactly_once_in_order(lines: &[OutLine], n: usize) {
-    let mut seen = HashSet::new();
-    let mut dups = Vec::new();
-    for l in lines {
-        if !seen.insert(line_no(&l.payload)) {
-            dups.push(line_no(&l.payload));
-        }
-    }
-    assert!(
-        dups.is_empty(),
-        "{} duplicates, first {:?}",
-        dups.len(),
-        &dups[..dups.len().min(10)]
-    );
-    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "missing lines, first {missing:?} ({} of {n} arrived)",
-        seen.len()
-    );
-    assert_eq!(lines.len(), n, "unexpected extra lines");
+    assert_exactly_once(lines, n);
     for w in lines.windows(2) {
         assert!(
             line_no(&w[0].payload) < line_no(&w[1].payload),
