@@ -113,6 +113,12 @@ impl Writer {
             }
             if !self.commit(batch) {
                 stop |= self.recover();
+                // Acks that arrived meanwhile woke nobody (their wake-ups were consumed by
+                // the failing commit and the recovery): apply them now, or the last records'
+                // deletion, and so their confirmation to the sink, would wait forever.
+                if !stop {
+                    self.commit(Vec::new());
+                }
             }
         }
         tracing::debug!("queue writer stopped");
