@@ -210,7 +210,7 @@ impl Journal {
     }
 
     /// Starts a stream for (agent, queue): applies the agent's confirmation and its
-    /// delivered-elsewhere mark, and returns the high-water mark to put in `Welcome`.
+    /// delivered-elsewhere mark, and returns the high-water mark to put in `Resolved`.
     pub async fn resolve(
         &self,
         agent_id: &str,
