@@ -23,6 +23,9 @@ pub enum AgentError {
     /// The forwarder could not be set up.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// A transform module was refused.
+    #[error(transparent)]
+    Transform(#[from] crate::transform::TransformError),
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -41,14 +44,10 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let sources_stop = CancellationToken::new();
     let sources = TaskTracker::new();
+    let cache = cfg.data_dir.join("transform-cache");
     for p in &cfg.pipelines {
-        let pipeline = Pipeline::new(
-            &p.name,
-            p.when_full,
-            Chain::empty(),
-            queue.clone(),
-            counters.clone(),
-        );
+        let chain = Chain::from_config(p, Some(&cache), counters.clone())?;
+        let pipeline = Pipeline::new(&p.name, p.when_full, chain, queue.clone(), counters.clone());
         for s in &p.sources {
             tracing::info!(pipeline = %p.name, source = s.name(), "starting source");
             sources.spawn(source::run(

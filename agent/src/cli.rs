@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Work with WASM transform modules.
+    Transform {
+        #[command(subcommand)]
+        command: TransformCommand,
+    },
     /// Inspect an agent's queue (with the agent stopped: the file is locked while it runs).
     Queue {
         #[command(subcommand)]
@@ -83,6 +88,31 @@ enum QueueCommand {
         /// The agent's data directory.
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TransformCommand {
+    /// Run a module over NDJSON records and print what it makes of them (no agent needed).
+    Test {
+        /// The component (`.wasm`).
+        #[arg(long)]
+        module: PathBuf,
+        /// The module's settings: a TOML table or, for `.json` files, a JSON object.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records, one per line (default: standard input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Records per guest call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Memory cap in bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        memory_max_bytes: u64,
+        /// CPU deadline per call, ms.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
     },
 }
 
@@ -164,6 +194,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Queue { command } => return queue_command(command),
+        Command::Transform { command } => return transform_command(command),
         Command::Certs { command } => match command {
             CertsCommand::Init { dir } => {
                 let p = tls::init_ca(&dir)?;
@@ -180,6 +211,60 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         },
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
+    use dataweaver::transform::{Settings, tryout};
+    let TransformCommand::Test {
+        module,
+        config,
+        input,
+        batch,
+        memory_max_bytes,
+        deadline_ms,
+    } = command;
+    let config_json = match &config {
+        None => "{}".to_string(),
+        Some(p) => {
+            let raw =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            if p.extension().is_some_and(|e| e == "json") {
+                let v: serde_json::Value = serde_json::from_str(&raw)
+                    .with_context(|| format!("{} is not JSON", p.display()))?;
+                v.to_string()
+            } else {
+                let t: toml::Table = config::parse(p, &raw)?;
+                serde_json::to_string(&t)?
+            }
+        }
+    };
+    let settings = Settings {
+        name: module
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "transform".into()),
+        config_json,
+        memory_max_bytes: memory_max_bytes as usize,
+        deadline: std::time::Duration::from_millis(deadline_ms.max(1)),
+        max_stack_bytes: 512 << 10,
+        batch_max_records: batch.max(1),
+        version_header: None,
+        wasi: None,
+    };
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::new(stdout.lock());
+    let sum = match input {
+        Some(p) => {
+            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            tryout::run(&module, settings, std::io::BufReader::new(f), out)?
+        }
+        None => tryout::run(&module, settings, std::io::stdin().lock(), out)?,
+    };
+    eprintln!(
+        "{} records in, {} out, {} failed",
+        sum.input, sum.output, sum.failed
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -158,6 +158,87 @@ pub struct PipelineConfig {
     pub when_full: WhenFull,
     /// Where records come from.
     pub sources: Vec<SourceConfig>,
+    /// WASM transforms applied in order to every batch, before the queue.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+}
+
+/// One WASM transform in a pipeline's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Name in logs, counters and dead letters (default: the module's file stem).
+    pub name: Option<String>,
+    /// The component file (`.wasm`), relative to the config file.
+    pub module: PathBuf,
+    /// Settings handed to the module's `init` as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Memory cap per instance.
+    #[serde(default = "default_wasm_memory")]
+    pub memory_max_bytes: u64,
+    /// CPU deadline per guest call (one call carries up to `batch_max_records`).
+    #[serde(default = "default_wasm_deadline")]
+    pub deadline_ms: u64,
+    /// WebAssembly stack limit.
+    #[serde(default = "default_wasm_stack")]
+    pub max_stack_bytes: usize,
+    /// Records per guest call.
+    #[serde(default = "default_wasm_batch")]
+    pub batch_max_records: usize,
+    /// If set, every output record gets this header with `name@version`.
+    pub version_header: Option<String>,
+    /// Reload the module when its file changes (swapped at a batch boundary).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// WASI for modules that need it; none by default.
+    pub wasi: Option<WasiGrant>,
+}
+
+impl TransformConfig {
+    /// The configured or default name.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.module
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "transform".into())
+        })
+    }
+
+    /// `config` as a JSON object.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// What WASI a transform may use. Without this table a module that imports WASI is
+/// refused at load. Network access is never granted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiGrant {
+    /// Directories the module may open.
+    #[serde(default)]
+    pub dirs: Vec<PreopenDir>,
+    /// Environment variables the module sees (nothing of the agent's own).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Let the module write to the agent's stderr.
+    #[serde(default)]
+    pub stdio: bool,
+}
+
+/// A host directory made visible to a module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreopenDir {
+    /// Directory on this machine (relative to the config file).
+    pub host: PathBuf,
+    /// Path the module opens it by, e.g. `/data`.
+    pub guest: String,
+    /// Read-only unless set to false.
+    #[serde(default = "default_true")]
+    pub read_only: bool,
 }
 
 /// A source, selected by its `type` key.
@@ -367,6 +448,21 @@ pub struct JsonlOutputConfig {
 #[serde(deny_unknown_fields)]
 pub struct StdoutOutputConfig {}
 
+fn default_true() -> bool {
+    true
+}
+fn default_wasm_memory() -> u64 {
+    64 << 20
+}
+fn default_wasm_deadline() -> u64 {
+    1000
+}
+fn default_wasm_stack() -> usize {
+    512 << 10
+}
+fn default_wasm_batch() -> usize {
+    256
+}
 fn default_server_name() -> String {
     "localhost".into()
 }
@@ -468,6 +564,12 @@ pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
     cfg.data_dir = base.join(&cfg.data_dir);
     resolve_tls(&mut cfg.forward.tls, &base);
     for p in &mut cfg.pipelines {
+        for t in &mut p.transforms {
+            t.module = base.join(&t.module);
+            for d in t.wasi.iter_mut().flat_map(|w| w.dirs.iter_mut()) {
+                d.host = base.join(&d.host);
+            }
+        }
         for s in &mut p.sources {
             let SourceConfig::File(f) = s else { continue };
             for g in f.include.iter_mut().chain(f.exclude.iter_mut()) {
@@ -562,6 +664,41 @@ impl AgentConfig {
                     format!("pipelines[{i}].sources"),
                     "at least one source is needed".into(),
                 ));
+            }
+            let mut transform_names = std::collections::HashSet::new();
+            for (j, t) in p.transforms.iter().enumerate() {
+                let key = format!("pipelines[{i}].transforms[{j}]");
+                if !transform_names.insert(t.name()) {
+                    return Err((
+                        format!("{key}.name"),
+                        format!("duplicate transform name `{}`", t.name()),
+                    ));
+                }
+                if !t.module.is_file() {
+                    return Err((
+                        format!("{key}.module"),
+                        format!("no such file: {}", t.module.display()),
+                    ));
+                }
+                nonzero(&format!("{key}.deadline_ms"), t.deadline_ms as usize)?;
+                nonzero(&format!("{key}.batch_max_records"), t.batch_max_records)?;
+                if t.memory_max_bytes < (1 << 20) {
+                    return Err((format!("{key}.memory_max_bytes"), "at least 1 MiB".into()));
+                }
+                if t.max_stack_bytes < (64 << 10) || t.max_stack_bytes > (64 << 20) {
+                    return Err((
+                        format!("{key}.max_stack_bytes"),
+                        "between 64 KiB and 64 MiB".into(),
+                    ));
+                }
+                for (k, d) in t.wasi.iter().flat_map(|w| w.dirs.iter()).enumerate() {
+                    if !d.host.is_dir() {
+                        return Err((
+                            format!("{key}.wasi.dirs[{k}].host"),
+                            format!("no such directory: {}", d.host.display()),
+                        ));
+                    }
+                }
             }
             let mut source_names = std::collections::HashSet::new();
             for (j, s) in p.sources.iter().enumerate() {

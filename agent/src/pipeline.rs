@@ -49,7 +49,7 @@ impl Pipeline {
         rejected: Vec<(Record, String)>,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Appended, QueueError> {
-        let out = self.chain.lock().await.apply(records);
+        let out = self.transform(records).await;
         let dead = self.dead_letters(rejected, out.failed);
         self.queue
             .append_with(out.records, dead, checkpoint, self.when_full)
@@ -67,7 +67,7 @@ impl Pipeline {
         rejected: Vec<(Record, String)>,
         shutdown: &CancellationToken,
     ) -> Result<Appended, QueueError> {
-        let out = self.chain.lock().await.apply(records);
+        let out = self.transform(records).await;
         let mut dead = self.dead_letters(rejected, out.failed);
         let mut records = out.records;
         let mut delay = Duration::from_millis(20);
@@ -101,6 +101,22 @@ impl Pipeline {
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
+        }
+    }
+
+    /// Runs the chain; WASM runs on this worker thread, flagged as blocking so the
+    /// runtime moves other tasks away meanwhile.
+    async fn transform(&self, records: Vec<Record>) -> crate::transform::Output {
+        let mut chain = self.chain.lock().await;
+        if chain.is_empty() {
+            return chain.apply(records);
+        }
+        let multi = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        if multi {
+            tokio::task::block_in_place(|| chain.apply(records))
+        } else {
+            chain.apply(records)
         }
     }
 

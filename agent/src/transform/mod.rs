@@ -1,10 +1,24 @@
 //! The transform stage: where a pipeline's records are rewritten before they are queued.
 //!
-//! Today the chain is empty and records pass through unchanged. The WASM host (a later
-//! issue) plugs in here: [`Chain::apply`] is called once per source batch, before the queue
-//! append, so a batch boundary is also the only place a module swap can happen.
+//! A pipeline's [`Chain`] holds one [`Stage`] per configured WASM module. [`Chain::apply`]
+//! is called once per source batch, before the queue append, under the pipeline's lock, so
+//! a batch boundary is the only place a module can be swapped: a new version is *offered*
+//! to the stage's [`SwapSlot`] (by the file watcher here, by the control plane later) and
+//! taken at the start of the next batch. Every record is therefore transformed by exactly
+//! one version.
 
+pub mod tryout;
+pub mod wasm;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use crate::config::PipelineConfig;
+use crate::counters::Counters;
 use crate::record::Record;
+pub use wasm::{Failure, Instance, Module, Settings, TransformError};
 
 /// What a transform chain made of one input batch.
 #[derive(Debug, Default)]
@@ -15,23 +29,292 @@ pub struct Output {
     pub failed: Vec<(Record, String)>,
 }
 
-/// A pipeline's ordered transforms.
+/// Where a new version of a module is handed to a running stage.
 #[derive(Debug, Default)]
+pub struct SwapSlot {
+    pending: Mutex<Option<Arc<Module>>>,
+    active: Mutex<String>,
+}
+
+impl SwapSlot {
+    /// Offers `module`; the stage takes it at its next batch boundary (a later offer
+    /// replaces one not yet taken).
+    pub fn offer(&self, module: Arc<Module>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(module);
+    }
+
+    /// `name@version` of the module the stage runs now.
+    pub fn active(&self) -> String {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn take(&self) -> Option<Arc<Module>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn set_active(&self, label: String) {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = label;
+    }
+}
+
+/// Counters of one stage.
+struct StageCounters {
+    records_in: Arc<AtomicU64>,
+    records_out: Arc<AtomicU64>,
+    record_errors: Arc<AtomicU64>,
+    swaps: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+    prefix: String,
+}
+
+/// One module in a chain: the live instance and the slot new versions arrive in.
+pub struct Stage {
+    module: Arc<Module>,
+    instance: Option<Instance>,
+    slot: Arc<SwapSlot>,
+    counters: StageCounters,
+}
+
+impl Stage {
+    /// A stage running `module`, counting under `{pipeline}.transform.{name}.*`.
+    pub fn new(
+        module: Arc<Module>,
+        pipeline: &str,
+        counters: Arc<Counters>,
+    ) -> Result<Stage, TransformError> {
+        let prefix = format!("{pipeline}.transform.{}", module.settings.name);
+        let instance = Instance::new(module.clone())?;
+        let slot = Arc::new(SwapSlot::default());
+        slot.set_active(module.label());
+        Ok(Stage {
+            module,
+            instance: Some(instance),
+            slot,
+            counters: StageCounters {
+                records_in: counters.counter(&format!("{prefix}.in")),
+                records_out: counters.counter(&format!("{prefix}.out")),
+                record_errors: counters.counter(&format!("{prefix}.record_errors")),
+                swaps: counters.counter(&format!("{prefix}.swaps")),
+                counters,
+                prefix,
+            },
+        })
+    }
+
+    /// The slot through which a new version is offered.
+    pub fn slot(&self) -> Arc<SwapSlot> {
+        self.slot.clone()
+    }
+
+    fn swap_if_offered(&mut self) {
+        let Some(next) = self.slot.take() else { return };
+        match Instance::new(next.clone()) {
+            Ok(inst) => {
+                tracing::info!(from = %self.module.label(), to = %next.label(), "transform swapped");
+                self.module = next;
+                self.instance = Some(inst);
+                self.slot.set_active(self.module.label());
+                self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(keeping = %self.module.label(), error = %e, "new transform version refused")
+            }
+        }
+    }
+
+    fn run(&mut self, records: Vec<Record>, failed: &mut Vec<(Record, String)>) -> Vec<Record> {
+        let max = self.module.settings.batch_max_records.max(1);
+        let mut out = Vec::with_capacity(records.len());
+        let mut rest = records.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<Record> = rest.by_ref().take(max).collect();
+            self.counters
+                .records_in
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let label = self.module.label();
+            let inst = match self.instance.take() {
+                Some(i) => i,
+                None => match Instance::new(self.module.clone()) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let reason = format!("{label}: unavailable: {e}");
+                        failed.extend(chunk.into_iter().map(|r| (r, reason.clone())));
+                        continue;
+                    }
+                },
+            };
+            let mut inst = inst;
+            match inst.process(chunk) {
+                Ok(p) => {
+                    self.instance = Some(inst);
+                    self.counters
+                        .records_out
+                        .fetch_add(p.records.len() as u64, Ordering::Relaxed);
+                    self.counters
+                        .record_errors
+                        .fetch_add(p.errors.len() as u64, Ordering::Relaxed);
+                    out.extend(p.records);
+                    failed.extend(
+                        p.errors
+                            .into_iter()
+                            .map(|(r, why)| (r, format!("{label}: {why}"))),
+                    );
+                }
+                Err((kind, why, inputs)) => {
+                    // The store is dropped: its memory may be in any state after a trap.
+                    self.counters
+                        .counters
+                        .counter(&format!("{}.{}", self.counters.prefix, kind.as_str()))
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(module = %label, reason = %why, records = inputs.len(), "transform failed a batch; records dead-lettered, module re-instantiated");
+                    let reason = format!("{label}: {why}");
+                    failed.extend(inputs.into_iter().map(|r| (r, reason.clone())));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A pipeline's ordered transforms.
+#[derive(Default)]
 pub struct Chain {
-    // Modules go here.
+    stages: Vec<Stage>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.stages.iter().map(|s| s.module.label()))
+            .finish()
+    }
 }
 
 impl Chain {
     /// The pass-through chain.
     pub fn empty() -> Self {
-        Chain {}
+        Chain { stages: Vec::new() }
     }
 
-    /// Runs one batch through every transform in order.
-    pub fn apply(&mut self, records: Vec<Record>) -> Output {
-        Output {
-            records,
-            failed: Vec::new(),
+    /// Loads a pipeline's modules (compiled code cached under `cache_dir`) and starts a
+    /// file watcher for each one that has `watch` set.
+    pub fn from_config(
+        p: &PipelineConfig,
+        cache_dir: Option<&Path>,
+        counters: Arc<Counters>,
+    ) -> Result<Chain, TransformError> {
+        let mut stages = Vec::new();
+        for t in &p.transforms {
+            let settings = Settings::from_config(t);
+            let module = Module::load(&t.module, settings.clone(), cache_dir)?;
+            tracing::info!(pipeline = %p.name, module = %module.label(), path = %t.module.display(), "transform loaded");
+            let stage = Stage::new(module.clone(), &p.name, counters.clone())?;
+            if t.watch {
+                watch(
+                    t.module.clone(),
+                    settings,
+                    module.hash.clone(),
+                    cache_dir.map(Path::to_path_buf),
+                    Arc::downgrade(&stage.slot),
+                );
+            }
+            stages.push(stage);
         }
+        Ok(Chain { stages })
+    }
+
+    /// A chain of ready stages.
+    pub fn from_stages(stages: Vec<Stage>) -> Chain {
+        Chain { stages }
+    }
+
+    /// True when there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// The swap slots, in chain order, with the module names.
+    pub fn slots(&self) -> Vec<(String, Arc<SwapSlot>)> {
+        self.stages
+            .iter()
+            .map(|s| (s.module.settings.name.clone(), s.slot()))
+            .collect()
+    }
+
+    /// Runs one batch through every transform in order. Records a stage fails go to
+    /// `failed` as they entered that stage.
+    pub fn apply(&mut self, records: Vec<Record>) -> Output {
+        let mut failed = Vec::new();
+        let mut batch = records;
+        for stage in &mut self.stages {
+            stage.swap_if_offered();
+            if batch.is_empty() {
+                break;
+            }
+            batch = stage.run(batch, &mut failed);
+        }
+        Output {
+            records: batch,
+            failed,
+        }
+    }
+}
+
+/// How often a watched module file is checked.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Polls `path` and offers a recompiled module when its content changes. Ends when the
+/// stage is gone. Polling (not inotify) because it works the same on every OS and for
+/// files replaced by rename, and a module changes rarely.
+fn watch(
+    path: PathBuf,
+    settings: Settings,
+    mut hash: String,
+    cache_dir: Option<PathBuf>,
+    slot: Weak<SwapSlot>,
+) {
+    let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    let spawned = std::thread::Builder::new()
+        .name("transform-watch".into())
+        .spawn(move || {
+            let mut last = stamp(&path);
+            loop {
+                std::thread::sleep(WATCH_EVERY);
+                let Some(slot) = slot.upgrade() else { return };
+                let now = stamp(&path);
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                if wasm::sha256_hex(&bytes) == hash {
+                    continue;
+                }
+                match Module::from_bytes(&bytes, settings.clone(), None, cache_dir.as_deref()) {
+                    Ok(m) => {
+                        tracing::info!(path = %path.display(), module = %m.label(), "transform file changed; new version offered");
+                        hash = m.hash.clone();
+                        slot.offer(m);
+                    }
+                    // Often a file still being written: the next change retries.
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "changed transform file refused; keeping the running version")
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the transform file watcher");
     }
 }
