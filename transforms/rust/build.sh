@@ -19,7 +19,7 @@ flags="--edition 2021 --target wasm32-unknown-unknown -C opt-level=s -C panic=ab
 component() {
     "$RUSTC" $flags --crate-type cdylib --crate-name "$1" -L "$tmp" \
         --extern dataweaver_guest="$tmp/libdataweaver_guest.rlib" -o "$tmp/$1.core.wasm" "$2"
-    wasm-tools component embed "$WIT" --world transformer "$tmp/$1.core.wasm" -o "$tmp/$1.embed.wasm"
+    wasm-tools component embed "$WIT" --world transform "$tmp/$1.core.wasm" -o "$tmp/$1.embed.wasm"
     wasm-tools component new "$tmp/$1.embed.wasm" -o "$out/$1.wasm"
     echo "built $out/$1.wasm ($(wc -c < "$out/$1.wasm") bytes)"
 }

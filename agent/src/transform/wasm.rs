@@ -20,13 +20,13 @@ use crate::record::Record;
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "transformer",
+    world: "transform",
 });
 
-use dataweaver::transform::types::{Header, Level};
+use dataweaver::transform::types::{Event, Header, Level};
 
 /// The WIT world this host implements, as a guest's error message should name it.
-pub const WORLD: &str = "dataweaver:transform/transformer@0.1.0";
+pub const WORLD: &str = "dataweaver:transform/transform@0.1.0";
 
 /// How often the epoch ticks: the resolution of CPU deadlines.
 const TICK: Duration = Duration::from_millis(5);
@@ -233,7 +233,7 @@ pub struct Module {
     /// Full SHA-256 of the module bytes, hex.
     pub hash: String,
     engine: Engine,
-    pre: TransformerPre<State>,
+    pre: TransformPre<State>,
 }
 
 impl std::fmt::Debug for Module {
@@ -283,7 +283,7 @@ impl Module {
             reason: format!("{e:#}"),
         };
         let mut linker: Linker<State> = Linker::new(&engine);
-        Transformer::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+        Transform::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
             &mut linker,
             |s| s,
         )
@@ -303,7 +303,7 @@ impl Module {
                 reason,
             }
         })?;
-        let pre = TransformerPre::new(pre).map_err(|e| TransformError::Link {
+        let pre = TransformPre::new(pre).map_err(|e| TransformError::Link {
             name: name.clone(),
             reason: format!("it does not implement the world {WORLD}: {e:#}"),
         })?;
@@ -367,7 +367,7 @@ pub struct Instance {
     /// The module it runs.
     pub module: Arc<Module>,
     store: Store<State>,
-    bindings: Transformer,
+    bindings: Transform,
 }
 
 /// Why a batch failed as a whole.
@@ -451,7 +451,7 @@ impl Instance {
             .instantiate(&mut store)
             .map_err(|e| init_err(describe(&store, &e, s)))?;
         store.set_epoch_deadline(ticks(s.deadline));
-        match bindings.call_init(&mut store, &s.config_json) {
+        match bindings.dataweaver_transform_transformer().call_init(&mut store, &s.config_json) {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => return Err(init_err(msg)),
             Err(e) => return Err(init_err(describe(&store, &e, s))),
@@ -474,7 +474,7 @@ impl Instance {
         self.store.data_mut().log_left = LOG_LINES_PER_CALL;
         self.store.data_mut().limiter.hit = false;
         self.store.set_epoch_deadline(ticks(s.deadline));
-        let res = self.bindings.call_process(&mut self.store, &events);
+        let res = self.bindings.dataweaver_transform_transformer().call_process(&mut self.store, &events);
         let dropped = std::mem::take(&mut self.store.data_mut().log_dropped);
         if dropped > 0 {
             tracing::warn!(module = %self.module.label(), dropped, "module log lines over the per-call limit dropped");

@@ -232,20 +232,20 @@ unsafe fn lower(events: Vec<Event>, errors: Vec<(u32, String)>) -> *mut u8 {
 #[macro_export]
 macro_rules! export_transform {
     ($t:ty) => {
-        #[no_mangle]
-        pub unsafe extern "C" fn init(p: u32, len: u32) -> *mut u8 {
+        #[export_name = "dataweaver:transform/transformer@0.1.0#init"]
+        pub unsafe extern "C" fn __dw_init(p: u32, len: u32) -> *mut u8 {
             $crate::abi::init::<$t>(p, len)
         }
-        #[no_mangle]
-        pub unsafe extern "C" fn cabi_post_init(r: *mut u8) {
+        #[export_name = "cabi_post_dataweaver:transform/transformer@0.1.0#init"]
+        pub unsafe extern "C" fn __dw_post_init(r: *mut u8) {
             $crate::abi::post(r)
         }
-        #[no_mangle]
-        pub unsafe extern "C" fn process(p: u32, n: u32) -> *mut u8 {
+        #[export_name = "dataweaver:transform/transformer@0.1.0#process"]
+        pub unsafe extern "C" fn __dw_process(p: u32, n: u32) -> *mut u8 {
             $crate::abi::process::<$t>(p, n)
         }
-        #[no_mangle]
-        pub unsafe extern "C" fn cabi_post_process(r: *mut u8) {
+        #[export_name = "cabi_post_dataweaver:transform/transformer@0.1.0#process"]
+        pub unsafe extern "C" fn __dw_post_process(r: *mut u8) {
             $crate::abi::post(r)
         }
         #[no_mangle]
