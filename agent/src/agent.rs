@@ -23,6 +23,9 @@ pub enum AgentError {
     /// The forwarder could not be set up.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// Loading a transform panicked.
+    #[error("loading transforms failed: {0}")]
+    Panicked(String),
     /// A transform module was refused.
     #[error(transparent)]
     Transform(#[from] crate::transform::TransformError),
@@ -46,7 +49,14 @@ pub async fn run(
     let sources = TaskTracker::new();
     let cache = cfg.data_dir.join("transform-cache");
     for p in &cfg.pipelines {
-        let chain = Chain::from_config(p, Some(&cache), counters.clone())?;
+        // Compiling and instantiating run guest code (WASI modules block on files):
+        // keep it off the async workers.
+        let chain = {
+            let (p, cache, counters) = (p.clone(), cache.clone(), counters.clone());
+            tokio::task::spawn_blocking(move || Chain::from_config(&p, Some(&cache), counters))
+                .await
+                .map_err(|e| AgentError::Panicked(e.to_string()))??
+        };
         let pipeline = Pipeline::new(&p.name, p.when_full, chain, queue.clone(), counters.clone());
         for s in &p.sources {
             tracing::info!(pipeline = %p.name, source = s.name(), "starting source");

@@ -10,4 +10,5 @@ mod http;
 mod limits;
 mod sources;
 mod tls;
+mod transform;
 mod up;

@@ -462,3 +462,68 @@ pub fn connect_tcp(port: u16) -> std::net::TcpStream {
     }
     panic!("nothing listens on tcp port {port}");
 }
+
+/// A guest component by name (`example_rust`, `loop`, ...): from `$DATAWEAVER_GUESTS`
+/// (CI builds every guest from source there), else the small prebuilt ones in
+/// `transforms/prebuilt`, else `target/wasm` (what `transforms/build.sh` makes locally).
+/// Missing: `None` with a note on a developer machine, a failure under `CI=true`.
+pub fn guest(name: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs: Vec<PathBuf> = std::env::var_os("DATAWEAVER_GUESTS")
+        .map(|d| root.join(d))
+        .into_iter()
+        .collect();
+    if dirs.is_empty() {
+        dirs.push(root.join("transforms/prebuilt"));
+        dirs.push(root.join("target/wasm"));
+    }
+    let found = dirs
+        .iter()
+        .map(|d| d.join(format!("{name}.wasm")))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "guest {name}.wasm not found in {dirs:?} under CI=true: .ci/run builds it with transforms/build.sh"
+        );
+        eprintln!("SKIPPING {name}: not built here (run transforms/build.sh to build it)");
+    }
+    found
+}
+
+/// `agent.toml` with the usual forward block and the given `[[pipelines]]` text.
+pub fn agent_config_pipelines(world: &World, pipelines: &str) -> PathBuf {
+    let p = world.path("agent.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"data_dir = "agent/data"
+
+[forward]
+sinks = ["127.0.0.1:{}"]
+tls = {{ ca = "certs/ca.pem", cert = "certs/edge-1.pem", key = "certs/edge-1.key" }}
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+idle_timeout_ms = 3000
+
+{pipelines}"#,
+            world.port
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Every line of `dataweaver queue export` of the (stopped) agent that is a dead letter.
+pub fn dead_letters(world: &World) -> Vec<serde_json::Value> {
+    let out = dw(&[
+        "queue",
+        "export",
+        "--dir",
+        world.path("agent/data").to_str().unwrap(),
+    ]);
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["dead_letter_reason"].is_string())
+        .collect()
+}

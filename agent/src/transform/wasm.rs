@@ -283,11 +283,8 @@ impl Module {
             reason: format!("{e:#}"),
         };
         let mut linker: Linker<State> = Linker::new(&engine);
-        Transform::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(link_err)?;
+        Transform::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
+            .map_err(link_err)?;
         if settings.wasi.is_some() {
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
         }
@@ -451,7 +448,10 @@ impl Instance {
             .instantiate(&mut store)
             .map_err(|e| init_err(describe(&store, &e, s)))?;
         store.set_epoch_deadline(ticks(s.deadline));
-        match bindings.dataweaver_transform_transformer().call_init(&mut store, &s.config_json) {
+        match bindings
+            .dataweaver_transform_transformer()
+            .call_init(&mut store, &s.config_json)
+        {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => return Err(init_err(msg)),
             Err(e) => return Err(init_err(describe(&store, &e, s))),
@@ -474,7 +474,10 @@ impl Instance {
         self.store.data_mut().log_left = LOG_LINES_PER_CALL;
         self.store.data_mut().limiter.hit = false;
         self.store.set_epoch_deadline(ticks(s.deadline));
-        let res = self.bindings.dataweaver_transform_transformer().call_process(&mut self.store, &events);
+        let res = self
+            .bindings
+            .dataweaver_transform_transformer()
+            .call_process(&mut self.store, &events);
         let dropped = std::mem::take(&mut self.store.data_mut().log_dropped);
         if dropped > 0 {
             tracing::warn!(module = %self.module.label(), dropped, "module log lines over the per-call limit dropped");

@@ -1,5 +1,4 @@
-/* Hostile test module: tries to read /etc/passwd (and a file in the current directory)
- * for every batch and reports what happened in the output record's payload. Without a
+/* Hostile test module: tries to read /etc/passwd and /secret.txt for every batch and reports what happened in the output record's payload. Without a
  * WASI grant it is refused at load; with one (and no preopened directory) it gets no file. */
 #include <errno.h>
 #include <stdio.h>
@@ -29,7 +28,7 @@ static void try_open(const char *path, char *msg, size_t cap) {
 void exports_dataweaver_transform_transformer_process(exports_dataweaver_transform_transformer_list_event_t *batch, exports_dataweaver_transform_transformer_batch_result_t *ret) {
   char msg[512] = {0};
   try_open("/etc/passwd", msg, sizeof msg);
-  try_open("secret.txt", msg, sizeof msg);
+  try_open("/secret.txt", msg, sizeof msg);
   for (size_t i = 0; i < batch->len; i++) {
     transform_list_u8_free(&batch->ptr[i].payload);
     size_t n = strlen(msg);
