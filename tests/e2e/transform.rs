@@ -110,6 +110,9 @@ fn bare_reason(r: &str) -> String {
 }
 
 /// Expected records `(topic, payload)` and errors `(input payload, reason)`.
+/// A record at the sink: topic, sorted headers, normalised payload.
+type SinkRecord = (String, Vec<(String, String)>, Value);
+
 type Expected = (Vec<(String, Value)>, Vec<(String, String)>);
 
 fn expected(lines: &[String], topic: &str) -> Expected {
@@ -199,7 +202,7 @@ fn every_language_gives_the_same_output_through_transform_test() {
 fn every_language_gives_the_same_output_through_the_agent() {
     let lines = input_lines(N);
     let (want_recs, want_errs) = expected(&lines, "app");
-    let mut first: Option<Vec<(String, Vec<(String, String)>, Value)>> = None;
+    let mut first: Option<Vec<SinkRecord>> = None;
     for lang in LANGS {
         let Some(module) = guest(&format!("example_{lang}")) else {
             continue;
@@ -218,7 +221,7 @@ fn every_language_gives_the_same_output_through_the_agent() {
         let mut out: Vec<&OutLine> = out.iter().collect();
         out.sort_by_key(|l| l.seq);
         assert_eq!(out.len(), want_recs.len(), "{lang}: records at the sink");
-        let got: Vec<(String, Vec<(String, String)>, Value)> = out
+        let got: Vec<SinkRecord> = out
             .iter()
             .map(|l| {
                 // The `file` header names a path in this test's own directory.

@@ -136,10 +136,10 @@ pub fn run(
     loop {
         let line = lines.next().transpose()?;
         let end = line.is_none();
-        if let Some(l) = line {
-            if !l.trim().is_empty() {
-                batch.push(parse_line(&l));
-            }
+        if let Some(l) = line
+            && !l.trim().is_empty()
+        {
+            batch.push(parse_line(&l));
         }
         if batch.len() >= batch_max || (end && !batch.is_empty()) {
             sum.input += batch.len() as u64;
