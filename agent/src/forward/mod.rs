@@ -276,8 +276,9 @@ impl Forwarder {
             &self.cfg.server_name,
             &queue.queue_id(),
             |journal| {
-                let confirm_upto = tokio::task::block_in_place(|| queue.owner_mark(journal))?;
-                Ok((confirm_upto, queue.acked()))
+                Ok(tokio::task::block_in_place(|| {
+                    queue.resolve_marks(journal)
+                })?)
             },
         )
         .await?;
@@ -456,8 +457,9 @@ async fn sweep(
                 continue;
             };
             let marks = |journal: &str| {
-                let confirm_upto = tokio::task::block_in_place(|| queue.owner_mark(journal))?;
-                Ok((confirm_upto, queue.acked()))
+                Ok(tokio::task::block_in_place(|| {
+                    queue.resolve_marks(journal)
+                })?)
             };
             let queue_id = queue.queue_id();
             let attempt = connect(

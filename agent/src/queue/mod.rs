@@ -407,6 +407,32 @@ impl Queue {
         self.ack(seq);
     }
 
+    /// The marks for a `Resolve` with journal `sink_id`: `(confirm_upto, delivered_upto)`,
+    /// both as durably recorded. Blocking; errs if acks stay uncommitted for 5 s.
+    ///
+    /// First waits until every ack received is durable: an ack whose commit failed (a full
+    /// disk) belongs to no journal yet, and a sink told it went elsewhere would discard its
+    /// copy while the forwarder skips it as acked, and it would be lost.
+    pub fn resolve_marks(&self, sink_id: &str) -> Result<(u64, u64), QueueError> {
+        let acked = self.acked();
+        let start = std::time::Instant::now();
+        let mut waited = 0u32;
+        while *self.shared.durable_acked.borrow() < acked {
+            if waited % 50 == 0 {
+                // After a failed commit nothing else may wake the writer to retry.
+                let _ = self.tx.try_send(Command::Wake);
+            }
+            waited += 1;
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(QueueError::unavailable(
+                    "acknowledgements not yet durable (storage failing?)".to_string(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok((self.owner_mark(sink_id)?, acked))
+    }
+
     /// The highest seq `sink_id` acknowledged, as durably recorded. Blocking.
     pub fn owner_mark(&self, sink_id: &str) -> Result<u64, QueueError> {
         self.shared.with_db(|d| {

@@ -144,10 +144,18 @@ impl Writer {
         let mut disk_short = 0u64;
         // A nearly full disk counts as a full queue: refusing before ENOSPC keeps room for
         // the deletions that will free space (redb copies pages on every commit).
+        // Free pages inside the queue file count too (it never shrinks): after the queue
+        // drained on a full disk, a file grown earlier holds room the filesystem does not
+        // show, and without it an empty queue could refuse a large append forever. Taken
+        // conservatively (live data four times over plus 4 MiB stay off limits), so the
+        // commits that delete acknowledged records always find pages to write.
+        let reusable = std::fs::metadata(&self.shared.path)
+            .map(|m| m.len().saturating_sub(4 * self.bytes + (4 << 20)))
+            .unwrap_or(0);
         let mut disk_room = (self.disk_reserve > 0)
             .then(|| free_disk_bytes(&self.shared.path))
             .flatten()
-            .map(|f| f.saturating_sub(self.disk_reserve));
+            .map(|f| (f + reusable).saturating_sub(self.disk_reserve));
         // After a failed write, a lower limit holds until the queue has drained well below it.
         if self.soft_limit.is_some_and(|l| self.bytes <= l / 2) {
             tracing::info!(
