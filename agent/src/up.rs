@@ -1,5 +1,6 @@
 //! `dataweaver up`: a sink and an agent in one process on loopback, with generated
-//! certificates and a sample input file: what the README's first command runs.
+//! certificates, a sample input file and the example transform (built from
+//! `transforms/rust/example`, embedded in the binary): what the README's first command runs.
 
 use std::io::Write;
 use std::path::Path;
@@ -22,6 +23,9 @@ pub async fn run(
         tls::issue(&certs, "sink", true, &[])?;
         tls::issue(&certs, "local-agent", false, &[])?;
     }
+    // Written every time, so an old copy never shadows the binary's own.
+    let module = dir.join("example_transform.wasm");
+    std::fs::write(&module, EXAMPLE_TRANSFORM)?;
     let input = dir.join("input.log");
     std::fs::OpenOptions::new()
         .create(true)
@@ -55,7 +59,12 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "  try:             echo hello >> {} ; tail -f {}/out-*.jsonl",
+        "  transform:       {} (the example: JSON in, debug dropped, topic from `service`, `host` added; see transforms/README.md)",
+        module.display()
+    )?;
+    writeln!(
+        out,
+        "  try:             echo '{{\"service\":\"web\",\"level\":\"info\",\"msg\":\"hello\"}}' >> {} ; tail -f {}/out-*.jsonl",
         input.display(),
         output.display()
     )?;
@@ -75,6 +84,9 @@ pub async fn run(
     sink_task.await?;
     Ok(())
 }
+
+/// The example transform (Rust), as built into `transforms/prebuilt` by CI's check.
+const EXAMPLE_TRANSFORM: &[u8] = include_bytes!("../../transforms/prebuilt/example_rust.wasm");
 
 fn sink_config(port: u16) -> String {
     format!(
@@ -102,6 +114,11 @@ tls = {{ ca = "certs/ca.pem", cert = "certs/local-agent.pem", key = "certs/local
 
 [[pipelines]]
 name = "sample"
+
+# Lines that are not JSON objects go to the dead-letter table with the reason.
+[[pipelines.transforms]]
+module = "example_transform.wasm"
+config = {{ host = "local" }}
 
 [[pipelines.sources]]
 type = "file"

@@ -6,7 +6,14 @@
 //!    `dataweaver` binary as two processes on loopback;
 //! 3. latency from the write to the file to the line's appearance in the JSONL output, at a
 //!    steady rate, as p50/p99/max;
-//! 4. peak RSS (VmHWM) of the agent and the sink.
+//! 4. peak RSS (VmHWM) of the agent and the sink;
+//! 5. (`--only wasm`) the host<->guest crossing per record of a pass-through transform in
+//!    every language built, at batch sizes 1, 64, 256 and 1024;
+//! 6. (`--only wasm-e2e`) the end-to-end run of 2. with a pass-through transform and with
+//!    the example transform (JSON in, JSON out) in the pipeline.
+//!
+//! Guests come from `$DATAWEAVER_GUESTS`, `transforms/prebuilt` or `target/wasm` (build
+//! them all with `transforms/build.sh`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -36,7 +43,89 @@ fn main() {
         queue_append(records / 10, 1, 64);
     }
     if only.as_deref().is_none_or(|o| o == "e2e") {
-        end_to_end(records);
+        end_to_end(records, None);
+    }
+    if only.as_deref().is_none_or(|o| o == "wasm") {
+        crossing();
+    }
+    if only.as_deref().is_none_or(|o| o == "wasm-e2e") {
+        for name in ["passthrough_rust", "example_rust"] {
+            match guest(name) {
+                Some(m) => end_to_end(records, Some(&m)),
+                None => println!("{name}: not built, skipped"),
+            }
+        }
+    }
+}
+
+/// A guest component by name (see the module docs for where it is looked up).
+fn guest(name: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dirs = match std::env::var_os("DATAWEAVER_GUESTS") {
+        Some(d) => vec![root.join(d)],
+        None => vec![root.join("transforms/prebuilt"), root.join("target/wasm")],
+    };
+    dirs.iter()
+        .map(|d| d.join(format!("{name}.wasm")))
+        .find(|p| p.is_file())
+}
+
+/// ns per record of one guest call over batches of each size, for every language built.
+fn crossing() {
+    use dataweaver::transform::{Instance, Module, Settings};
+    let cache = tempfile::tempdir().expect("tempdir");
+    for lang in ["rust", "c", "python", "js"] {
+        let Some(path) = guest(&format!("passthrough_{lang}")) else {
+            println!("wasm crossing {lang}: passthrough_{lang} not built, skipped");
+            continue;
+        };
+        let settings = Settings {
+            name: format!("passthrough_{lang}"),
+            config_json: "{}".into(),
+            memory_max_bytes: 512 << 20,
+            deadline: Duration::from_secs(10),
+            max_stack_bytes: 512 << 10,
+            batch_max_records: 1024,
+            version_header: None,
+            wasi: None,
+        };
+        let t = Instant::now();
+        let module = Module::load(&path, settings, Some(cache.path())).expect("load");
+        let compile = t.elapsed();
+        let t = Instant::now();
+        let mut inst = Instance::new(module.clone()).expect("instantiate");
+        let instantiate = t.elapsed();
+        let mut line = format!(
+            "wasm crossing {lang} (compile {:.0} ms, instantiate {:.1} ms):",
+            compile.as_secs_f64() * 1e3,
+            instantiate.as_secs_f64() * 1e3
+        );
+        let fast = matches!(lang, "rust" | "c");
+        for batch in [1usize, 64, 256, 1024] {
+            let total = if fast { 200_000 } else { 40_000 };
+            let mut batches: Vec<Vec<Record>> = (0..total / batch)
+                .map(|b| {
+                    (0..batch)
+                        .map(|i| {
+                            let mut r = record(b * batch + i);
+                            r.headers.push(("file".into(), "/var/log/app.log".into()));
+                            r
+                        })
+                        .collect()
+                })
+                .collect();
+            // One warm-up call, then the timed ones.
+            let _ = inst.process(batches.pop().expect("batch"));
+            let n: usize = batches.iter().map(Vec::len).sum();
+            let start = Instant::now();
+            for b in batches {
+                let out = inst.process(b).map_err(|e| e.1).expect("process");
+                assert_eq!(out.records.len(), batch);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n as f64;
+            line.push_str(&format!(" batch {batch}: {:.0} ns/record;", ns));
+        }
+        println!("{line}");
     }
 }
 
@@ -94,6 +183,16 @@ fn queue_append(total: usize, per_append: usize, producers: usize) {
         rate,
         rate * RECORD as f64 / (1 << 20) as f64
     );
+}
+
+/// A 256-byte input line (newline included): a JSON object the example transform keeps,
+/// with `id` first so the latency probe finds the write time.
+fn json_line(id: &str, pad: u8) -> Vec<u8> {
+    let head = format!("{{\"id\":\"{id}\",\"service\":\"bench\",\"level\":\"info\",\"pad\":\"");
+    let mut line = head.into_bytes();
+    line.resize(RECORD - 3, pad);
+    line.extend_from_slice(b"\"}\n");
+    line
 }
 
 struct Killed(Child);
@@ -222,7 +321,7 @@ impl Tail {
     }
 }
 
-fn end_to_end(total: usize) {
+fn end_to_end(total: usize, transform: Option<&Path>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let certs = d.join("certs");
@@ -244,7 +343,11 @@ fn end_to_end(total: usize) {
     std::fs::write(
         d.join("agent.toml"),
         format!(
-            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n"
+            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n{}[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n",
+            transform.map_or(String::new(), |m| format!(
+                "[[pipelines.transforms]]\nmodule = \"{}\"\nconfig = {{ host = \"bench-host\" }}\n",
+                m.display()
+            ))
         ),
     )
     .expect("write");
@@ -255,10 +358,8 @@ fn end_to_end(total: usize) {
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
         for i in 0..total {
-            let mut line = format!("{i:012} ").into_bytes();
-            line.resize(RECORD - 1, b'x');
-            line.push(b'\n');
-            f.write_all(&line).expect("write input");
+            f.write_all(&json_line(&format!("{i:012}"), b'x'))
+                .expect("write input");
         }
         f.flush().expect("flush");
     }
@@ -279,6 +380,9 @@ fn end_to_end(total: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
+    if let Some(m) = transform {
+        println!("with transform {}:", m.display());
+    }
     let (agent_cpu, sink_cpu) = (cpu_secs(agent.0.id()), cpu_secs(sink.0.id()));
     println!(
         "end to end (file -> queue -> QUIC -> sink journal -> JSONL): {total} records in {secs:.2} s = {rate:.0} records/s, {:.1} MiB/s of payload",
@@ -306,7 +410,7 @@ fn end_to_end(total: usize) {
     let mut record_latency = |l: &[u8]| {
         let s = String::from_utf8_lossy(l);
         if let Some(ts) = s
-            .split("\"payload\":\"T")
+            .split("\\\"id\\\":\\\"T")
             .nth(1)
             .and_then(|r| r.split(' ').next())
             .and_then(|t| t.parse::<u64>().ok())
@@ -319,10 +423,7 @@ fn end_to_end(total: usize) {
             let mut buf = Vec::new();
             let ts = now_ns();
             for _ in 0..per_step {
-                let mut line = format!("T{ts} ").into_bytes();
-                line.resize(RECORD - 1, b'y');
-                line.push(b'\n');
-                buf.extend_from_slice(&line);
+                buf.extend_from_slice(&json_line(&format!("T{ts} "), b'y'));
             }
             f.write_all(&buf).expect("append");
             written += per_step;

@@ -1,4 +1,5 @@
-//! Acceptance 7: `dataweaver up` delivers a line written to its sample file.
+//! Acceptance 7: `dataweaver up` delivers a line written to its sample file, through its
+//! sample transform.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -40,10 +41,21 @@ fn up_delivers_a_line_from_its_sample_file() {
         .append(true)
         .open(&input)
         .unwrap();
-    writeln!(f, "hello from the README").unwrap();
+    writeln!(f, "not json: dead-lettered by the sample transform").unwrap();
+    writeln!(
+        f,
+        r#"{{"service":"web","level":"info","msg":"hello from the README"}}"#
+    )
+    .unwrap();
     loop {
         let lines = read_output(std::path::Path::new(&output));
-        if lines.iter().any(|l| l.payload == "hello from the README") {
+        if let Some(l) = lines
+            .iter()
+            .find(|l| l.payload.contains("hello from the README"))
+        {
+            // The example transform ran: topic from `service`, `host` from its config.
+            assert_eq!(l.topic, "web");
+            assert!(l.payload.contains(r#""host":"local""#), "{}", l.payload);
             assert_eq!(lines.len(), 1);
             break;
         }
