@@ -418,7 +418,7 @@ impl Queue {
         let start = std::time::Instant::now();
         let mut waited = 0u32;
         while *self.shared.durable_acked.borrow() < acked {
-            if waited % 50 == 0 {
+            if waited.is_multiple_of(50) {
                 // After a failed commit nothing else may wake the writer to retry.
                 let _ = self.tx.try_send(Command::Wake);
             }
