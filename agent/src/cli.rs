@@ -110,7 +110,7 @@ enum TransformCommand {
         /// Memory cap in bytes.
         #[arg(long, default_value_t = 64 << 20)]
         memory_max_bytes: u64,
-        /// CPU deadline per call, ms.
+        /// Time limit per call, ms.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
     },

@@ -177,7 +177,8 @@ pub struct TransformConfig {
     /// Memory cap per instance.
     #[serde(default = "default_wasm_memory")]
     pub memory_max_bytes: u64,
-    /// CPU deadline per guest call (one call carries up to `batch_max_records`).
+    /// Time limit per guest call (one call carries up to `batch_max_records`): wall-clock
+    /// time while the guest runs, checked every 5 ms.
     #[serde(default = "default_wasm_deadline")]
     pub deadline_ms: u64,
     /// WebAssembly stack limit.
@@ -685,10 +686,12 @@ impl AgentConfig {
                 if t.memory_max_bytes < (1 << 20) {
                     return Err((format!("{key}.memory_max_bytes"), "at least 1 MiB".into()));
                 }
-                if t.max_stack_bytes < (64 << 10) || t.max_stack_bytes > (64 << 20) {
+                // Guest code runs on the agent's own threads (2 MiB stacks): a WebAssembly
+                // stack limit near that would overrun the native stack instead of trapping.
+                if t.max_stack_bytes < (64 << 10) || t.max_stack_bytes > (1 << 20) {
                     return Err((
                         format!("{key}.max_stack_bytes"),
-                        "between 64 KiB and 64 MiB".into(),
+                        "between 64 KiB and 1 MiB".into(),
                     ));
                 }
                 for (k, d) in t.wasi.iter().flat_map(|w| w.dirs.iter()).enumerate() {

@@ -19,9 +19,10 @@ function init(config) {
   host = cfg.host;
 }
 
+// A plain copy: a "__proto__" key stays a key (Object.assign into {} would drop it).
 function withHost(obj) {
-  const out = Object.assign({}, obj);
-  delete out.host;
+  const out = Object.create(null);
+  for (const k of Object.keys(obj)) if (k !== "host") out[k] = obj[k];
   out.host = host;
   return out;
 }

@@ -18,8 +18,15 @@ def _reject_constant(name):
     raise ValueError(name)
 
 
+def _parse_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(text)  # 1e400: would be written back as Infinity, not JSON
+    return value
+
+
 def _parse(payload: bytes):
-    return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float)
 
 
 def _dump(value) -> bytes:
@@ -47,22 +54,35 @@ class Transformer(exports.Transformer):
         events, errors = [], []
         for i, ev in enumerate(batch):
             try:
-                doc = _parse(ev.payload)
-            except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+                out = _transform(ev)
+            except (ValueError, RecursionError):
+                # Not JSON, too deep, or a lone surrogate that cannot be written back as
+                # UTF-8 (UnicodeError is a ValueError): this record fails, not the batch.
                 errors.append(types.RecordError(i, "malformed JSON"))
                 continue
-            if not isinstance(doc, dict):
+            except _NotObject:
                 errors.append(types.RecordError(i, "payload is not a JSON object"))
                 continue
-            if doc.get("level") == "debug":
-                continue
-            service = doc.get("service")
-            topic = service if isinstance(service, str) else ev.topic
-            items = doc.get("batch")
-            if isinstance(items, list):
-                payloads = [_with_host(x) if isinstance(x, dict) else {"value": x, "host": _host} for x in items]
-            else:
-                payloads = [_with_host(doc)]
-            for p in payloads:
-                events.append(types.Event(ev.ts_ns, ev.source, topic, ev.key, ev.headers, _dump(p)))
+            events.extend(out)
         return types.BatchResult(events, errors)
+
+
+class _NotObject(Exception):
+    pass
+
+
+def _transform(ev):
+    doc = _parse(ev.payload)
+    if not isinstance(doc, dict):
+        raise _NotObject()
+    if doc.get("level") == "debug":
+        return []
+    service = doc.get("service")
+    topic = service if isinstance(service, str) else ev.topic
+    topic.encode("utf-8")  # a lone surrogate here must fail the record, not the batch
+    items = doc.get("batch")
+    if isinstance(items, list):
+        payloads = [_with_host(x) if isinstance(x, dict) else {"value": x, "host": _host} for x in items]
+    else:
+        payloads = [_with_host(doc)]
+    return [types.Event(ev.ts_ns, ev.source, topic, ev.key, ev.headers, _dump(p)) for p in payloads]

@@ -52,10 +52,10 @@ pub struct RecordJson {
     /// Topic.
     #[serde(default)]
     pub topic: Option<String>,
-    /// Key (UTF-8 text, or base64 in `key_base64`).
+    /// Key: UTF-8 text on input; base64 on output, as in the sink's JSONL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Headers, in order (a repeated name keeps its last value in this form).
+    /// Headers in order (a repeated name keeps its last value in this form).
     #[serde(default)]
     pub headers: serde_json::Map<String, serde_json::Value>,
     /// Payload as text, or any JSON value on input.

@@ -28,7 +28,7 @@ use dataweaver::transform::types::{Event, Header, Level};
 /// The WIT world this host implements, as a guest's error message should name it.
 pub const WORLD: &str = "dataweaver:transform/transform@0.1.0";
 
-/// How often the epoch ticks: the resolution of CPU deadlines.
+/// How often the epoch ticks: the resolution of the per-call time limit.
 const TICK: Duration = Duration::from_millis(5);
 
 /// Log lines a module may write per call before the host drops them (counted).
@@ -64,6 +64,15 @@ pub enum TransformError {
         /// What is missing.
         reason: String,
     },
+    /// Instantiating the module failed (its start code trapped, ran out of time or
+    /// memory, or a granted directory could not be opened).
+    #[error("transform `{name}` could not be instantiated: {reason}")]
+    Instantiate {
+        /// Module name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
     /// The module's `init` failed or trapped.
     #[error("transform `{name}` refused its config: {reason}")]
     Init {
@@ -83,7 +92,7 @@ pub struct Settings {
     pub config_json: String,
     /// Memory cap per instance, bytes.
     pub memory_max_bytes: usize,
-    /// CPU deadline per call.
+    /// Time limit per call (wall clock while the guest runs).
     pub deadline: Duration,
     /// WebAssembly stack limit, bytes.
     pub max_stack_bytes: usize,
@@ -112,7 +121,7 @@ impl Settings {
 }
 
 /// Engines by stack limit: the stack limit is an engine setting, everything else is
-/// per store. Each engine gets an epoch ticker thread for CPU deadlines.
+/// per store. Each engine gets an epoch ticker thread for the time limits.
 fn engine(max_stack: usize) -> Result<Engine, String> {
     static ENGINES: OnceLock<Mutex<HashMap<usize, Engine>>> = OnceLock::new();
     let mut map = ENGINES
@@ -189,20 +198,31 @@ impl dataweaver::transform::host::Host for State {
     }
 }
 
-/// Memory cap that remembers it was hit, so the dead-letter reason can say so.
+/// Memory cap over all of an instance's memories (a component may hold several core
+/// instances), remembering that it was hit so the dead-letter reason can say so.
 struct Limiter {
     max: usize,
+    used: usize,
     hit: bool,
 }
+
+/// Core instances, memories and tables one component may create: generous for real
+/// guests (CPython's component has about a dozen instances), small enough that they
+/// cannot be multiplied to get around the memory cap.
+const MAX_INSTANCES: usize = 200;
+const MAX_MEMORIES: usize = 32;
+const MAX_TABLES: usize = 200;
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.max {
             self.hit = true;
             // An error (not `Ok(false)`) traps at once: guests that ignore a failed
             // `memory.grow` would otherwise fail later with a less useful message.
@@ -211,6 +231,7 @@ impl wasmtime::ResourceLimiter for Limiter {
                 self.max
             )));
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -220,7 +241,19 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -336,10 +369,15 @@ fn compile_cached(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
     let path = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
-    if let Ok(art) = std::fs::read(&path) {
-        // SAFETY: the artifact was written by `serialize` into our own data directory,
-        // for this engine configuration (the file name says so).
-        match unsafe { Component::deserialize(engine, &art) } {
+    // The file is our artifact behind its SHA-256: a torn or corrupted file (power loss,
+    // a bad disk) is recompiled, never handed to `deserialize`, which trusts its input.
+    if let Ok(file) = std::fs::read(&path)
+        && file.len() > 32
+        && ring::digest::digest(&ring::digest::SHA256, &file[32..]).as_ref() == &file[..32]
+    {
+        // SAFETY: the bytes are what `serialize` wrote for this engine configuration (the
+        // file name says so), verified by their checksum.
+        match unsafe { Component::deserialize(engine, &file[32..]) } {
             Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "compiled transform cache unusable; recompiling")
@@ -347,16 +385,26 @@ fn compile_cached(
         }
     }
     let c = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
-    if let Ok(art) = c.serialize() {
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, &art))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "could not cache compiled transform");
-        }
+    if let Ok(art) = c.serialize()
+        && let Err(e) = write_cache(dir, &path, &art)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not cache compiled transform");
     }
     Ok(c)
+}
+
+/// Writes checksum + artifact durably under a unique temporary name, then renames.
+fn write_cache(dir: &Path, path: &Path, art: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(ring::digest::digest(&ring::digest::SHA256, art).as_ref())?;
+    f.write_all(art)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// One live instance of a module.
@@ -370,7 +418,7 @@ pub struct Instance {
 /// Why a batch failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Ran past its CPU deadline.
+    /// Ran past its time limit.
     Deadline,
     /// Hit its memory cap.
     Memory,
@@ -408,6 +456,10 @@ impl Instance {
             name: s.name.clone(),
             reason,
         };
+        let inst_err = |reason: String| TransformError::Instantiate {
+            name: s.name.clone(),
+            reason,
+        };
         let mut wasi = WasiCtxBuilder::new();
         if let Some(g) = &s.wasi {
             for d in &g.dirs {
@@ -417,7 +469,7 @@ impl Instance {
                     wasmtime_wasi::FsPerms::ReadWrite
                 };
                 wasi.preopened_dir(&d.host, &d.guest, perms)
-                    .map_err(|e| init_err(format!("preopening {}: {e:#}", d.host.display())))?;
+                    .map_err(|e| inst_err(format!("preopening {}: {e:#}", d.host.display())))?;
             }
             for (k, v) in &g.env {
                 wasi.env(k, v);
@@ -432,6 +484,7 @@ impl Instance {
         let state = State {
             limiter: Limiter {
                 max: s.memory_max_bytes,
+                used: 0,
                 hit: false,
             },
             wasi: wasi.build(),
@@ -446,7 +499,7 @@ impl Instance {
         let bindings = module
             .pre
             .instantiate(&mut store)
-            .map_err(|e| init_err(describe(&store, &e, s)))?;
+            .map_err(|e| inst_err(describe(&store, &e, s)))?;
         store.set_epoch_deadline(ticks(s.deadline));
         match bindings
             .dataweaver_transform_transformer()
@@ -502,10 +555,17 @@ impl Instance {
                         r.headers.push((h.clone(), label.clone()));
                     }
                 }
+                // Each failed input is dead-lettered once (the first reason wins), with a
+                // bounded reason.
+                let mut seen = std::collections::HashSet::new();
                 let errors = out
                     .errors
                     .into_iter()
-                    .map(|e| (from_event(events[e.index as usize].clone()), e.reason))
+                    .filter(|e| seen.insert(e.index))
+                    .map(|e| {
+                        let reason = bounded(e.reason, 600);
+                        (from_event(events[e.index as usize].clone()), reason)
+                    })
                     .collect();
                 Ok(Processed { records, errors })
             }
@@ -531,18 +591,28 @@ fn describe(store: &Store<State>, e: &wasmtime::Error, s: &Settings) -> String {
         return format!("memory limit of {} bytes reached", s.memory_max_bytes);
     }
     if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return format!("CPU deadline of {} ms exceeded", s.deadline.as_millis());
+        return format!(
+            "time limit of {} ms exceeded (deadline_ms)",
+            s.deadline.as_millis()
+        );
     }
-    let mut msg = format!("{e:#}");
-    msg = msg.replace('\n', " ");
-    if msg.len() > 600 {
-        let mut cut = 600;
-        while !msg.is_char_boundary(cut) {
+    format!(
+        "trapped: {}",
+        bounded(format!("{e:#}").replace('\n', " "), 600)
+    )
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary).
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
             cut -= 1;
         }
-        msg.truncate(cut);
+        s.truncate(cut);
+        s.push('…');
     }
-    format!("trapped: {msg}")
+    s
 }
 
 fn ticks(d: Duration) -> u64 {
