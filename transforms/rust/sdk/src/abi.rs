@@ -36,7 +36,7 @@ static mut KEEP: Option<Keep> = None;
 struct Keep {
     _events: Vec<Event>,
     _event_area: Vec<u64>,
-    _header_areas: Vec<Vec<u32>>,
+    _header_area: Vec<u32>,
     _reasons: Vec<String>,
     _error_area: Vec<u32>,
 }
@@ -100,7 +100,7 @@ pub unsafe fn init<T: Transform>(p: u32, len: u32) -> *mut u8 {
             KEEP = Some(Keep {
                 _events: Vec::new(),
                 _event_area: Vec::new(),
-                _header_areas: Vec::new(),
+                _header_area: Vec::new(),
                 _reasons: alloc::vec![e],
                 _error_area: Vec::new(),
             });
@@ -161,7 +161,7 @@ pub unsafe fn process<T: Transform>(p: u32, n: u32) -> *mut u8 {
         core::arch::wasm32::unreachable()
     }
     let t = &mut *(STATE as *mut T);
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(n);
     let mut errors: Vec<(u32, String)> = Vec::new();
     for (i, ev) in inputs.into_iter().enumerate() {
         if let Err(reason) = t.record(ev, &mut events) {
@@ -173,7 +173,9 @@ pub unsafe fn process<T: Transform>(p: u32, n: u32) -> *mut u8 {
 
 unsafe fn lower(events: Vec<Event>, errors: Vec<(u32, String)>) -> *mut u8 {
     let mut area: Vec<u64> = alloc::vec![0; events.len() * 7];
-    let mut header_areas = Vec::with_capacity(events.len());
+    // All headers of the batch in one allocation (sized first, so it never moves).
+    let nh: usize = events.iter().map(|e| e.headers.len()).sum();
+    let mut header_area: Vec<u32> = Vec::with_capacity(nh * 4);
     let a = area.as_mut_ptr() as *mut u8;
     let w32 = |off: usize, v: u32| ptr::write(a.add(off) as *mut u32, v);
     for (i, ev) in events.iter().enumerate() {
@@ -191,16 +193,14 @@ unsafe fn lower(events: Vec<Event>, errors: Vec<(u32, String)>) -> *mut u8 {
             }
             None => *a.add(o + 24) = 0,
         }
-        let mut ha: Vec<u32> = Vec::with_capacity(ev.headers.len() * 4);
-        for h in &ev.headers {
-            ha.push(h.name.as_ptr() as u32);
-            ha.push(h.name.len() as u32);
-            ha.push(h.value.as_ptr() as u32);
-            ha.push(h.value.len() as u32);
-        }
-        w32(o + 36, ha.as_ptr() as u32);
+        w32(o + 36, header_area.as_ptr().add(header_area.len()) as u32);
         w32(o + 40, ev.headers.len() as u32);
-        header_areas.push(ha);
+        for h in &ev.headers {
+            header_area.push(h.name.as_ptr() as u32);
+            header_area.push(h.name.len() as u32);
+            header_area.push(h.value.as_ptr() as u32);
+            header_area.push(h.value.len() as u32);
+        }
         w32(o + 44, ev.payload.as_ptr() as u32);
         w32(o + 48, ev.payload.len() as u32);
     }
@@ -221,7 +221,7 @@ unsafe fn lower(events: Vec<Event>, errors: Vec<(u32, String)>) -> *mut u8 {
     KEEP = Some(Keep {
         _events: events,
         _event_area: area,
-        _header_areas: header_areas,
+        _header_area: header_area,
         _reasons: reasons,
         _error_area: error_area,
     });
