@@ -494,6 +494,11 @@ fn bad_modules_are_refused_at_load_and_the_file_opener_gets_no_file() {
         e.contains("does not implement the world dataweaver:transform/transform@0.1.0"),
         "{e}"
     );
+    // A module whose init never returns is stopped by the time limit and refused.
+    if let Some(init_loop) = guest("init_loop") {
+        let e = refused(&w, &t(&init_loop, "deadline_ms = 200\n"));
+        assert!(e.contains("time limit of 200 ms exceeded"), "{e}");
+    }
     let e = refused(&w, &t(&opener, ""));
     assert!(e.contains("wasi:") && e.contains("does not grant"), "{e}");
 
@@ -565,7 +570,16 @@ fn replacing_the_module_file_swaps_at_a_batch_boundary() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(400));
+    // A broken replacement is refused and the running version stays.
+    if let Some(bad) = guest("wrong_world") {
+        let tmp = w.path("enrich.wasm.tmp");
+        std::fs::copy(&bad, &tmp).unwrap();
+        std::fs::rename(&tmp, &module).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
+        assert!(log.contains("changed transform file refused"), "{log}");
+    }
     // Replace by rename, as deployment tools do: the watcher never sees half a file.
     let tmp = w.path("enrich.wasm.tmp");
     std::fs::copy(&v2, &tmp).unwrap();

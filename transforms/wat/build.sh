@@ -20,3 +20,4 @@ component loop dataweaver:transform/transform@0.1.0
 component bomb dataweaver:transform/transform@0.1.0
 component needs_secrets needs-secrets
 component wrong_world wrong-world
+component init_loop dataweaver:transform/transform@0.1.0

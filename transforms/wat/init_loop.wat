@@ -1,0 +1,16 @@
+;; Hostile test module: `init` never returns (the time limit covers init too).
+(module
+  (memory (export "memory") 1)
+  (global $bump (mut i32) (i32.const 1024))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $bump) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $bump (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+  (func (export "dataweaver:transform/transformer@0.1.0#init") (param i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (unreachable))
+  (func (export "dataweaver:transform/transformer@0.1.0#process") (param i32 i32) (result i32)
+    (unreachable))
+)
