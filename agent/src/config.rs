@@ -258,6 +258,69 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     /// CPU, memory, disk and network of this machine, as JSON, every `interval_secs`.
     HostMetrics(HostMetricsConfig),
+    /// MQTT subscriptions; QoS 1/2 messages are acknowledged to the broker only after commit.
+    Mqtt(MqttSourceConfig),
+}
+
+/// An MQTT 3.1.1 subscriber (rumqttc) with manual acknowledgements.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// Source name (default: `mqtt`).
+    pub name: Option<String>,
+    /// Broker `host:port`.
+    pub broker: String,
+    /// Client id: with `clean_session = false` the broker keeps this client's session
+    /// (subscriptions and unacknowledged messages) while the agent is down.
+    pub client_id: String,
+    /// Topic filters (wildcards allowed) with their QoS.
+    pub topics: Vec<MqttTopic>,
+    /// Start a new session on every connect (loses what arrived while down). Default false.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT keep-alive.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`, with jitter.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// Username, if the broker wants one.
+    pub username: Option<String>,
+    /// Password (with `username`).
+    pub password: Option<String>,
+    /// TLS to the broker.
+    pub tls: Option<MqttTls>,
+    /// How payloads are checked (`raw`, `json`, ...).
+    #[serde(default)]
+    pub codec: Codec,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTopic {
+    /// Filter, e.g. `sensors/+/temp` or `plant/#`.
+    pub filter: String,
+    /// 0, 1 or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+/// TLS to an MQTT broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// Client certificate, if the broker asks for one.
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// Name to check the broker's certificate against (default: the broker's host).
+    pub server_name: Option<String>,
 }
 
 impl SourceConfig {
@@ -270,6 +333,7 @@ impl SourceConfig {
             SourceConfig::Stdin(n) => n.name.as_deref().unwrap_or("stdin"),
             SourceConfig::Http(h) => h.name.as_deref().unwrap_or("http"),
             SourceConfig::HostMetrics(h) => h.name.as_deref().unwrap_or("host_metrics"),
+            SourceConfig::Mqtt(m) => m.name.as_deref().unwrap_or("mqtt"),
         }
     }
 }
@@ -449,6 +513,12 @@ pub struct JsonlOutputConfig {
 #[serde(deny_unknown_fields)]
 pub struct StdoutOutputConfig {}
 
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_qos() -> u8 {
+    1
+}
 fn default_true() -> bool {
     true
 }
@@ -572,6 +642,13 @@ pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
             }
         }
         for s in &mut p.sources {
+            if let SourceConfig::Mqtt(m) = s
+                && let Some(t) = &mut m.tls
+            {
+                t.ca = base.join(&t.ca);
+                t.cert = t.cert.as_ref().map(|c| base.join(c));
+                t.key = t.key.as_ref().map(|k| base.join(k));
+            }
             let SourceConfig::File(f) = s else { continue };
             for g in f.include.iter_mut().chain(f.exclude.iter_mut()) {
                 if Path::new(g.as_str()).is_relative() {
@@ -737,6 +814,10 @@ impl AgentConfig {
                         nonzero(&format!("{key}.interval_secs"), h.interval_secs as usize)?;
                         continue;
                     }
+                    SourceConfig::Mqtt(m) => {
+                        check_mqtt(&key, m)?;
+                        continue;
+                    }
                     SourceConfig::Http(h) => {
                         nonzero(&format!("{key}.max_body_bytes"), h.max_body_bytes)?;
                         if !h.path.starts_with('/') {
@@ -799,6 +880,64 @@ impl SinkConfig {
         }
         Ok(())
     }
+}
+
+fn check_mqtt(key: &str, m: &MqttSourceConfig) -> Result<(), Invalid> {
+    match m
+        .broker
+        .rsplit_once(':')
+        .map(|(h, p)| (h, p.parse::<u16>()))
+    {
+        Some((h, Ok(_))) if !h.is_empty() => {}
+        _ => {
+            return Err((
+                format!("{key}.broker"),
+                format!("`{}` is not host:port", m.broker),
+            ));
+        }
+    }
+    if m.client_id.is_empty() {
+        return Err((format!("{key}.client_id"), "must not be empty".into()));
+    }
+    if m.topics.is_empty() {
+        return Err((format!("{key}.topics"), "at least one topic filter".into()));
+    }
+    for (i, t) in m.topics.iter().enumerate() {
+        if t.qos > 2 {
+            return Err((format!("{key}.topics[{i}].qos"), "0, 1 or 2".into()));
+        }
+        if t.filter.is_empty() {
+            return Err((
+                format!("{key}.topics[{i}].filter"),
+                "must not be empty".into(),
+            ));
+        }
+    }
+    nonzero(
+        &format!("{key}.keep_alive_secs"),
+        m.keep_alive_secs as usize,
+    )?;
+    if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+        return Err((
+            format!("{key}.reconnect_min_ms"),
+            "must be > 0 and <= reconnect_max_ms".into(),
+        ));
+    }
+    if m.password.is_some() && m.username.is_none() {
+        return Err((format!("{key}.password"), "needs a username".into()));
+    }
+    if let Some(t) = &m.tls {
+        if !t.ca.is_file() {
+            return Err((
+                format!("{key}.tls.ca"),
+                format!("no such file: {}", t.ca.display()),
+            ));
+        }
+        if t.cert.is_some() != t.key.is_some() {
+            return Err((format!("{key}.tls.cert"), "cert and key go together".into()));
+        }
+    }
+    Ok(())
 }
 
 fn nonzero(key: &str, v: usize) -> Result<(), Invalid> {

@@ -67,6 +67,18 @@ impl Pipeline {
         rejected: Vec<(Record, String)>,
         shutdown: &CancellationToken,
     ) -> Result<Appended, QueueError> {
+        self.emit_held(records, rejected, None, shutdown).await
+    }
+
+    /// [`emit_until_accepted`](Self::emit_until_accepted) with a checkpoint stored in the
+    /// same transaction (the MQTT source's QoS 2 state): transforms once, holds and retries.
+    pub async fn emit_held(
+        &self,
+        records: Vec<Record>,
+        rejected: Vec<(Record, String)>,
+        mut checkpoint: Option<Checkpoint>,
+        shutdown: &CancellationToken,
+    ) -> Result<Appended, QueueError> {
         let out = self.transform(records).await;
         let mut dead = self.dead_letters(rejected, out.failed);
         let mut records = out.records;
@@ -75,7 +87,7 @@ impl Pipeline {
         loop {
             match self
                 .queue
-                .append_with(records, dead, None, self.when_full)
+                .append_with(records, dead, checkpoint.clone(), self.when_full)
                 .await
             {
                 Ok(a) => {
@@ -93,7 +105,7 @@ impl Pipeline {
                         tracing::warn!(pipeline = %self.name, %reason, "queue refuses records; holding them and pausing the source");
                         warned = true;
                     }
-                    (records, dead) = (back.records, back.dead);
+                    (records, dead, checkpoint) = (back.records, back.dead, back.checkpoint);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err(QueueError::Closed),
                         _ = tokio::time::sleep(delay) => {}

@@ -151,6 +151,21 @@ pub fn client_config(
     Ok(client)
 }
 
+/// A TLS client configuration for other protocols (MQTT brokers): our CA file, an
+/// optional client certificate, TLS 1.2 or 1.3 (brokers often lack 1.3), ring only.
+pub fn plain_client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?);
+    Ok(match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    })
+}
+
 /// The Common Name of a DER certificate: the peer's identity.
 pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

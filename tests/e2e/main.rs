@@ -8,6 +8,7 @@ mod delivery;
 mod failover;
 mod http;
 mod limits;
+mod mqtt;
 mod sources;
 mod tls;
 mod transform;

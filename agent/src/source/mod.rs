@@ -7,6 +7,7 @@ pub mod file;
 pub mod host_metrics;
 pub mod http;
 pub mod lines;
+pub mod mqtt;
 pub mod net;
 pub mod stdin;
 
@@ -26,5 +27,6 @@ pub async fn run(cfg: SourceConfig, pipeline: Arc<Pipeline>, shutdown: Cancellat
         SourceConfig::Stdin(c) => stdin::run(c, pipeline, shutdown).await,
         SourceConfig::Http(h) => http::run(h, pipeline, shutdown).await,
         SourceConfig::HostMetrics(h) => host_metrics::run(h, pipeline, shutdown).await,
+        SourceConfig::Mqtt(m) => mqtt::run(m, pipeline, shutdown).await,
     }
 }

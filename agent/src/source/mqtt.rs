@@ -1,0 +1,321 @@
+//! MQTT source (MQTT 3.1.1, rumqttc): a message the broker considers delivered to us is
+//! already durable in our queue.
+//!
+//! - **Acknowledge after commit.** Manual acks: PUBACK (QoS 1) and PUBREC (QoS 2) are sent
+//!   only after the messages' queue transaction committed, in the order received. While the
+//!   queue refuses (`block`), nothing is acknowledged, so the broker holds the rest (bounded
+//!   by its in-flight window).
+//! - **Persistent session** (`clean_session = false`): the broker keeps our subscriptions
+//!   and what we never acknowledged while the agent is down, and redelivers it.
+//! - **QoS 2 exactly once into the queue.** The packet ids received but not yet released
+//!   (PUBREL) are stored, with a hash of topic and payload, in the *same* transaction as the
+//!   records (the source's checkpoint). A redelivery after a crash (DUP set, same id, same
+//!   content) is recognised and acknowledged without being queued twice.
+//!
+//! rumqttc forgets the ids of incoming QoS 2 messages on every reconnect and then treats
+//! the broker's PUBREL for them as a protocol error; after each CONNACK the source re-arms
+//! those ids from its stored set (a synthetic publish on a `$dataweaver/` topic that never
+//! reaches the pipeline).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, Packet, Publish,
+    QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttSourceConfig;
+use crate::pipeline::Pipeline;
+use crate::queue::Checkpoint;
+use crate::record::{Record, now_ns};
+use crate::source::codec;
+
+/// Synthetic publishes that re-arm QoS 2 ids in rumqttc's state use this topic.
+const RESTORE_TOPIC: &str = "$dataweaver/restore-qos2";
+
+/// QoS 0 messages waiting for a commit beyond which new ones are dropped.
+const QOS0_HELD_MAX: u64 = 100_000;
+
+/// Messages per commit at most.
+const COMMIT_MAX: usize = 1024;
+
+/// Runs the source until `shutdown`.
+pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+    let source = format!(
+        "{}/{}",
+        pipeline.name,
+        cfg.name.as_deref().unwrap_or("mqtt")
+    );
+    let opts = match options(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(%source, error = %e, "mqtt source not started");
+            return;
+        }
+    };
+    let key = format!("mqtt:{source}:{}", cfg.client_id);
+    let pending: Arc<Mutex<HashMap<u16, u64>>> = Arc::new(Mutex::new(
+        pipeline
+            .queue()
+            .checkpoint(&key)
+            .ok()
+            .flatten()
+            .and_then(|v| ciborium::from_reader::<Vec<(u16, u64)>, _>(&v[..]).ok())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default(),
+    ));
+    let c = &pipeline.counters;
+    let counters = Counters {
+        received: c.counter(&format!("{source}.received")),
+        acked: c.counter(&format!("{source}.acked")),
+        duplicates: c.counter(&format!("{source}.duplicates")),
+        reconnects: c.counter(&format!("{source}.reconnects")),
+        dropped: c.counter(&format!("{source}.dropped")),
+    };
+    // The poll loop must never wait on the committer: the committer's acks go through
+    // the event loop's request channel, which only a polling loop drains (a bounded
+    // hand-over deadlocked under load). What is held is bounded by the broker's in-flight
+    // window for QoS 1/2, since we acknowledge only after commit.
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+    let held = Arc::new(AtomicU64::new(0));
+    let committer = tokio::spawn(commit_loop(
+        rx,
+        held.clone(),
+        client.clone(),
+        pipeline.clone(),
+        source.clone(),
+        cfg.codec,
+        key,
+        pending.clone(),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut delay = Duration::from_millis(cfg.reconnect_min_ms);
+    let max_delay = Duration::from_millis(cfg.reconnect_max_ms);
+    let mut connected = false;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(%source, broker = %cfg.broker, session_present = ack.session_present, "mqtt connected");
+                if connected {
+                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected = true;
+                delay = Duration::from_millis(cfg.reconnect_min_ms);
+                if ack.session_present {
+                    rearm_qos2(&mut eventloop, &pending);
+                } else {
+                    // A new session: the broker will resend nothing of the old one.
+                    lock(&pending).clear();
+                }
+                for t in &cfg.topics {
+                    if let Err(e) = client.try_subscribe(&t.filter, qos(t.qos)) {
+                        tracing::warn!(%source, filter = %t.filter, error = %e, "mqtt subscribe failed");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == RESTORE_TOPIC {
+                    continue;
+                }
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                if p.qos == QoS::AtMostOnce && held.load(Ordering::Relaxed) > QOS0_HELD_MAX {
+                    // QoS 0 has no flow control: beyond a bound, drop and count.
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                held.fetch_add(1, Ordering::Relaxed);
+                if tx.send(p).is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::PubRel(r))) => {
+                // Released: a later message may reuse the id (persisted with the next commit).
+                lock(&pending).remove(&r.pkid);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let refused = matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                    )
+                );
+                if refused {
+                    // Wrong credentials do not fix themselves: say so once, retry slowly.
+                    tracing::error!(%source, broker = %cfg.broker, error = %e, "mqtt broker refused our credentials; check username/password");
+                    delay = max_delay;
+                } else {
+                    tracing::warn!(%source, broker = %cfg.broker, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection failed");
+                }
+                connected = connected && !refused;
+                let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay + jitter) => {}
+                }
+                delay = (delay * 2).min(max_delay);
+            }
+        }
+    }
+    drop(tx);
+    let _ = committer.await;
+    let _ = client.try_disconnect();
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+}
+
+#[derive(Clone)]
+struct Counters {
+    received: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    duplicates: Arc<AtomicU64>,
+    reconnects: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+fn lock(m: &Mutex<HashMap<u16, u64>>) -> std::sync::MutexGuard<'_, HashMap<u16, u64>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn options(cfg: &MqttSourceConfig) -> Result<MqttOptions, String> {
+    let (host, port) = cfg
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("broker `{}` is not host:port", cfg.broker))?;
+    let mut o = MqttOptions::new(&cfg.client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(1)))
+        .set_clean_session(cfg.clean_session)
+        .set_manual_acks(true);
+    if let Some(u) = &cfg.username {
+        o.set_credentials(u, cfg.password.as_deref().unwrap_or(""));
+    }
+    if let Some(t) = &cfg.tls {
+        let identity = t.cert.as_deref().zip(t.key.as_deref());
+        let tls = crate::tls::plain_client_config(&t.ca, identity).map_err(|e| e.to_string())?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
+    }
+    Ok(o)
+}
+
+/// Re-arms rumqttc's record of incoming QoS 2 ids, so the broker's PUBRELs for messages
+/// we acknowledged before the reconnect are answered instead of failing the connection.
+fn rearm_qos2(eventloop: &mut rumqttc::EventLoop, pending: &Mutex<HashMap<u16, u64>>) {
+    let ids: Vec<u16> = lock(pending).keys().copied().collect();
+    for pkid in ids {
+        let mut p = Publish::new(RESTORE_TOPIC, QoS::ExactlyOnce, Vec::<u8>::new());
+        p.pkid = pkid;
+        let _ = eventloop.state.handle_incoming_packet(Incoming::Publish(p));
+    }
+}
+
+fn content_hash(p: &Publish) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.topic.hash(&mut h);
+    p.payload.hash(&mut h);
+    h.finish()
+}
+
+/// Commits received messages in groups and acknowledges them, in order, after commit.
+#[allow(clippy::too_many_arguments)]
+async fn commit_loop(
+    mut rx: mpsc::UnboundedReceiver<Publish>,
+    held: Arc<AtomicU64>,
+    client: AsyncClient,
+    pipeline: Arc<Pipeline>,
+    source: String,
+    codec_kind: crate::config::Codec,
+    key: String,
+    pending: Arc<Mutex<HashMap<u16, u64>>>,
+    counters: Counters,
+    shutdown: CancellationToken,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        let ts_ns = now_ns();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut qos2 = false;
+        {
+            let mut pend = lock(&pending);
+            for p in &batch {
+                if p.qos == QoS::ExactlyOnce {
+                    qos2 = true;
+                    let h = content_hash(p);
+                    if p.dup && pend.get(&p.pkid) == Some(&h) {
+                        // Queued before a crash or reconnect; only the PUBREC was missing.
+                        counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    pend.insert(p.pkid, h);
+                }
+                records.push(Record {
+                    ts_ns,
+                    source: source.clone(),
+                    topic: p.topic.clone(),
+                    key: None,
+                    headers: Vec::new(),
+                    payload: p.payload.to_vec(),
+                });
+            }
+        }
+        let checkpoint = qos2.then(|| {
+            let ids: Vec<(u16, u64)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
+            let mut value = Vec::new();
+            // Cannot fail: a Vec of integer pairs into a Vec.
+            let _ = ciborium::into_writer(&ids, &mut value);
+            Checkpoint {
+                key: key.clone(),
+                value,
+            }
+        });
+        let (records, rejected) = codec::decode_all(codec_kind, records);
+        if let Err(e) = pipeline
+            .emit_held(records, rejected, checkpoint, &shutdown)
+            .await
+        {
+            // Shutting down with the batch uncommitted: not acknowledged, so the broker
+            // redelivers it to the next session.
+            tracing::info!(%source, error = %e, "mqtt messages left unacknowledged at shutdown");
+            return;
+        }
+        for p in &batch {
+            if p.qos != QoS::AtMostOnce {
+                if let Err(e) = client.ack(p).await {
+                    tracing::warn!(%source, error = %e, "mqtt ack not sent");
+                    continue;
+                }
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
