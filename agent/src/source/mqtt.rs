@@ -15,7 +15,9 @@
 //! rumqttc forgets the ids of incoming QoS 2 messages on every reconnect and then treats
 //! the broker's PUBREL for them as a protocol error; after each CONNACK the source re-arms
 //! those ids from its stored set (a synthetic publish on a `$dataweaver/` topic that never
-//! reaches the pipeline).
+//! reaches the pipeline). A PUBREL can also come for an id already released on our side
+//! (the broker never saw our PUBCOMP before a crash): such an id is remembered and re-armed
+//! on the next connect, so the broker gets its PUBCOMP instead of a reconnect loop.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -83,7 +85,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
     // hand-over deadlocked under load). What is held is bounded by the broker's in-flight
     // window for QoS 1/2, since we acknowledge only after commit.
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+    let (tx, rx) = mpsc::unbounded_channel::<Msg>();
     let held = Arc::new(AtomicU64::new(0));
     let committer = tokio::spawn(commit_loop(
         rx,
@@ -98,6 +100,10 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         shutdown.clone(),
     ));
 
+    // Recently released ids, and ids the broker released again after we had forgotten
+    // them: re-armed on every connect, since a PUBCOMP lost in a disconnect makes the
+    // broker send PUBREL again (see the module docs). Bounded: only recent ids matter.
+    let mut rearm_extra: std::collections::VecDeque<u16> = Default::default();
     let mut delay = Duration::from_millis(cfg.reconnect_min_ms);
     let max_delay = Duration::from_millis(cfg.reconnect_max_ms);
     let mut connected = false;
@@ -114,12 +120,13 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
                 }
                 connected = true;
                 delay = Duration::from_millis(cfg.reconnect_min_ms);
-                if ack.session_present {
-                    rearm_qos2(&mut eventloop, &pending);
-                } else {
-                    // A new session: the broker will resend nothing of the old one.
-                    lock(&pending).clear();
-                }
+                // The stored ids are kept even when the broker reports no session:
+                // Mosquitto was seen redelivering after `session_present = false` (a
+                // reconnect racing the killed connection's cleanup), and the DUP flag plus
+                // the content hash keep the check safe.
+                let mut ids: Vec<u16> = lock(&pending).keys().copied().collect();
+                ids.extend(rearm_extra.iter().copied());
+                rearm_qos2(&mut eventloop, &ids);
                 for t in &cfg.topics {
                     if let Err(e) = client.try_subscribe(&t.filter, qos(t.qos)) {
                         tracing::warn!(%source, filter = %t.filter, error = %e, "mqtt subscribe failed");
@@ -137,15 +144,24 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
                     continue;
                 }
                 held.fetch_add(1, Ordering::Relaxed);
-                if tx.send(p).is_err() {
+                if tx.send(Msg::Publish(p)).is_err() {
                     break;
                 }
             }
             Ok(Event::Incoming(Packet::PubRel(r))) => {
-                // Released: a later message may reuse the id (persisted with the next commit).
-                lock(&pending).remove(&r.pkid);
+                // Released: a later message may reuse the id. In order with the publishes:
+                // a redelivered copy received before this PUBREL must still be recognised.
+                remember(&mut rearm_extra, r.pkid);
+                if tx.send(Msg::Released(r.pkid)).is_err() {
+                    break;
+                }
             }
             Ok(_) => {}
+            Err(ConnectionError::MqttState(rumqttc::StateError::Unsolicited(pkid))) => {
+                // A PUBREL for an id we no longer hold: answer it after reconnecting.
+                tracing::info!(%source, pkid, "mqtt broker re-released a QoS 2 id; re-arming it");
+                remember(&mut rearm_extra, pkid);
+            }
             Err(e) => {
                 let refused = matches!(
                     e,
@@ -177,6 +193,12 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
 }
 
+/// What the poll loop hands the committer, in arrival order.
+enum Msg {
+    Publish(Publish),
+    Released(u16),
+}
+
 #[derive(Clone)]
 struct Counters {
     received: Arc<AtomicU64>,
@@ -184,6 +206,18 @@ struct Counters {
     duplicates: Arc<AtomicU64>,
     reconnects: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+}
+
+/// Ids re-armed on connect beyond the stored set (the most recent releases).
+const REARM_RECENT: usize = 1024;
+
+fn remember(recent: &mut std::collections::VecDeque<u16>, pkid: u16) {
+    if !recent.contains(&pkid) {
+        if recent.len() == REARM_RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(pkid);
+    }
 }
 
 fn lock(m: &Mutex<HashMap<u16, u64>>) -> std::sync::MutexGuard<'_, HashMap<u16, u64>> {
@@ -223,9 +257,8 @@ fn options(cfg: &MqttSourceConfig) -> Result<MqttOptions, String> {
 
 /// Re-arms rumqttc's record of incoming QoS 2 ids, so the broker's PUBRELs for messages
 /// we acknowledged before the reconnect are answered instead of failing the connection.
-fn rearm_qos2(eventloop: &mut rumqttc::EventLoop, pending: &Mutex<HashMap<u16, u64>>) {
-    let ids: Vec<u16> = lock(pending).keys().copied().collect();
-    for pkid in ids {
+fn rearm_qos2(eventloop: &mut rumqttc::EventLoop, ids: &[u16]) {
+    for &pkid in ids {
         let mut p = Publish::new(RESTORE_TOPIC, QoS::ExactlyOnce, Vec::<u8>::new());
         p.pkid = pkid;
         let _ = eventloop.state.handle_incoming_packet(Incoming::Publish(p));
@@ -242,7 +275,7 @@ fn content_hash(p: &Publish) -> u64 {
 /// Commits received messages in groups and acknowledges them, in order, after commit.
 #[allow(clippy::too_many_arguments)]
 async fn commit_loop(
-    mut rx: mpsc::UnboundedReceiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
     held: Arc<AtomicU64>,
     client: AsyncClient,
     pipeline: Arc<Pipeline>,
@@ -254,20 +287,31 @@ async fn commit_loop(
     shutdown: CancellationToken,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < COMMIT_MAX {
+        let mut msgs = vec![first];
+        while msgs.len() < COMMIT_MAX {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(m) => msgs.push(m),
                 Err(_) => break,
             }
         }
-        held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         let ts_ns = now_ns();
-        let mut records = Vec::with_capacity(batch.len());
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut records = Vec::with_capacity(msgs.len());
         let mut qos2 = false;
         {
             let mut pend = lock(&pending);
-            for p in &batch {
+            for m in msgs {
+                let p = match m {
+                    Msg::Released(pkid) => {
+                        pend.remove(&pkid);
+                        qos2 = true;
+                        continue;
+                    }
+                    Msg::Publish(p) => {
+                        batch.push(p);
+                        &batch[batch.len() - 1]
+                    }
+                };
                 if p.qos == QoS::ExactlyOnce {
                     qos2 = true;
                     let h = content_hash(p);
@@ -288,6 +332,7 @@ async fn commit_loop(
                 });
             }
         }
+        held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         let checkpoint = qos2.then(|| {
             let ids: Vec<(u16, u64)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
             let mut value = Vec::new();
