@@ -173,20 +173,13 @@ impl WasiView for State {
 impl dataweaver::transform::types::Host for State {}
 
 impl dataweaver::transform::host::Host for State {
-    fn log(&mut self, level: Level, mut message: String) {
+    fn log(&mut self, level: Level, message: String) {
         if self.log_left == 0 {
             self.log_dropped += 1;
             return;
         }
         self.log_left -= 1;
-        if message.len() > LOG_LINE_BYTES {
-            let mut cut = LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = bounded(message, LOG_LINE_BYTES);
         let m = &*self.module;
         match level {
             Level::Trace => tracing::trace!(module = m, "{message}"),
