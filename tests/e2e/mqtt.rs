@@ -240,7 +240,6 @@ fn mosquitto_qos1_survives_agent_sigkills_without_loss() {
 }
 
 #[test]
-#[ignore = "issue 5 open: about 1 run in 10 still shows QoS 2 duplicates after SIGKILLs (see the session 2 note); run with --ignored"]
 fn mosquitto_qos2_survives_agent_sigkills_exactly_once() {
     kill_while_publishing(2);
 }

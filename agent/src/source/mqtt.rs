@@ -10,7 +10,8 @@
 //! - **QoS 2 exactly once into the queue.** The packet ids received but not yet released
 //!   (PUBREL) are stored, with a hash of topic and payload, in the *same* transaction as the
 //!   records (the source's checkpoint). A redelivery after a crash (DUP set, same id, same
-//!   content) is recognised and acknowledged without being queued twice.
+//!   content) is recognised and acknowledged without being queued twice. Released ids are
+//!   kept a while too (see [`Pending`]): Mosquitto 2.0 was seen redelivering after PUBREL.
 //!
 //! rumqttc forgets the ids of incoming QoS 2 messages on every reconnect and then treats
 //! the broker's PUBREL for them as a protocol error; after each CONNACK the source re-arms
@@ -62,14 +63,14 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         }
     };
     let key = format!("mqtt:{source}:{}", cfg.client_id);
-    let pending: Arc<Mutex<HashMap<u16, u64>>> = Arc::new(Mutex::new(
+    let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(
         pipeline
             .queue()
             .checkpoint(&key)
             .ok()
             .flatten()
-            .and_then(|v| ciborium::from_reader::<Vec<(u16, u64)>, _>(&v[..]).ok())
-            .map(|v| v.into_iter().collect())
+            .and_then(|v| ciborium::from_reader::<Vec<(u16, u64, bool)>, _>(&v[..]).ok())
+            .map(|v| v.into_iter().map(|(k, h, r)| (k, (h, r))).collect())
             .unwrap_or_default(),
     ));
     let c = &pipeline.counters;
@@ -220,7 +221,15 @@ fn remember(recent: &mut std::collections::VecDeque<u16>, pkid: u16) {
     }
 }
 
-fn lock(m: &Mutex<HashMap<u16, u64>>) -> std::sync::MutexGuard<'_, HashMap<u16, u64>> {
+/// QoS 2 ids seen: content hash, and whether the broker released the id since. Released
+/// ids are kept for a while: Mosquitto was seen redelivering a message (DUP set, same id)
+/// after it had already sent PUBREL for it, around a session takeover by a restarted agent.
+type Pending = HashMap<u16, (u64, bool)>;
+
+/// Released ids kept for recognising such late redeliveries.
+const RELEASED_KEEP: usize = 1024;
+
+fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -282,10 +291,17 @@ async fn commit_loop(
     source: String,
     codec_kind: crate::config::Codec,
     key: String,
-    pending: Arc<Mutex<HashMap<u16, u64>>>,
+    pending: Arc<Mutex<Pending>>,
     counters: Counters,
     shutdown: CancellationToken,
 ) {
+    // Release order, oldest first, to bound what is kept (ids released before a restart
+    // come first, in any order).
+    let mut released: std::collections::VecDeque<u16> = lock(&pending)
+        .iter()
+        .filter(|(_, (_, r))| *r)
+        .map(|(k, _)| *k)
+        .collect();
     while let Some(first) = rx.recv().await {
         let mut msgs = vec![first];
         while msgs.len() < COMMIT_MAX {
@@ -303,7 +319,19 @@ async fn commit_loop(
             for m in msgs {
                 let p = match m {
                     Msg::Released(pkid) => {
-                        pend.remove(&pkid);
+                        if let Some(e) = pend.get_mut(&pkid)
+                            && !e.1
+                        {
+                            e.1 = true;
+                            released.push_back(pkid);
+                        }
+                        while released.len() > RELEASED_KEEP {
+                            if let Some(old) = released.pop_front()
+                                && pend.get(&old).is_some_and(|e| e.1)
+                            {
+                                pend.remove(&old);
+                            }
+                        }
                         qos2 = true;
                         continue;
                     }
@@ -315,12 +343,14 @@ async fn commit_loop(
                 if p.qos == QoS::ExactlyOnce {
                     qos2 = true;
                     let h = content_hash(p);
-                    if p.dup && pend.get(&p.pkid) == Some(&h) {
-                        // Queued before a crash or reconnect; only the PUBREC was missing.
+                    if p.dup && pend.get(&p.pkid).is_some_and(|e| e.0 == h) {
+                        // Queued before a crash or reconnect; only the PUBREC was missing
+                        // (or the broker redelivered after releasing: see `Pending`).
                         counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    pend.insert(p.pkid, h);
+                    // A new message (DUP clear) may reuse a released id.
+                    pend.insert(p.pkid, (h, false));
                 }
                 records.push(Record {
                     ts_ns,
@@ -334,9 +364,12 @@ async fn commit_loop(
         }
         held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         let checkpoint = qos2.then(|| {
-            let ids: Vec<(u16, u64)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
+            let ids: Vec<(u16, u64, bool)> = lock(&pending)
+                .iter()
+                .map(|(k, (h, r))| (*k, *h, *r))
+                .collect();
             let mut value = Vec::new();
-            // Cannot fail: a Vec of integer pairs into a Vec.
+            // Cannot fail: a Vec of integer triples into a Vec.
             let _ = ciborium::into_writer(&ids, &mut value);
             Checkpoint {
                 key: key.clone(),
