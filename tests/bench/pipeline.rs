@@ -12,6 +12,10 @@
 //! 6. (`--only wasm-e2e`) the end-to-end run of 2. with a pass-through transform and with
 //!    the example transform (JSON in, JSON out) in the pipeline.
 //!
+//! 7. (`--only mqtt`) messages/s from a real Mosquitto (started by the bench) through the
+//!    agent to the sink's JSONL for QoS 0, 1 and 2, 256-byte payloads, with the agent's CPU
+//!    per 10k messages (needs `mosquitto` and `mosquitto_pub`).
+//!
 //! Guests come from `$DATAWEAVER_GUESTS`, `transforms/prebuilt` or `target/wasm` (build
 //! them all with `transforms/build.sh`).
 
@@ -47,6 +51,11 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "wasm") {
         crossing();
+    }
+    if only.as_deref().is_none_or(|o| o == "mqtt") {
+        for qos in [0u8, 1, 2] {
+            mqtt(records / 10, qos);
+        }
     }
     if only.as_deref().is_none_or(|o| o == "wasm-e2e") {
         for name in ["passthrough_rust", "example_rust"] {
@@ -448,4 +457,123 @@ fn end_to_end(total: usize, transform: Option<&Path>) {
         peak_rss_mib(agent.0.id()),
         peak_rss_mib(sink.0.id())
     );
+}
+
+/// Mosquitto → agent (mqtt source) → sink → JSONL for `n` messages at `qos`.
+fn mqtt(n: usize, qos: u8) {
+    let Some(mosquitto) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        println!("mqtt: mosquitto not installed, skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let certs = d.join("certs");
+    let c = certs.to_str().expect("utf-8");
+    dw(&["certs", "init", "--dir", c]);
+    dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
+    dw(&["certs", "issue", "--dir", c, "--name", "bench-agent"]);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port()
+    };
+    let (broker, port) = (free(), free());
+    std::fs::write(
+        d.join("mosquitto.conf"),
+        format!("listener {broker} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nuser root\n"),
+    )
+    .expect("write");
+    let _broker = Killed(
+        Command::new(mosquitto)
+            .args(["-c", d.join("mosquitto.conf").to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto"),
+    );
+    std::fs::write(
+        d.join("sink.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n[[pipelines.sources]]\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{broker}\"\nclient_id = \"bench-agent\"\ntopics = [{{ filter = \"bench/#\", qos = {qos} }}]\n"
+        ),
+    )
+    .expect("write");
+    let input = d.join("messages.txt");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
+        for i in 0..n {
+            let mut line = format!("{i:012} ").into_bytes();
+            line.resize(RECORD, b'm');
+            line.push(b'\n');
+            f.write_all(&line).expect("write");
+        }
+        f.flush().expect("flush");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sink = spawn("sink", &d.join("sink.toml"), &d.join("sink.log"));
+    let agent = spawn("agent", &d.join("agent.toml"), &d.join("agent.log"));
+    std::thread::sleep(Duration::from_millis(700));
+    let start = Instant::now();
+    let publisher = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.to_string(),
+            "-t",
+            "bench/m",
+            "-q",
+        ])
+        .arg(qos.to_string())
+        .arg("-l")
+        .stdin(std::fs::File::open(&input).expect("input"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut publisher) = publisher else {
+        println!("mqtt: mosquitto_pub not installed, skipped");
+        return;
+    };
+    let mut tail = Tail::new(d.join("out"));
+    // QoS 0 may lose messages by design: stop when the output stops growing.
+    let (mut last, mut since) = (0, Instant::now());
+    while tail.lines < n {
+        tail.count();
+        if tail.lines != last {
+            (last, since) = (tail.lines, Instant::now());
+        }
+        if since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = (start.elapsed()
+        - if tail.lines < n {
+            since.elapsed()
+        } else {
+            Duration::ZERO
+        })
+    .as_secs_f64();
+    let _ = publisher.wait();
+    let agent_cpu = cpu_secs(agent.0.id());
+    println!(
+        "mqtt QoS {qos} (Mosquitto -> agent -> sink -> JSONL, mosquitto_pub -l as publisher): {} of {n} messages in {secs:.2} s = {:.0} messages/s; agent CPU {:.2} s = {:.0} ms per 10k messages; peak RSS agent {:.1} MiB",
+        tail.lines,
+        tail.lines as f64 / secs,
+        agent_cpu,
+        agent_cpu * 1e3 * 10_000.0 / tail.lines.max(1) as f64,
+        peak_rss_mib(agent.0.id())
+    );
+    drop(sink);
 }
