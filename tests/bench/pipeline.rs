@@ -509,42 +509,55 @@ fn mqtt(n: usize, qos: u8) {
         ),
     )
     .expect("write");
-    let input = d.join("messages.txt");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
-        for i in 0..n {
+    // Mosquitto 2.0.11 disconnects a `mosquitto_pub -l` that sends ~35k messages of 256
+    // bytes at once ("out of memory"): publish in files of 10k, one publisher after another.
+    let chunk = 10_000;
+    let mut files = Vec::new();
+    for (k, from) in (0..n).step_by(chunk).enumerate() {
+        let path = d.join(format!("messages-{k}.txt"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("input"));
+        for i in from..(from + chunk).min(n) {
             let mut line = format!("{i:012} ").into_bytes();
             line.resize(RECORD, b'm');
             line.push(b'\n');
             f.write_all(&line).expect("write");
         }
         f.flush().expect("flush");
+        files.push(path);
     }
     std::thread::sleep(Duration::from_millis(300));
     let sink = spawn("sink", &d.join("sink.toml"), &d.join("sink.log"));
     let agent = spawn("agent", &d.join("agent.toml"), &d.join("agent.log"));
     std::thread::sleep(Duration::from_millis(700));
     let start = Instant::now();
-    let publisher = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.to_string(),
-            "-t",
-            "bench/m",
-            "-q",
-        ])
-        .arg(qos.to_string())
-        .arg("-l")
-        .stdin(std::fs::File::open(&input).expect("input"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut publisher) = publisher else {
+    if Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
         println!("mqtt: mosquitto_pub not installed, skipped");
         return;
-    };
+    }
+    let publisher = std::thread::spawn(move || {
+        for f in files {
+            let _ = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &broker.to_string(),
+                    "-t",
+                    "bench/m",
+                    "-q",
+                ])
+                .arg(qos.to_string())
+                .arg("-l")
+                .stdin(std::fs::File::open(&f).expect("input"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    });
     let mut tail = Tail::new(d.join("out"));
     // QoS 0 may lose messages by design: stop when the output stops growing.
     let (mut last, mut since) = (0, Instant::now());
@@ -565,7 +578,7 @@ fn mqtt(n: usize, qos: u8) {
             Duration::ZERO
         })
     .as_secs_f64();
-    let _ = publisher.wait();
+    let _ = publisher.join();
     let agent_cpu = cpu_secs(agent.0.id());
     println!(
         "mqtt QoS {qos} (Mosquitto -> agent -> sink -> JSONL, mosquitto_pub -l as publisher): {} of {n} messages in {secs:.2} s = {:.0} messages/s; agent CPU {:.2} s = {:.0} ms per 10k messages; peak RSS agent {:.1} MiB",
