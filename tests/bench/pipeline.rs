@@ -204,6 +204,34 @@ fn json_line(id: &str, pad: u8) -> Vec<u8> {
     line
 }
 
+/// Certificates, `sink.toml` (JSONL into `out/`) and `agent.toml` with one pipeline
+/// `bench` whose body (transforms, sources) is `pipeline`, all in `d`.
+fn sink_and_agent_configs(d: &Path, pipeline: &str) {
+    let certs = d.join("certs");
+    let c = certs.to_str().expect("utf-8");
+    dw(&["certs", "init", "--dir", c]);
+    dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
+    dw(&["certs", "issue", "--dir", c, "--name", "bench-agent"]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    std::fs::write(
+        d.join("sink.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n{pipeline}"
+        ),
+    )
+    .expect("write");
+}
+
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -333,33 +361,18 @@ impl Tail {
 fn end_to_end(total: usize, transform: Option<&Path>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let certs = d.join("certs");
-    let c = certs.to_str().expect("utf-8");
-    dw(&["certs", "init", "--dir", c]);
-    dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
-    dw(&["certs", "issue", "--dir", c, "--name", "bench-agent"]);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port")
-        .port();
-    std::fs::write(
-        d.join("sink.toml"),
+    let transforms = transform.map_or(String::new(), |m| {
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+            "[[pipelines.transforms]]\nmodule = \"{}\"\nconfig = {{ host = \"bench-host\" }}\n",
+            m.display()
+        )
+    });
+    sink_and_agent_configs(
+        d,
+        &format!(
+            "{transforms}[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n"
         ),
-    )
-    .expect("write");
-    std::fs::write(
-        d.join("agent.toml"),
-        format!(
-            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n{}[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n",
-            transform.map_or(String::new(), |m| format!(
-                "[[pipelines.transforms]]\nmodule = \"{}\"\nconfig = {{ host = \"bench-host\" }}\n",
-                m.display()
-            ))
-        ),
-    )
-    .expect("write");
+    );
     std::fs::create_dir_all(d.join("input")).expect("mkdir");
 
     // Throughput: the input is written first, then agent and sink race through it.
@@ -470,18 +483,13 @@ fn mqtt(n: usize, qos: u8) {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let certs = d.join("certs");
-    let c = certs.to_str().expect("utf-8");
-    dw(&["certs", "init", "--dir", c]);
-    dw(&["certs", "issue", "--dir", c, "--name", "sink", "--sink"]);
-    dw(&["certs", "issue", "--dir", c, "--name", "bench-agent"]);
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
             .port()
     };
-    let (broker, port) = (free(), free());
+    let broker = free();
     std::fs::write(
         d.join("mosquitto.conf"),
         format!("listener {broker} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nuser root\n"),
@@ -495,20 +503,12 @@ fn mqtt(n: usize, qos: u8) {
             .spawn()
             .expect("mosquitto"),
     );
-    std::fs::write(
-        d.join("sink.toml"),
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+    sink_and_agent_configs(
+        d,
+        &format!(
+            "[[pipelines.sources]]\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{broker}\"\nclient_id = \"bench-agent\"\ntopics = [{{ filter = \"bench/#\", qos = {qos} }}]\n"
         ),
-    )
-    .expect("write");
-    std::fs::write(
-        d.join("agent.toml"),
-        format!(
-            "data_dir = \"agent\"\n[forward]\nsinks = [\"127.0.0.1:{port}\"]\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/bench-agent.pem\", key = \"certs/bench-agent.key\" }}\n[[pipelines]]\nname = \"bench\"\n[[pipelines.sources]]\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{broker}\"\nclient_id = \"bench-agent\"\ntopics = [{{ filter = \"bench/#\", qos = {qos} }}]\n"
-        ),
-    )
-    .expect("write");
+    );
     // Mosquitto 2.0.11 disconnects a `mosquitto_pub -l` that sends ~35k messages of 256
     // bytes at once ("out of memory"): publish in files of 10k, one publisher after another.
     let chunk = 10_000;
