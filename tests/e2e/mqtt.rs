@@ -176,14 +176,7 @@ fn kill_while_publishing(qos: u8) {
         }
         if start.elapsed() > Duration::from_secs(120) {
             let missing: Vec<usize> = (0..n).filter(|i| !c.contains_key(i)).take(10).collect();
-            for log in ["agent.log", "mosquitto.log"] {
-                let text = std::fs::read_to_string(w.path(log)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(25).collect();
-                eprintln!("--- {log} (last lines) ---");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
+            print_log_tails(w.dir.path(), &["agent.log", "mosquitto.log"], 25);
             panic!(
                 "{} of {n} distinct messages arrived; first missing {missing:?}",
                 c.len()

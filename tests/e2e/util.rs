@@ -114,32 +114,34 @@ max_file_bytes = 1048576
         sources: &str,
     ) -> PathBuf {
         std::fs::create_dir_all(self.path("input")).unwrap();
+        self.agent_config_raw(
+            ports,
+            &format!("[queue]\n{queue}\n\n[[pipelines]]\nname = \"app\"\n{pipeline}\n\n{sources}"),
+        )
+    }
+
+    /// `agent.toml` with the usual forward block to `ports` and then `rest` (queue and
+    /// pipeline tables).
+    pub fn agent_config_raw(&self, ports: &[u16], rest: &str) -> PathBuf {
         let p = self.path("agent.toml");
+        let sinks = ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         std::fs::write(
             &p,
             format!(
                 r#"data_dir = "agent/data"
 
 [forward]
-sinks = [{}]
+sinks = [{sinks}]
 tls = {{ ca = "certs/ca.pem", cert = "certs/edge-1.pem", key = "certs/edge-1.key" }}
 reconnect_min_ms = 50
 reconnect_max_ms = 500
 idle_timeout_ms = 3000
 
-[queue]
-{queue}
-
-[[pipelines]]
-name = "app"
-{pipeline}
-
-{sources}"#,
-                ports
-                    .iter()
-                    .map(|p| format!("\"127.0.0.1:{p}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+{rest}"#
             ),
         )
         .unwrap();
@@ -315,14 +317,7 @@ pub fn wait_for_output(dir: &Path, n: usize, timeout: Duration) -> Vec<OutLine> 
         if start.elapsed() > timeout {
             // The logs of the test's processes say why; print their ends.
             if let Some(world) = dir.parent().and_then(Path::parent) {
-                for log in ["agent.log", "sink.log", "sinkb.log"] {
-                    let text = std::fs::read_to_string(world.join(log)).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                    eprintln!("--- {log} (last lines) ---");
-                    for l in tail.iter().rev() {
-                        eprintln!("{l}");
-                    }
-                }
+                print_log_tails(world, &["agent.log", "sink.log", "sinkb.log"], 15);
             }
             panic!(
                 "timed out after {timeout:?}: {} of {n} lines arrived",
@@ -330,6 +325,18 @@ pub fn wait_for_output(dir: &Path, n: usize, timeout: Duration) -> Vec<OutLine> 
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints the last `n` lines of each of `logs` in `dir` (for a failing test's output).
+pub fn print_log_tails(dir: &Path, logs: &[&str], n: usize) {
+    for log in logs {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(n).collect();
+        eprintln!("--- {log} (last lines) ---");
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
     }
 }
 
@@ -493,25 +500,7 @@ pub fn guest(name: &str) -> Option<PathBuf> {
 
 /// `agent.toml` with the usual forward block and the given `[[pipelines]]` text.
 pub fn agent_config_pipelines(world: &World, pipelines: &str) -> PathBuf {
-    let p = world.path("agent.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"data_dir = "agent/data"
-
-[forward]
-sinks = ["127.0.0.1:{}"]
-tls = {{ ca = "certs/ca.pem", cert = "certs/edge-1.pem", key = "certs/edge-1.key" }}
-reconnect_min_ms = 50
-reconnect_max_ms = 500
-idle_timeout_ms = 3000
-
-{pipelines}"#,
-            world.port
-        ),
-    )
-    .unwrap();
-    p
+    world.agent_config_raw(&[world.port], pipelines)
 }
 
 /// Every line of `dataweaver queue export` of the (stopped) agent that is a dead letter.
