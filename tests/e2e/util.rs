@@ -418,8 +418,10 @@ pub fn counter_in_log(log: &Path, name: &str) -> u64 {
         .unwrap_or("");
     line.split_whitespace()
         .find_map(|kv| {
-            kv.trim_matches('"')
-                .strip_prefix(&format!("{name}="))
+            // The first pair follows the field name: `counters=a=1 b=2`.
+            let kv = kv.trim_matches('"');
+            let kv = kv.strip_prefix("counters=").unwrap_or(kv).trim_matches('"');
+            kv.strip_prefix(&format!("{name}="))
                 .map(|v| v.trim_matches('"').parse().unwrap_or(0))
         })
         .unwrap_or(0)

@@ -108,6 +108,8 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
     let mut delay = Duration::from_millis(cfg.reconnect_min_ms);
     let max_delay = Duration::from_millis(cfg.reconnect_max_ms);
     let mut connected = false;
+    // Whether the current connection attempt got its CONNACK.
+    let mut accepted = false;
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -120,6 +122,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected = true;
+                accepted = true;
                 delay = Duration::from_millis(cfg.reconnect_min_ms);
                 // The stored ids are kept even when the broker reports no session:
                 // Mosquitto was seen redelivering after `session_present = false` (a
@@ -170,14 +173,27 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
                         ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
                     )
                 );
+                // Some brokers (rumqttd) close the connection on wrong credentials
+                // instead of answering with a refusal.
+                let closed_early = !accepted
+                    && matches!(
+                        e,
+                        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted)
+                    );
                 if refused {
                     // Wrong credentials do not fix themselves: say so once, retry slowly.
                     tracing::error!(%source, broker = %cfg.broker, error = %e, "mqtt broker refused our credentials; check username/password");
+                    delay = max_delay;
+                } else if closed_early {
+                    // A broker that takes the TCP connection and then closes it before
+                    // CONNACK is refusing us (a restarting one refuses the connection).
+                    tracing::error!(%source, broker = %cfg.broker, error = %e, "mqtt broker closed the connection before accepting it; check username/password, client_id and the broker's ACLs");
                     delay = max_delay;
                 } else {
                     tracing::warn!(%source, broker = %cfg.broker, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection failed");
                 }
                 connected = connected && !refused;
+                accepted = false;
                 let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
