@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
+use crate::control::agent::Control;
 use crate::counters::Counters;
 use crate::forward::{ForwardError, Forwarder};
 use crate::pipeline::Pipeline;
@@ -48,6 +49,8 @@ pub async fn run(
     let sources_stop = CancellationToken::new();
     let sources = TaskTracker::new();
     let cache = cfg.data_dir.join("transform-cache");
+    let mut pipelines = Vec::new();
+    let mut managed = Vec::new();
     for p in &cfg.pipelines {
         // Compiling and instantiating run guest code (WASI modules block on files):
         // keep it off the async workers.
@@ -57,7 +60,24 @@ pub async fn run(
                 .await
                 .map_err(|e| AgentError::Panicked(e.to_string()))??
         };
+        managed.push((p.clone(), chain.slots()));
         let pipeline = Pipeline::new(&p.name, p.when_full, chain, queue.clone(), counters.clone());
+        pipelines.push((p, pipeline));
+    }
+    // Pushed modules accepted before a restart are offered before any record flows.
+    let control = Arc::new(Control::new(
+        cfg.control.clone(),
+        managed,
+        queue.clone(),
+        cache.clone(),
+    ));
+    {
+        let c = control.clone();
+        tokio::task::spawn_blocking(move || c.restore())
+            .await
+            .map_err(|e| AgentError::Panicked(e.to_string()))?;
+    }
+    for (p, pipeline) in pipelines {
         for s in &p.sources {
             tracing::info!(pipeline = %p.name, source = s.name(), "starting source");
             sources.spawn(source::run(
@@ -78,6 +98,7 @@ pub async fn run(
     }
     let forward_stop = CancellationToken::new();
     let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
+    let controlling = tokio::spawn(control.run(cfg.forward.clone(), forward_stop.clone()));
 
     // Counters go to the log every 10 s when they changed (until /metrics exists).
     let report = {
@@ -106,6 +127,7 @@ pub async fn run(
     {
         tracing::warn!("forwarder did not stop within 10 s; leaving it");
     }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controlling).await;
     queue.close().await;
     report.abort();
     tracing::info!(counters = %counters.line(), "agent stopped");

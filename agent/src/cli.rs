@@ -114,6 +114,98 @@ enum TransformCommand {
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
     },
+    /// Make an ed25519 signing key pair: NAME.key (private, 0600) and NAME.pub.
+    Keygen {
+        /// Directory for the files.
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        /// File name stem.
+        #[arg(long, default_value = "signing")]
+        name: String,
+    },
+    /// Sign a module for a pipeline and version; writes MODULE.sig (JSON).
+    Sign {
+        /// The component (`.wasm`).
+        #[arg(long)]
+        module: PathBuf,
+        /// Pipeline it is for.
+        #[arg(long)]
+        pipeline: String,
+        /// Version it carries.
+        #[arg(long)]
+        version: String,
+        /// The private key (`transform keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature (default: MODULE.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Push a signed module through a sink to every agent running a pipeline.
+    Push {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Pipeline whose (first) transform it replaces.
+        #[arg(long)]
+        pipeline: String,
+        /// The component (`.wasm`).
+        #[arg(long)]
+        module: PathBuf,
+        /// Version it carries.
+        #[arg(long)]
+        version: String,
+        /// Sign with this private key now...
+        #[arg(long, conflicts_with = "signature")]
+        key: Option<PathBuf>,
+        /// ...or use a signature made by `transform sign`.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// NDJSON records for the agents' self-check (default: their recent input).
+        #[arg(long)]
+        vectors: Option<PathBuf>,
+    },
+    /// Return the agents of a pipeline to the version before the current one.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Pipeline.
+        #[arg(long)]
+        pipeline: String,
+    },
+    /// Per agent and pipeline: the active version and the last outcome.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How an operator reaches a sink: its address and an admin client certificate.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The sink, `host:port`.
+    #[arg(long)]
+    sink: String,
+    /// Name on the sink's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Directory with `ca.pem` and the admin's `NAME.pem` / `NAME.key`.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// The admin certificate's name (listed in the sink's `admins`).
+    #[arg(long, default_value = "admin")]
+    name: String,
+}
+
+impl AdminArgs {
+    fn target(&self) -> dataweaver::control::admin::AdminTarget {
+        dataweaver::control::admin::AdminTarget {
+            sink: self.sink.clone(),
+            server_name: self.server_name.clone(),
+            ca: self.certs.join("ca.pem"),
+            cert: self.certs.join(format!("{}.pem", self.name)),
+            key: self.certs.join(format!("{}.key", self.name)),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -215,15 +307,125 @@ pub fn run() -> anyhow::Result<ExitCode> {
 }
 
 fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
+    use dataweaver::control::{self, SignatureFile, SigningKey};
+    use dataweaver::wire::{AdminRequest, ModuleOffer};
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let request = |admin: &AdminArgs, req: AdminRequest| -> anyhow::Result<ExitCode> {
+        let reply = runtime()?.block_on(control::admin::request(&admin.target(), req))?;
+        if !reply.message.is_empty() {
+            println!("{}", reply.message);
+        }
+        if !reply.agents.is_empty() {
+            println!(
+                "{:<20} {:<14} {:<12} {:<12} {:<9} {:<24} reason",
+                "agent", "pipeline", "active", "pushed", "online", "last outcome"
+            );
+        }
+        for a in &reply.agents {
+            println!(
+                "{:<20} {:<14} {:<12} {:<12} {:<9} {:<24} {}",
+                a.agent,
+                a.pipeline,
+                a.active_version,
+                a.desired_version,
+                if a.connected { "yes" } else { "no" },
+                a.last_outcome,
+                a.reason
+            );
+        }
+        Ok(if reply.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    };
+    let (module, config, input, batch, memory_max_bytes, deadline_ms) = match command {
+        TransformCommand::Test {
+            module,
+            config,
+            input,
+            batch,
+            memory_max_bytes,
+            deadline_ms,
+        } => (module, config, input, batch, memory_max_bytes, deadline_ms),
+        TransformCommand::Keygen { dir, name } => {
+            let (key, public) = control::write_key_pair(&dir, &name)?;
+            println!(
+                "private key: {key}\npublic key (for the agents' control.trusted_keys):\n{public}"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        TransformCommand::Sign {
+            module,
+            pipeline,
+            version,
+            key,
+            out,
+        } => {
+            let bytes = read(&module)?;
+            let sig = SignatureFile::create(&SigningKey::read(&key)?, &bytes, &pipeline, &version);
+            let out = out.unwrap_or_else(|| {
+                let mut p = module.clone().into_os_string();
+                p.push(".sig");
+                PathBuf::from(p)
+            });
+            std::fs::write(&out, serde_json::to_string_pretty(&sig)? + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("signature written to {}", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        TransformCommand::Push {
+            admin,
+            pipeline,
+            module,
+            version,
+            key,
+            signature,
+            vectors,
+        } => {
+            let bytes = read(&module)?;
+            let sig = match (key, signature) {
+                (Some(k), _) => {
+                    SignatureFile::create(&SigningKey::read(&k)?, &bytes, &pipeline, &version)
+                }
+                (None, Some(f)) => serde_json::from_slice(&read(&f)?)
+                    .with_context(|| format!("{} is not a signature file", f.display()))?,
+                (None, None) => {
+                    anyhow::bail!("--key or --signature is needed: agents refuse unsigned modules")
+                }
+            };
+            let offer = ModuleOffer {
+                pipeline: pipeline.clone(),
+                version,
+                signature: sig.signature_bytes()?,
+                key: sig.key,
+                vectors: vectors.as_ref().map(read).transpose()?.unwrap_or_default(),
+                module: bytes,
+            };
+            let req = AdminRequest {
+                action: "push".into(),
+                pipeline,
+                offer: Some(offer),
+            };
+            return request(&admin, req);
+        }
+        TransformCommand::Rollback { admin, pipeline } => {
+            let req = AdminRequest {
+                action: "rollback".into(),
+                pipeline,
+                offer: None,
+            };
+            return request(&admin, req);
+        }
+        TransformCommand::Status { admin } => {
+            let req = AdminRequest {
+                action: "status".into(),
+                ..Default::default()
+            };
+            return request(&admin, req);
+        }
+    };
     use dataweaver::transform::{Settings, tryout};
-    let TransformCommand::Test {
-        module,
-        config,
-        input,
-        batch,
-        memory_max_bytes,
-        deadline_ms,
-    } = command;
     let config_json = match &config {
         None => "{}".to_string(),
         Some(p) => {

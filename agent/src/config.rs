@@ -50,6 +50,43 @@ pub struct AgentConfig {
     pub queue: QueueConfig,
     /// The pipelines this agent runs.
     pub pipelines: Vec<PipelineConfig>,
+    /// Remote transform updates (pushed through the sink).
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// Which pushed modules the agent accepts and how it watches them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Public keys (`ed25519:<base64>`, as `transform keygen` writes them) whose
+    /// signatures the agent accepts. Empty: every pushed module is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Batches watched after a pushed version starts.
+    #[serde(default = "default_rollback_window")]
+    pub rollback_window_batches: u32,
+    /// Share of those batches that may fail (trap, limit, or every record in error)
+    /// before the previous version is swapped back in.
+    #[serde(default = "default_rollback_share")]
+    pub rollback_failed_share: f64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            trusted_keys: Vec::new(),
+            rollback_window_batches: default_rollback_window(),
+            rollback_failed_share: default_rollback_share(),
+        }
+    }
+}
+
+fn default_rollback_window() -> u32 {
+    10
+}
+fn default_rollback_share() -> f64 {
+    0.5
 }
 
 /// Forwarder settings.
@@ -485,6 +522,9 @@ pub struct SinkConfig {
     pub idle_timeout_ms: u64,
     /// Where journaled records go.
     pub outputs: Vec<OutputConfig>,
+    /// Client certificate names (CN) allowed to push, roll back and query transforms.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// An output, selected by its `type` key.
@@ -728,6 +768,17 @@ impl AgentConfig {
         nonzero("queue.commit_max_bytes", self.queue.commit_max_bytes)?;
         if self.pipelines.is_empty() {
             return Err(("pipelines".into(), "at least one pipeline is needed".into()));
+        }
+        for (i, k) in self.control.trusted_keys.iter().enumerate() {
+            crate::control::parse_public_key(k)
+                .map_err(|e| (format!("control.trusted_keys[{i}]"), e))?;
+        }
+        let c = &self.control;
+        if c.rollback_window_batches == 0 || !(0.0..1.0).contains(&c.rollback_failed_share) {
+            return Err((
+                "control.rollback_failed_share".into(),
+                "needs rollback_window_batches > 0 and a share in [0, 1)".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {

@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod forward;
 pub mod pipeline;

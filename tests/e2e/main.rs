@@ -4,6 +4,7 @@
 mod util;
 
 mod config;
+mod control;
 mod delivery;
 mod failover;
 mod http;

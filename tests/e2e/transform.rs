@@ -553,23 +553,7 @@ fn replacing_the_module_file_swaps_at_a_batch_boundary() {
     w.agent_config_with("", &transform, &[w.port]);
     let mut agent = w.agent_as_configured();
     let n = 6000;
-    let writer = {
-        let path = w.path("input/a.log");
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .unwrap();
-            for i in 0..n {
-                writeln!(f, r#"{{"service":"svc","level":"info","i":{i}}}"#).unwrap();
-                if i % 50 == 49 {
-                    std::thread::sleep(Duration::from_millis(15));
-                }
-            }
-        })
-    };
+    let writer = spawn_json_stream(w.path("input/a.log"), n);
     std::thread::sleep(Duration::from_millis(400));
     // A broken replacement is refused and the running version stays.
     if let Some(bad) = guest("wrong_world") {

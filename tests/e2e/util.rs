@@ -82,6 +82,7 @@ impl World {
 data_dir = "{name}/data"
 tls = {{ ca = "certs/ca.pem", cert = "certs/sink.pem", key = "certs/sink.key" }}
 idle_timeout_ms = 3000
+admins = ["admin"]
 
 [[outputs]]
 type = "jsonl"
@@ -517,4 +518,22 @@ pub fn dead_letters(world: &World) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["dead_letter_reason"].is_string())
         .collect()
+}
+
+/// Appends JSON lines `{"service":"svc","level":"info","i":N}` for `N` in `0..n` to
+/// `path` in the background, 50 at a time with a short pause: a continuous stream.
+pub fn spawn_json_stream(path: PathBuf, n: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in 0..n {
+            writeln!(f, r#"{{"service":"svc","level":"info","i":{i}}}"#).unwrap();
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        }
+    })
 }

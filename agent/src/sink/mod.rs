@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{OutputConfig, SinkConfig};
+use crate::control::sink::ControlPlane;
 use crate::tls;
 use crate::wire::{self, AgentFrame, SinkFrame, agent_frame, sink_frame};
 pub use journal::{Journal, JournalError};
@@ -37,12 +38,16 @@ pub enum SinkError {
     /// Socket or output file error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The control store could not be opened.
+    #[error("{0}")]
+    Control(String),
 }
 
 /// A bound, running-ready sink.
 pub struct Sink {
     endpoint: quinn::Endpoint,
     journal: Journal,
+    control: Arc<ControlPlane>,
     outputs: Vec<Box<dyn Output>>,
     sink_id: String,
 }
@@ -52,6 +57,8 @@ impl Sink {
     pub fn bind(cfg: &SinkConfig) -> Result<Sink, SinkError> {
         let server = tls::server_config(&cfg.tls, Duration::from_millis(cfg.idle_timeout_ms))?;
         let journal = Journal::open(&cfg.data_dir)?;
+        let control =
+            ControlPlane::open(&cfg.data_dir, cfg.admins.clone()).map_err(SinkError::Control)?;
         let positions = read_positions(&journal)?;
         let mut outputs: Vec<Box<dyn Output>> = Vec::new();
         for o in &cfg.outputs {
@@ -90,6 +97,7 @@ impl Sink {
         Ok(Sink {
             endpoint,
             journal,
+            control,
             outputs,
             sink_id,
         })
@@ -105,6 +113,7 @@ impl Sink {
         let Sink {
             endpoint,
             journal,
+            control,
             outputs,
             sink_id,
         } = self;
@@ -123,9 +132,9 @@ impl Sink {
                 _ = shutdown.cancelled() => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let (journal, sink_id) = (journal.clone(), sink_id.clone());
+                    let (journal, sink_id, control) = (journal.clone(), sink_id.clone(), control.clone());
                     tracker.spawn(async move {
-                        if let Err(e) = serve_connection(incoming, journal, sink_id).await {
+                        if let Err(e) = serve_connection(incoming, journal, sink_id, control).await {
                             tracing::info!(error = %e, "connection ended");
                         }
                     });
@@ -161,6 +170,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     journal: Journal,
     sink_id: Arc<String>,
+    control: Arc<ControlPlane>,
 ) -> Result<(), String> {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -182,28 +192,46 @@ async fn serve_connection(
             Err(e) => return Err(format!("agent {agent}: {e}")),
         };
         let (journal, agent, sink_id) = (journal.clone(), agent.clone(), sink_id.clone());
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, &journal, &agent, &sink_id).await {
-                tracing::info!(%agent, error = %e, "data stream ended");
+            if let Err(e) = serve_stream(send, recv, &journal, &agent, &sink_id, control).await {
+                tracing::info!(%agent, error = %e, "stream ended");
             }
         });
     }
 }
 
+/// Serves one stream by its first frame: a data stream (`Hello`), an agent's control
+/// stream (`ControlHello`) or an operator's request (`Admin`).
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     journal: &Journal,
     agent: &str,
     sink_id: &str,
+    control: Arc<ControlPlane>,
 ) -> Result<(), String> {
-    let hello = match wire::read_frame::<AgentFrame>(&mut recv)
+    let first = wire::read_frame_max::<AgentFrame>(&mut recv, wire::MAX_CONTROL_FRAME)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        Some(AgentFrame {
-            kind: Some(agent_frame::Kind::Hello(h)),
-        }) => h,
+        .map_err(|e| e.to_string())?;
+    let hello = match first.and_then(|f| f.kind) {
+        Some(agent_frame::Kind::Hello(h)) => h,
+        Some(agent_frame::Kind::ControlHello(h)) => {
+            return control.serve_agent(agent.into(), h, send, recv).await;
+        }
+        Some(agent_frame::Kind::Admin(req)) => {
+            let reply = control.admin(agent, req).await;
+            let frame = SinkFrame {
+                kind: Some(sink_frame::Kind::AdminReply(reply)),
+            };
+            wire::write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            // Let the reply reach the client before the stream is dropped.
+            let _ = send.stopped().await;
+            return Ok(());
+        }
         other => return Err(format!("expected hello, got {other:?}")),
     };
     if hello.protocol_version != wire::PROTOCOL_VERSION {

@@ -29,38 +29,118 @@ pub struct Output {
     pub failed: Vec<(Record, String)>,
 }
 
+/// Watch over a version installed by the control plane: within its first
+/// `window_batches` batches, more than `max_failed_share` of them failing (a trap, a
+/// limit, or an error for every record) swaps the previous version back in.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackGuard {
+    /// Batches watched after the swap.
+    pub window_batches: u32,
+    /// Share of failed batches beyond which the stage rolls back.
+    pub max_failed_share: f64,
+}
+
+/// What a stage reports about versions (to the control plane).
+#[derive(Debug, Clone)]
+pub enum SlotEvent {
+    /// A version offered through the slot is now running.
+    Swapped {
+        /// Its version.
+        version: String,
+        /// Its SHA-256.
+        hash: String,
+    },
+    /// A guarded version failed too often and the previous one runs again.
+    RolledBack {
+        /// The version given up.
+        version: String,
+        /// Its SHA-256.
+        hash: String,
+        /// The version running again.
+        active_version: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Records kept from recent input for a self-check of a new version.
+const SAMPLE_MAX: usize = 32;
+
 /// Where a new version of a module is handed to a running stage.
 #[derive(Debug, Default)]
 pub struct SwapSlot {
-    pending: Mutex<Option<Arc<Module>>>,
-    active: Mutex<String>,
+    pending: Mutex<Option<(Arc<Module>, Option<RollbackGuard>)>>,
+    active: Mutex<(String, String, String)>,
+    sample: Mutex<Vec<Record>>,
+    events: Mutex<Option<tokio::sync::mpsc::UnboundedSender<SlotEvent>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SwapSlot {
     /// Offers `module`; the stage takes it at its next batch boundary (a later offer
     /// replaces one not yet taken).
     pub fn offer(&self, module: Arc<Module>) {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(module);
+        *lock(&self.pending) = Some((module, None));
+    }
+
+    /// Like [`offer`](Self::offer), watched by `guard` once it runs.
+    pub fn offer_guarded(&self, module: Arc<Module>, guard: RollbackGuard) {
+        *lock(&self.pending) = Some((module, Some(guard)));
     }
 
     /// `name@version` of the module the stage runs now.
     pub fn active(&self) -> String {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.active).0.clone()
     }
 
-    fn take(&self) -> Option<Arc<Module>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+    /// `(version, sha256)` of the module the stage runs now.
+    pub fn active_version(&self) -> (String, String) {
+        let a = lock(&self.active);
+        (a.1.clone(), a.2.clone())
     }
 
-    fn set_active(&self, label: String) {
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = label;
+    /// Up to the last [`SAMPLE_MAX`] records the stage was given.
+    pub fn sample(&self) -> Vec<Record> {
+        lock(&self.sample).clone()
     }
+
+    /// Version events from now on go to the returned receiver (replacing an earlier one).
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<SlotEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.events) = Some(tx);
+        rx
+    }
+
+    fn take(&self) -> Option<(Arc<Module>, Option<RollbackGuard>)> {
+        lock(&self.pending).take()
+    }
+
+    fn set_active(&self, m: &Module) {
+        *lock(&self.active) = (m.label(), m.version.clone(), m.hash.clone());
+    }
+
+    fn emit(&self, e: SlotEvent) {
+        if let Some(tx) = lock(&self.events).as_ref() {
+            let _ = tx.send(e);
+        }
+    }
+
+    fn keep_sample(&self, records: &[Record]) {
+        let mut s = lock(&self.sample);
+        s.clear();
+        s.extend(records.iter().take(SAMPLE_MAX).cloned());
+    }
+}
+
+/// A guarded version's record since its swap.
+#[derive(Debug)]
+struct Watch {
+    guard: RollbackGuard,
+    batches: u32,
+    failed: u32,
 }
 
 /// Counters of one stage.
@@ -79,6 +159,9 @@ pub struct Stage {
     instance: Option<Instance>,
     slot: Arc<SwapSlot>,
     counters: StageCounters,
+    /// The version before the last swap, for a rollback.
+    previous: Option<Arc<Module>>,
+    watch: Option<Watch>,
 }
 
 impl Stage {
@@ -91,8 +174,10 @@ impl Stage {
         let prefix = format!("{pipeline}.transform.{}", module.settings.name);
         let instance = Instance::new(module.clone())?;
         let slot = Arc::new(SwapSlot::default());
-        slot.set_active(module.label());
+        slot.set_active(&module);
         Ok(Stage {
+            previous: None,
+            watch: None,
             module,
             instance: Some(instance),
             slot,
@@ -113,14 +198,26 @@ impl Stage {
     }
 
     fn swap_if_offered(&mut self) {
-        let Some(next) = self.slot.take() else { return };
+        let Some((next, guard)) = self.slot.take() else {
+            return;
+        };
         match Instance::new(next.clone()) {
             Ok(inst) => {
                 tracing::info!(from = %self.module.label(), to = %next.label(), "transform swapped");
-                self.module = next;
+                let old = std::mem::replace(&mut self.module, next);
+                self.previous = Some(old);
                 self.instance = Some(inst);
-                self.slot.set_active(self.module.label());
+                self.watch = guard.map(|guard| Watch {
+                    guard,
+                    batches: 0,
+                    failed: 0,
+                });
+                self.slot.set_active(&self.module);
                 self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+                self.slot.emit(SlotEvent::Swapped {
+                    version: self.module.version.clone(),
+                    hash: self.module.hash.clone(),
+                });
             }
             Err(e) => {
                 tracing::warn!(keeping = %self.module.label(), error = %e, "new transform version refused")
@@ -128,8 +225,54 @@ impl Stage {
         }
     }
 
+    /// Counts one batch of a guarded version; rolls back when too many failed.
+    fn observe(&mut self, failed: bool, why: &str) {
+        let Some(w) = &mut self.watch else { return };
+        w.batches += 1;
+        w.failed += u32::from(failed);
+        let limit = w.guard.max_failed_share * f64::from(w.guard.window_batches);
+        if f64::from(w.failed) > limit {
+            let reason = format!(
+                "{} of {} batches failed after the swap (limit {:.0} % of {}); last: {why}",
+                w.failed,
+                w.batches,
+                w.guard.max_failed_share * 100.0,
+                w.guard.window_batches
+            );
+            self.watch = None;
+            self.roll_back(reason);
+        } else if w.batches >= w.guard.window_batches {
+            self.watch = None;
+        }
+    }
+
+    fn roll_back(&mut self, reason: String) {
+        let Some(prev) = self.previous.take() else {
+            return;
+        };
+        match Instance::new(prev.clone()) {
+            Ok(inst) => {
+                let bad = std::mem::replace(&mut self.module, prev);
+                self.instance = Some(inst);
+                self.slot.set_active(&self.module);
+                tracing::warn!(from = %bad.label(), to = %self.module.label(), %reason, "transform rolled back");
+                self.slot.emit(SlotEvent::RolledBack {
+                    version: bad.version.clone(),
+                    hash: bad.hash.clone(),
+                    active_version: self.module.version.clone(),
+                    reason,
+                });
+            }
+            Err(e) => {
+                tracing::error!(keeping = %self.module.label(), error = %e, "rollback impossible: the previous version no longer instantiates");
+                self.previous = Some(prev);
+            }
+        }
+    }
+
     fn run(&mut self, records: Vec<Record>, failed: &mut Vec<(Record, String)>) -> Vec<Record> {
         let max = self.module.settings.batch_max_records.max(1);
+        self.slot.keep_sample(&records);
         let mut out = Vec::with_capacity(records.len());
         let mut rest = records.into_iter().peekable();
         while rest.peek().is_some() {
@@ -150,9 +293,11 @@ impl Stage {
                 },
             };
             let mut inst = inst;
+            let n = chunk.len();
             match inst.process(chunk) {
                 Ok(p) => {
                     self.instance = Some(inst);
+                    let all_failed = n > 0 && p.errors.len() == n;
                     self.counters
                         .records_out
                         .fetch_add(p.records.len() as u64, Ordering::Relaxed);
@@ -160,11 +305,13 @@ impl Stage {
                         .record_errors
                         .fetch_add(p.errors.len() as u64, Ordering::Relaxed);
                     out.extend(p.records);
+                    let why = p.errors.first().map(|e| e.1.clone()).unwrap_or_default();
                     failed.extend(
                         p.errors
                             .into_iter()
                             .map(|(r, why)| (r, format!("{label}: {why}"))),
                     );
+                    self.observe(all_failed, &why);
                 }
                 Err((kind, why, inputs)) => {
                     // The store is dropped: its memory may be in any state after a trap.
@@ -175,6 +322,7 @@ impl Stage {
                     tracing::warn!(module = %label, reason = %why, records = inputs.len(), "transform failed a batch; records dead-lettered, module re-instantiated");
                     let reason = format!("{label}: {why}");
                     failed.extend(inputs.into_iter().map(|r| (r, reason.clone())));
+                    self.observe(true, &why);
                 }
             }
         }
@@ -239,11 +387,11 @@ impl Chain {
         self.stages.is_empty()
     }
 
-    /// The swap slots, in chain order, with the module names.
-    pub fn slots(&self) -> Vec<(String, Arc<SwapSlot>)> {
+    /// The swap slots, in chain order, with the modules' settings.
+    pub fn slots(&self) -> Vec<(Settings, Arc<SwapSlot>)> {
         self.stages
             .iter()
-            .map(|s| (s.module.settings.name.clone(), s.slot()))
+            .map(|s| (s.module.settings.clone(), s.slot()))
             .collect()
     }
 

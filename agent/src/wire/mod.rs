@@ -13,14 +13,17 @@ use crate::record::Record as QueueRecord;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The ALPN protocol id both ends insist on.
 pub const ALPN: &[u8] = b"dataweaver/1";
-/// Largest frame either side accepts.
+/// Largest frame either side accepts on a data stream.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest frame on control and admin streams (a module: interpreters compiled to
+/// components reach 20 MB).
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024 * 1024;
 
 /// Agent → sink frame.
 #[derive(Clone, PartialEq, Message)]
 pub struct AgentFrame {
     /// The message carried.
-    #[prost(oneof = "agent_frame::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "agent_frame::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<agent_frame::Kind>,
 }
 
@@ -41,6 +44,15 @@ pub mod agent_frame {
         /// Second frame of a data stream.
         #[prost(message, tag = "4")]
         Resolve(super::Resolve),
+        /// First frame of an agent's control stream.
+        #[prost(message, tag = "5")]
+        ControlHello(super::ControlHello),
+        /// What the agent did with a module offer (or a rollback it made).
+        #[prost(message, tag = "6")]
+        Outcome(super::ModuleOutcome),
+        /// First and only frame of an admin stream.
+        #[prost(message, tag = "7")]
+        Admin(super::AdminRequest),
     }
 }
 
@@ -48,7 +60,7 @@ pub mod agent_frame {
 #[derive(Clone, PartialEq, Message)]
 pub struct SinkFrame {
     /// The message carried.
-    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<sink_frame::Kind>,
 }
 
@@ -69,7 +81,145 @@ pub mod sink_frame {
         /// Answer to Resolve.
         #[prost(message, tag = "4")]
         Resolved(super::Resolved),
+        /// A signed module for one of the agent's pipelines.
+        #[prost(message, tag = "5")]
+        Offer(super::ModuleOffer),
+        /// Answer to an admin request.
+        #[prost(message, tag = "6")]
+        AdminReply(super::AdminReply),
     }
+}
+
+/// First frame of a control stream: the transforms the agent runs.
+#[derive(Clone, PartialEq, Message)]
+pub struct ControlHello {
+    /// One entry per transform stage.
+    #[prost(message, repeated, tag = "1")]
+    pub transforms: Vec<TransformState>,
+}
+
+/// A transform stage as the agent runs it.
+#[derive(Clone, PartialEq, Message)]
+pub struct TransformState {
+    /// Pipeline name.
+    #[prost(string, tag = "1")]
+    pub pipeline: String,
+    /// Transform name within the pipeline.
+    #[prost(string, tag = "2")]
+    pub transform: String,
+    /// Active version.
+    #[prost(string, tag = "3")]
+    pub version: String,
+    /// SHA-256 of the active module, hex.
+    #[prost(string, tag = "4")]
+    pub sha256: String,
+    /// Whether it was pushed (not the configured module).
+    #[prost(bool, tag = "5")]
+    pub pushed: bool,
+}
+
+/// A signed module for a pipeline (sink → agent; also inside an admin push).
+#[derive(Clone, PartialEq, Message)]
+pub struct ModuleOffer {
+    /// Pipeline the module is for (part of what is signed).
+    #[prost(string, tag = "1")]
+    pub pipeline: String,
+    /// Version (part of what is signed).
+    #[prost(string, tag = "2")]
+    pub version: String,
+    /// The component's bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub module: Vec<u8>,
+    /// ed25519 signature over [`crate::control::signed_message`].
+    #[prost(bytes = "vec", tag = "4")]
+    pub signature: Vec<u8>,
+    /// The signing public key, `ed25519:<base64>`.
+    #[prost(string, tag = "5")]
+    pub key: String,
+    /// NDJSON test records for the self-check (empty: the agent's recent records).
+    /// An offer without a module orders a return to the configured module.
+    #[prost(bytes = "vec", tag = "6")]
+    pub vectors: Vec<u8>,
+}
+
+/// What an agent did with an offer, or a rollback it made on its own.
+#[derive(Clone, PartialEq, Message)]
+pub struct ModuleOutcome {
+    /// Pipeline.
+    #[prost(string, tag = "1")]
+    pub pipeline: String,
+    /// The version concerned.
+    #[prost(string, tag = "2")]
+    pub version: String,
+    /// Its SHA-256, hex.
+    #[prost(string, tag = "3")]
+    pub sha256: String,
+    /// `accepted`, `refused`, `active` or `rolled_back`.
+    #[prost(string, tag = "4")]
+    pub outcome: String,
+    /// Why (refusals and rollbacks).
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    /// The version active after this outcome.
+    #[prost(string, tag = "6")]
+    pub active_version: String,
+}
+
+/// An operator's request to the sink (from a client certificate listed in `admins`).
+#[derive(Clone, PartialEq, Message)]
+pub struct AdminRequest {
+    /// `push`, `rollback` or `status`.
+    #[prost(string, tag = "1")]
+    pub action: String,
+    /// Pipeline (push, rollback).
+    #[prost(string, tag = "2")]
+    pub pipeline: String,
+    /// The module (push).
+    #[prost(message, optional, tag = "3")]
+    pub offer: Option<ModuleOffer>,
+}
+
+/// The sink's answer to an admin request.
+#[derive(Clone, PartialEq, Message)]
+pub struct AdminReply {
+    /// Whether the request was carried out.
+    #[prost(bool, tag = "1")]
+    pub ok: bool,
+    /// What happened, for the operator.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// Per agent and pipeline (status).
+    #[prost(message, repeated, tag = "3")]
+    pub agents: Vec<AgentStatus>,
+}
+
+/// One agent's pipeline as the sink last heard of it.
+#[derive(Clone, PartialEq, Message)]
+pub struct AgentStatus {
+    /// Agent id (its certificate's CN).
+    #[prost(string, tag = "1")]
+    pub agent: String,
+    /// Pipeline.
+    #[prost(string, tag = "2")]
+    pub pipeline: String,
+    /// Version the agent runs.
+    #[prost(string, tag = "3")]
+    pub active_version: String,
+    /// Last outcome reported (`accepted`, `refused`, ...).
+    #[prost(string, tag = "4")]
+    pub last_outcome: String,
+    /// Its reason.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    /// When it was reported (ms since the epoch).
+    #[prost(uint64, tag = "6")]
+    pub at_ms: u64,
+    /// Whether the agent's control stream is open now.
+    #[prost(bool, tag = "7")]
+    pub connected: bool,
+    /// The version pushed for this pipeline.
+    #[prost(string, tag = "8")]
+    pub desired_version: String,
 }
 
 /// First frame on a data stream.
@@ -335,6 +485,14 @@ pub async fn write_frame(
 pub async fn read_frame<M: Message + Default>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<M>, FrameError> {
+    read_frame_max(recv, MAX_FRAME).await
+}
+
+/// [`read_frame`] with a size limit of `max` bytes.
+pub async fn read_frame_max<M: Message + Default>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<M>, FrameError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -342,7 +500,7 @@ pub async fn read_frame<M: Message + Default>(
         Err(e) => return Err(e.into()),
     }
     let len = (&len[..]).get_u32() as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     let mut body = BytesMut::zeroed(len);

@@ -1,0 +1,66 @@
+//! The operator's client: one admin request to a sink over QUIC, authenticated by a
+//! client certificate whose name the sink lists in `admins`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ControlError;
+use crate::wire::{self, AdminReply, AdminRequest, AgentFrame, SinkFrame, agent_frame, sink_frame};
+
+/// How the operator's client reaches a sink.
+#[derive(Debug, Clone)]
+pub struct AdminTarget {
+    /// `host:port` of the sink.
+    pub sink: String,
+    /// Name the sink's certificate must carry.
+    pub server_name: String,
+    /// CA that signed the sink.
+    pub ca: PathBuf,
+    /// The admin's certificate.
+    pub cert: PathBuf,
+    /// The admin's key.
+    pub key: PathBuf,
+}
+
+/// Sends `req` and returns the sink's reply.
+pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, ControlError> {
+    let err = |e: &dyn std::fmt::Display| ControlError::Connection(format!("{}: {e}", t.sink));
+    let client = crate::tls::client_config(&t.ca, Some((&t.cert, &t.key)), Duration::from_secs(30))
+        .map_err(|e| ControlError::Format(e.to_string()))?;
+    let addr = tokio::net::lookup_host(&t.sink)
+        .await
+        .map_err(|e| err(&e))?
+        .next()
+        .ok_or_else(|| err(&"does not resolve"))?;
+    let endpoint =
+        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(|e| err(&e))?;
+    let conn = endpoint
+        .connect_with(client, addr, &t.server_name)
+        .map_err(|e| err(&e))?
+        .await
+        .map_err(|e| err(&e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(&e))?;
+    let frame = AgentFrame {
+        kind: Some(agent_frame::Kind::Admin(req)),
+    };
+    wire::write_frame(&mut send, &frame)
+        .await
+        .map_err(|e| err(&e))?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(60),
+        wire::read_frame_max::<SinkFrame>(&mut recv, wire::MAX_CONTROL_FRAME),
+    )
+    .await
+    .map_err(|_| err(&"no answer within 60 s"))?
+    .map_err(|e| err(&e))?;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    match answer {
+        Some(SinkFrame {
+            kind: Some(sink_frame::Kind::AdminReply(r)),
+        }) => Ok(r),
+        other => Err(err(&format!("unexpected answer {other:?}"))),
+    }
+}
