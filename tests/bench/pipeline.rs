@@ -16,6 +16,10 @@
 //!    agent to the sink's JSONL for QoS 0, 1 and 2, 256-byte payloads, with the agent's CPU
 //!    per 10k messages (needs `mosquitto` and `mosquitto_pub`).
 //!
+//! 8. (`--only swap`) remote hot-swap: time from `transform push` to the first record
+//!    transformed by the new version at the sink, under a steady stream of 5,000
+//!    records/s, for 10 pushes alternating two pass-through modules.
+//!
 //! Guests come from `$DATAWEAVER_GUESTS`, `transforms/prebuilt` or `target/wasm` (build
 //! them all with `transforms/build.sh`).
 
@@ -56,6 +60,9 @@ fn main() {
         for qos in [0u8, 1, 2] {
             mqtt(records / 10, qos);
         }
+    }
+    if only.as_deref().is_none_or(|o| o == "swap") {
+        swap_latency();
     }
     if only.as_deref().is_none_or(|o| o == "wasm-e2e") {
         for name in ["passthrough_rust", "example_rust"] {
@@ -219,7 +226,7 @@ fn sink_and_agent_configs(d: &Path, pipeline: &str) {
     std::fs::write(
         d.join("sink.toml"),
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"sink\"\ntls = {{ ca = \"certs/ca.pem\", cert = \"certs/sink.pem\", key = \"certs/sink.key\" }}\nadmins = [\"admin\"]\n[[outputs]]\ntype = \"jsonl\"\ndir = \"out\"\n"
         ),
     )
     .expect("write");
@@ -469,6 +476,128 @@ fn end_to_end(total: usize, transform: Option<&Path>) {
         "peak RSS: agent {:.1} MiB, sink {:.1} MiB",
         peak_rss_mib(agent.0.id()),
         peak_rss_mib(sink.0.id())
+    );
+}
+
+/// Push → first record of the new version at the sink, under a steady stream.
+fn swap_latency() {
+    let (Some(a), Some(b)) = (guest("passthrough_rust"), guest("passthrough_c")) else {
+        println!("swap: pass-through guests not built, skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keys = d.join("keys");
+    let out = Command::new(env!("CARGO_BIN_EXE_dataweaver"))
+        .args([
+            "transform",
+            "keygen",
+            "--dir",
+            keys.to_str().expect("utf-8"),
+            "--name",
+            "ops",
+        ])
+        .output()
+        .expect("keygen");
+    let public = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    sink_and_agent_configs(
+        d,
+        &format!(
+            "[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 20\n[[pipelines.transforms]]\nname = \"t\"\nmodule = \"{}\"\nversion_header = \"x-version\"\n[control]\ntrusted_keys = [\"{public}\"]\n",
+            a.display()
+        ),
+    );
+    dw(&[
+        "certs",
+        "issue",
+        "--dir",
+        d.join("certs").to_str().expect("utf-8"),
+        "--name",
+        "admin",
+    ]);
+    let sink_addr = std::fs::read_to_string(d.join("sink.toml"))
+        .expect("sink.toml")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("listen = \"")
+                .map(|r| r.trim_end_matches('"').to_string())
+        })
+        .expect("listen");
+    std::fs::create_dir_all(d.join("input")).expect("mkdir");
+    let input = d.join("input/swap.log");
+    let _sink = spawn("sink", &d.join("sink.toml"), &d.join("sink.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let _agent = spawn("agent", &d.join("agent.toml"), &d.join("agent.log"));
+    // A steady stream of 5,000 records/s, in 10 ms steps, while pushes happen.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, input) = (stop.clone(), input.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(&input).expect("input");
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut buf = Vec::new();
+                for _ in 0..50 {
+                    buf.extend_from_slice(&json_line(&format!("{i:012}"), b's'));
+                    i += 1;
+                }
+                f.write_all(&buf).expect("append");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let mut tail = Tail::new(d.join("out"));
+    tail.poll(|_| {});
+    let mut times = Vec::new();
+    for n in 2..12 {
+        let (module, version) = (if n % 2 == 0 { &b } else { &a }, format!("v{n}"));
+        let tag = format!("t@{version}\"");
+        let start = Instant::now();
+        let st = Command::new(env!("CARGO_BIN_EXE_dataweaver"))
+            .args(["transform", "push", "--sink", &sink_addr, "--certs"])
+            .arg(d.join("certs"))
+            .args(["--pipeline", "bench", "--module"])
+            .arg(module)
+            .args(["--version", &version, "--key"])
+            .arg(keys.join("ops.key"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("push");
+        assert!(st.success(), "push {version}");
+        let pushed = start.elapsed();
+        let mut seen = false;
+        while !seen {
+            tail.poll(|l| seen |= l.windows(tag.len()).any(|w| w == tag.as_bytes()));
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{version} never appeared"
+            );
+        }
+        let t = start.elapsed();
+        println!(
+            "  push {version}: command done after {:.1} ms, first {version} record at the sink after {:.1} ms",
+            pushed.as_secs_f64() * 1e3,
+            t.as_secs_f64() * 1e3
+        );
+        times.push(t);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+    let first = times[0];
+    let mut rest = times[2..].to_vec();
+    rest.sort_unstable();
+    println!(
+        "remote swap (push -> first record of the new version in the sink's JSONL, 5,000 records/s): first push of each module (compiles) {:.0} / {:.0} ms; later pushes p50 {:.0} ms, max {:.0} ms",
+        first.as_secs_f64() * 1e3,
+        times[1].as_secs_f64() * 1e3,
+        rest[rest.len() / 2].as_secs_f64() * 1e3,
+        rest[rest.len() - 1].as_secs_f64() * 1e3
     );
 }
 

@@ -56,7 +56,9 @@ pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, C
     .map_err(|_| err(&"no answer within 60 s"))?
     .map_err(|e| err(&e))?;
     conn.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
+    // Give the endpoint a moment to send the close; a full `wait_idle` lasts the QUIC
+    // draining period (tens of ms) for nothing: the sink is done with this connection.
+    let _ = tokio::time::timeout(Duration::from_millis(10), endpoint.wait_idle()).await;
     match answer {
         Some(SinkFrame {
             kind: Some(sink_frame::Kind::AdminReply(r)),

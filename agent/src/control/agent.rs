@@ -392,6 +392,7 @@ impl Control {
         let mut next = 0usize;
         loop {
             let addr = &fwd.sinks[next % fwd.sinks.len()];
+            let mut opened = false;
             let session = self.session(
                 &endpoint,
                 &client,
@@ -399,6 +400,7 @@ impl Control {
                 &fwd.server_name,
                 &mut events,
                 &mut outbox,
+                &mut opened,
                 &shutdown,
             );
             match session.await {
@@ -407,6 +409,9 @@ impl Control {
                     tracing::debug!(sink = %addr, error = %e, "control stream ended");
                     next += 1;
                 }
+            }
+            if opened {
+                delay = Duration::from_millis(fwd.reconnect_min_ms);
             }
             let pause = tokio::time::sleep(delay);
             tokio::pin!(pause);
@@ -435,6 +440,7 @@ impl Control {
         server_name: &str,
         events: &mut mpsc::UnboundedReceiver<(usize, SlotEvent)>,
         outbox: &mut VecDeque<ModuleOutcome>,
+        opened: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let sock = tokio::net::lookup_host(addr)
@@ -455,6 +461,7 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(sink = %addr, "control stream open");
+        *opened = true;
         // A reader task: a frame read must never be cut short by another select branch.
         let (ftx, mut frames) = mpsc::channel::<ModuleOffer>(4);
         let reader = tokio::spawn(async move {
