@@ -5,10 +5,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{AgentView, ReloadFn};
 use crate::config::AgentConfig;
 use crate::control::agent::Control;
 use crate::counters::Counters;
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::{ForwardError, ForwardStats, Forwarder};
 use crate::pipeline::Pipeline;
 use crate::queue::{Queue, QueueError};
 use crate::source;
@@ -41,9 +42,23 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_with(cfg, shutdown, None).await
+}
+
+/// Default address of an agent's admin endpoint.
+pub const ADMIN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 7410);
+
+/// [`run`], with a config reload hook for the admin endpoint's `POST /reload`.
+pub async fn run_with(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    reload: Option<ReloadFn>,
+) -> Result<(), AgentError> {
+    let started = std::time::Instant::now();
     let queue = Queue::open(&cfg.data_dir, &cfg.queue)?;
     tracing::info!(queue_id = queue.queue_id(), data_dir = %cfg.data_dir.display(), "queue open");
-    let forwarder = Forwarder::new(cfg.forward.clone(), queue.clone())?;
+    let forward_stats = Arc::new(ForwardStats::default());
+    let forwarder = Forwarder::new(cfg.forward.clone(), queue.clone(), forward_stats.clone())?;
 
     let counters = Arc::new(Counters::default());
     let sources_stop = CancellationToken::new();
@@ -51,6 +66,7 @@ pub async fn run(
     let cache = cfg.data_dir.join("transform-cache");
     let mut pipelines = Vec::new();
     let mut managed = Vec::new();
+    let mut transforms = Vec::new();
     for p in &cfg.pipelines {
         // Compiling and instantiating run guest code (WASI modules block on files):
         // keep it off the async workers.
@@ -60,7 +76,11 @@ pub async fn run(
                 .await
                 .map_err(|e| AgentError::Panicked(e.to_string()))??
         };
-        managed.push((p.clone(), chain.slots()));
+        let slots = chain.slots();
+        for (settings, slot) in &slots {
+            transforms.push((p.name.clone(), settings.name.clone(), slot.clone()));
+        }
+        managed.push((p.clone(), slots));
         let pipeline = Pipeline::new(&p.name, p.when_full, chain, queue.clone(), counters.clone());
         pipelines.push((p, pipeline));
     }
@@ -100,7 +120,26 @@ pub async fn run(
     let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
     let controlling = tokio::spawn(control.run(cfg.forward.clone(), forward_stop.clone()));
 
-    // Counters go to the log every 10 s when they changed (until /metrics exists).
+    let admin_stop = CancellationToken::new();
+    let admin = cfg.admin.enabled.then(|| {
+        let view = AgentView {
+            counters: counters.clone(),
+            queue: queue.clone(),
+            forward: forward_stats.clone(),
+            transforms,
+            ready_sink_down: std::time::Duration::from_secs(cfg.admin.ready_sink_down_secs),
+            reload,
+            started,
+        };
+        let listen = cfg.admin.listen.unwrap_or_else(|| ADMIN_DEFAULT.into());
+        tokio::spawn(crate::admin::serve(
+            listen,
+            Arc::new(view),
+            admin_stop.clone(),
+        ))
+    });
+
+    // Counters also go to the log every 10 s when they changed.
     let report = {
         let counters = counters.clone();
         tokio::spawn(async move {
@@ -128,6 +167,10 @@ pub async fn run(
         tracing::warn!("forwarder did not stop within 10 s; leaving it");
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controlling).await;
+    admin_stop.cancel();
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
     queue.close().await;
     report.abort();
     tracing::info!(counters = %counters.line(), "agent stopped");

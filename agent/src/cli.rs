@@ -6,16 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dataweaver::config::{self, Kind};
-use dataweaver::{agent, sink, tls};
-use tokio_util::sync::CancellationToken;
+use dataweaver::tls;
 
 /// DataWeaver: collect, transform, queue durably, forward over QUIC.
 #[derive(Parser)]
 #[command(name = "dataweaver", version, about)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `dataweaver=debug`.
-    #[arg(long, global = true, env = "DATAWEAVER_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `dataweaver=debug`; overrides the
+    /// config's `log.level`, and `RUST_LOG` overrides it.
+    #[arg(long, global = true, env = "DATAWEAVER_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +42,15 @@ enum Command {
         /// UDP port of the local sink (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+    },
+    /// Show a running agent's (or sink's) figures, refreshed every second.
+    Status {
+        /// Its admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:7410")]
+        admin: String,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Check a config file and exit.
     Validate {
@@ -236,27 +245,21 @@ enum CertsCommand {
 /// Parses the command line and runs the chosen command.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // Agent and sink log as their config says; other commands to stderr.
+    let log_cfg = match &cli.command {
+        Command::Agent { config } => Some(config::load_agent(config)?.log),
+        Command::Sink { config } => Some(config::load_sink(config)?.log),
+        _ => None,
+    };
+    let _log_guard = init_logging(cli.log.as_deref(), &log_cfg.unwrap_or_default())?;
     match cli.command {
         Command::Agent { config } => {
-            let cfg = config::load_agent(&config)?;
-            runtime()?.block_on(agent::run(cfg, shutdown_signal()))?;
+            runtime()?.block_on(crate::service::run_agent(config))?;
         }
         Command::Sink { config } => {
-            let cfg = config::load_sink(&config)?;
-            runtime()?.block_on(async {
-                let sink = sink::Sink::bind(&cfg)?;
-                tracing::info!(addr = %sink.local_addr()?, "sink listening");
-                let stop = CancellationToken::new();
-                let s = stop.clone();
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    s.cancel();
-                });
-                sink.run(stop).await;
-                anyhow::Ok(())
-            })?;
+            runtime()?.block_on(crate::service::run_sink(config))?;
         }
+        Command::Status { admin, once } => return crate::status::run(&admin, once),
         Command::Up { dir, port } => {
             runtime()?.block_on(crate::up::run(&dir, port, shutdown_signal()))?
         }
@@ -526,15 +529,62 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+/// Sets up `tracing`: the filter from `RUST_LOG`, else `--log`/`DATAWEAVER_LOG`, else the
+/// config's `log.level`, else `info`; human or JSON lines; stderr or a rotating file. The
+/// returned guard flushes the file writer when dropped.
+fn init_logging(
+    cli: Option<&str>,
+    cfg: &config::LogConfig,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.is_empty())
+        .or_else(|| cli.map(String::from))
+        .or_else(|| cfg.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let (writer, guard, ansi) = match &cfg.file {
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            None,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+        Some(path) => {
+            use tracing_appender::rolling::{Builder, Rotation};
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let prefix = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataweaver.log".into());
+            let rotation = match cfg.rotate {
+                config::LogRotation::Daily => Rotation::DAILY,
+                config::LogRotation::Hourly => Rotation::HOURLY,
+                config::LogRotation::Never => Rotation::NEVER,
+            };
+            let appender = Builder::new()
+                .rotation(rotation)
+                .filename_prefix(prefix)
+                .max_log_files(cfg.keep.max(1))
+                .build(dir)
+                .with_context(|| format!("log file in {}", dir.display()))?;
+            let (nb, guard) = tracing_appender::non_blocking(appender);
+            (BoxMakeWriter::new(nb), Some(guard), false)
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer);
+    match cfg.format {
+        config::LogFormat::Human => builder.with_ansi(ansi).init(),
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+    Ok(guard)
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix (how service managers stop us).

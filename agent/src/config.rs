@@ -53,6 +53,92 @@ pub struct AgentConfig {
     /// Remote transform updates (pushed through the sink).
     #[serde(default)]
     pub control: ControlConfig,
+    /// The local admin HTTP endpoint (`/metrics`, `/health`, `/ready`, `/status`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether to serve it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address (default loopback: 127.0.0.1:7410 for an agent, :7411 for a sink). It
+    /// serves no secrets but lets anyone who reaches it reload the config: keep it local.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/ready` turns unready when no sink has been reachable for this long (agent).
+    #[serde(default = "default_ready_down")]
+    pub ready_sink_down_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: None,
+            ready_sink_down_secs: default_ready_down(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ready_down() -> u64 {
+    60
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter (`info`, `dataweaver=debug,warn`); `RUST_LOG` and `--log` override it.
+    pub level: Option<String>,
+    /// `human` (default) or `json` (one object per line: timestamp, level, target,
+    /// fields, spans; for Elasticsearch / Loki).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Write to this file (rotated) instead of stderr.
+    pub file: Option<PathBuf>,
+    /// Rotation of `file`: `daily` (default), `hourly` or `never`.
+    #[serde(default)]
+    pub rotate: LogRotation,
+    /// Rotated files kept (the oldest are deleted).
+    #[serde(default = "default_log_keep")]
+    pub keep: usize,
+}
+
+fn default_log_keep() -> usize {
+    7
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Readable text.
+    #[default]
+    Human,
+    /// JSON objects, one per line.
+    Json,
+}
+
+/// When a log file rotates.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogRotation {
+    /// Once a day.
+    #[default]
+    Daily,
+    /// Once an hour.
+    Hourly,
+    /// Never.
+    Never,
 }
 
 /// Which pushed modules the agent accepts and how it watches them.
@@ -525,6 +611,12 @@ pub struct SinkConfig {
     /// Client certificate names (CN) allowed to push, roll back and query transforms.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// The local admin HTTP endpoint (`/metrics`, `/health`, `/ready`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// An output, selected by its `type` key.
@@ -673,6 +765,7 @@ pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
     let mut cfg: AgentConfig = parse(path, &raw)?;
     let base = base_dir(path);
     cfg.data_dir = base.join(&cfg.data_dir);
+    cfg.log.file = cfg.log.file.as_ref().map(|f| base.join(f));
     resolve_tls(&mut cfg.forward.tls, &base);
     for p in &mut cfg.pipelines {
         for t in &mut p.transforms {
@@ -708,6 +801,7 @@ pub fn load_sink(path: &Path) -> Result<SinkConfig, ConfigError> {
     let mut cfg: SinkConfig = parse(path, &raw)?;
     let base = base_dir(path);
     cfg.data_dir = base.join(&cfg.data_dir);
+    cfg.log.file = cfg.log.file.as_ref().map(|f| base.join(f));
     resolve_tls(&mut cfg.tls, &base);
     for out in &mut cfg.outputs {
         if let OutputConfig::Jsonl(j) = out {

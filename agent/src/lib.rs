@@ -13,6 +13,7 @@
 //! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue) and
 //! [`agent`] (starting and stopping it all in order).
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod control;

@@ -1,6 +1,8 @@
 //! `dataweaver`: the command line over the library. Errors become an exit code here only.
 
 mod cli;
+mod service;
+mod status;
 mod up;
 
 use std::process::ExitCode;

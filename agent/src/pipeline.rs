@@ -1,6 +1,7 @@
 //! A pipeline ties sources to the transform chain and the queue.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -51,9 +52,26 @@ impl Pipeline {
     ) -> Result<Appended, QueueError> {
         let out = self.transform(records).await;
         let dead = self.dead_letters(rejected, out.failed);
-        self.queue
+        let n_dead = dead.len();
+        let r = self
+            .queue
             .append_with(out.records, dead, checkpoint, self.when_full)
-            .await
+            .await;
+        if let Ok(a) = &r {
+            self.count_appended(a, n_dead);
+        }
+        r
+    }
+
+    fn count_appended(&self, a: &Appended, dead: usize) {
+        let c = &self.counters;
+        let name = &self.name;
+        c.counter(&format!("{name}.queued"))
+            .fetch_add(a.count as u64, Ordering::Relaxed);
+        c.counter(&format!("{name}.dropped"))
+            .fetch_add(a.dropped as u64, Ordering::Relaxed);
+        c.counter(&format!("{name}.dead_lettered"))
+            .fetch_add(dead as u64, Ordering::Relaxed);
     }
 
     /// Like [`emit`](Self::emit), for sources that cannot hand a refusal back to their
@@ -81,6 +99,7 @@ impl Pipeline {
     ) -> Result<Appended, QueueError> {
         let out = self.transform(records).await;
         let mut dead = self.dead_letters(rejected, out.failed);
+        let n_dead = dead.len();
         let mut records = out.records;
         let mut delay = Duration::from_millis(20);
         let mut warned = false;
@@ -94,6 +113,7 @@ impl Pipeline {
                     if warned {
                         tracing::info!(pipeline = %self.name, "queue accepts records again");
                     }
+                    self.count_appended(&a, n_dead);
                     return Ok(a);
                 }
                 Err(e) => {
@@ -119,6 +139,7 @@ impl Pipeline {
     /// Runs the chain; WASM runs on this worker thread, flagged as blocking so the
     /// runtime moves other tasks away meanwhile.
     async fn transform(&self, records: Vec<Record>) -> crate::transform::Output {
+        self.count_in(&records);
         let mut chain = self.chain.lock().await;
         if chain.is_empty() {
             return chain.apply(records);
@@ -129,6 +150,24 @@ impl Pipeline {
             tokio::task::block_in_place(|| chain.apply(records))
         } else {
             chain.apply(records)
+        }
+    }
+
+    /// Records in, per pipeline and per source (`{pipeline}/{source}` is a record's
+    /// `source`); a batch normally comes from one source, so counted by runs.
+    fn count_in(&self, records: &[Record]) {
+        let c = &self.counters;
+        c.counter(&format!("{}.records_in", self.name))
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|r| r.source != first.source)
+                .unwrap_or(rest.len());
+            c.counter(&format!("{}.records_in", first.source))
+                .fetch_add(run as u64, Ordering::Relaxed);
+            rest = &rest[run..];
         }
     }
 

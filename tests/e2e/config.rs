@@ -101,7 +101,7 @@ fn sink_unknown_key_is_named() {
     let (ok, err) = validate(&p);
     assert!(!ok);
     assert!(
-        err.contains("badsink.toml:9:") && err.contains("outputs[0].max_bytes"),
+        err.contains("badsink.toml:10:") && err.contains("outputs[0].max_bytes"),
         "{err}"
     );
 }

@@ -10,6 +10,7 @@ mod failover;
 mod http;
 mod limits;
 mod mqtt;
+mod ops;
 mod sources;
 mod tls;
 mod transform;

@@ -430,7 +430,6 @@ pub fn counter_in_log(log: &Path, name: &str) -> u64 {
 
 /// A minimal HTTP/1.1 client over a real socket: `(status, headers and body as text)`.
 pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    use std::io::Read;
     let mut s = connect_tcp(port);
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -442,6 +441,12 @@ pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -
     req.push_str("\r\n");
     // The server may answer (413) and close before taking the whole body: ignore write errors.
     let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    read_response(&mut s)
+}
+
+/// Reads an HTTP response to its end: `(status, headers and body as text)`.
+fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
@@ -536,4 +541,17 @@ pub fn spawn_json_stream(path: PathBuf, n: usize) -> std::thread::JoinHandle<()>
             }
         }
     })
+}
+
+/// `GET path` on a local HTTP port: `(status, body)`.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = connect_tcp(port);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, text) = read_response(&mut s);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -154,17 +154,83 @@ async fn answer(recv: &mut quinn::RecvStream) -> Result<sink_frame::Kind, Forwar
         .ok_or_else(|| ForwardError::Protocol("sink closed the stream".into()))
 }
 
+/// What the forwarder reports to `/metrics`, `/ready` and `status`.
+#[derive(Debug)]
+pub struct ForwardStats {
+    /// A data stream to a sink is open.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// The sink connected to (or last tried).
+    pub sink: Mutex<String>,
+    /// Since when no sink has been connected (`None` while connected).
+    pub down_since: Mutex<Option<std::time::Instant>>,
+    /// Bytes of batch frames written.
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Batches the sink acknowledged.
+    pub batches_acked: std::sync::atomic::AtomicU64,
+    /// Records the sink acknowledged.
+    pub records_acked: std::sync::atomic::AtomicU64,
+    /// Sessions opened (the first one included).
+    pub sessions: std::sync::atomic::AtomicU64,
+    /// Time from writing a batch to its ack, seconds.
+    pub batch_rtt: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for ForwardStats {
+    fn default() -> Self {
+        ForwardStats {
+            connected: Default::default(),
+            sink: Default::default(),
+            down_since: Mutex::new(Some(std::time::Instant::now())),
+            bytes_sent: Default::default(),
+            batches_acked: Default::default(),
+            records_acked: Default::default(),
+            sessions: Default::default(),
+            batch_rtt: crate::counters::latency_histogram(),
+        }
+    }
+}
+
+impl ForwardStats {
+    fn set_connected(&self, sink: &str, up: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.connected.store(up, Relaxed);
+        if let Ok(mut s) = self.sink.lock() {
+            *s = sink.to_string();
+        }
+        if let Ok(mut d) = self.down_since.lock() {
+            match (up, d.is_some()) {
+                (true, _) => *d = None,
+                (false, false) => *d = Some(std::time::Instant::now()),
+                (false, true) => {}
+            }
+        }
+    }
+
+    /// How long no sink has been connected.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down_since
+            .lock()
+            .ok()
+            .and_then(|d| d.map(|t| t.elapsed()))
+    }
+}
+
 /// Sends the queue's records to the configured sinks until shutdown.
 pub struct Forwarder {
     cfg: ForwardConfig,
     queue: Queue,
     client: quinn::ClientConfig,
     endpoint: quinn::Endpoint,
+    stats: Arc<ForwardStats>,
 }
 
 impl Forwarder {
     /// Builds the QUIC client from the TLS files in `cfg`.
-    pub fn new(cfg: ForwardConfig, queue: Queue) -> Result<Self, ForwardError> {
+    pub fn new(
+        cfg: ForwardConfig,
+        queue: Queue,
+        stats: Arc<ForwardStats>,
+    ) -> Result<Self, ForwardError> {
         let client = tls::client_config(
             &cfg.tls.ca,
             Some((&cfg.tls.cert, &cfg.tls.key)),
@@ -176,6 +242,7 @@ impl Forwarder {
             queue,
             client,
             endpoint,
+            stats,
         })
     }
 
@@ -212,6 +279,7 @@ impl Forwarder {
             });
             current.store(which % sinks, std::sync::atomic::Ordering::Relaxed);
             let ended = self.session(target, &shutdown, failback).await;
+            self.stats.set_connected(target, false);
             if !matches!(ended, Ok(Ended::Shutdown)) && sinks > 1 {
                 // The sink may hold acked records it was not yet told are its own.
                 if let Ok(mut pending) = unconfirmed.lock() {
@@ -291,6 +359,10 @@ impl Forwarder {
             journal_id,
         } = session;
         tracing::info!(sink = %target, %sink_id, high_water_mark, "connected to sink");
+        self.stats.set_connected(target, true);
+        self.stats
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let committed = self.queue.last_committed();
         if high_water_mark > committed {
             // The sink holds seqs this queue never wrote: the file was cloned or restored.
@@ -320,7 +392,8 @@ impl Forwarder {
         let reader = tokio::spawn(read_acks(recv, ack_tx));
         let _abort_reader = AbortOnDrop(reader);
 
-        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        // (batch id, first seq, last seq, sent at)
+        let mut in_flight: VecDeque<(u64, u64, u64, std::time::Instant)> = VecDeque::new();
         let mut committed = self.queue.committed();
         let mut batch_id = 0u64;
         let mut draining = false;
@@ -372,7 +445,10 @@ impl Forwarder {
                         return Ok(Ended::Shutdown);
                     }
                 }
-                in_flight.push_back((id, last));
+                self.stats
+                    .bytes_sent
+                    .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                in_flight.push_back((id, cursor, last, std::time::Instant::now()));
                 cursor = last + 1;
             }
             // Leave only when the sink can output everything it acked in this session.
@@ -385,7 +461,7 @@ impl Forwarder {
                         Some(a) => a?,
                         None => return Err(ForwardError::Protocol("sink closed the stream".into())),
                     };
-                    let Some((id, last)) = in_flight.pop_front() else {
+                    let Some((id, first, last, sent)) = in_flight.pop_front() else {
                         return Err(ForwardError::Protocol("ack without a batch in flight".into()));
                     };
                     if ack.batch_id != id || ack.last_seq != last {
@@ -393,6 +469,12 @@ impl Forwarder {
                             "ack {}/{} does not match batch {id}/{last}", ack.batch_id, ack.last_seq)));
                     }
                     self.queue.ack_from(&journal_id, last);
+                    self.stats.batch_rtt.observe(sent.elapsed().as_secs_f64());
+                    self.stats.batches_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.records_acked.fetch_add(
+                        (last + 1).saturating_sub(first),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     session_acked = last;
                     ack_deadline = tokio::time::Instant::now() + ack_timeout;
                 }

@@ -11,6 +11,7 @@ pub mod output;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prost::Message;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{OutputConfig, SinkConfig};
 use crate::control::sink::ControlPlane;
+use crate::counters::Counters;
 use crate::tls;
 use crate::wire::{self, AgentFrame, SinkFrame, agent_frame, sink_frame};
 pub use journal::{Journal, JournalError};
@@ -48,6 +50,9 @@ pub struct Sink {
     endpoint: quinn::Endpoint,
     journal: Journal,
     control: Arc<ControlPlane>,
+    counters: Arc<Counters>,
+    admin: crate::config::AdminConfig,
+    reload: Option<crate::admin::ReloadFn>,
     outputs: Vec<Box<dyn Output>>,
     sink_id: String,
 }
@@ -98,9 +103,17 @@ impl Sink {
             endpoint,
             journal,
             control,
+            counters: Arc::new(Counters::default()),
+            admin: cfg.admin.clone(),
+            reload: None,
             outputs,
             sink_id,
         })
+    }
+
+    /// Lets the admin endpoint's `POST /reload` call `reload`.
+    pub fn set_reload(&mut self, reload: crate::admin::ReloadFn) {
+        self.reload = Some(reload);
     }
 
     /// The bound address (useful with port 0).
@@ -114,9 +127,26 @@ impl Sink {
             endpoint,
             journal,
             control,
+            counters,
+            admin,
+            reload,
             outputs,
             sink_id,
         } = self;
+        let admin_stop = CancellationToken::new();
+        let admin_task = admin.enabled.then(|| {
+            let view = crate::admin::SinkView {
+                counters: counters.clone(),
+                reload,
+                started: std::time::Instant::now(),
+            };
+            let listen = admin.listen.unwrap_or_else(|| ADMIN_DEFAULT.into());
+            tokio::spawn(crate::admin::serve(
+                listen,
+                Arc::new(view),
+                admin_stop.clone(),
+            ))
+        });
         let tracker = TaskTracker::new();
         let drain_stop = CancellationToken::new();
         // The drainer blocks on file writes and fsyncs, so it gets a thread of its own
@@ -133,8 +163,9 @@ impl Sink {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let (journal, sink_id, control) = (journal.clone(), sink_id.clone(), control.clone());
+                    let counters = counters.clone();
                     tracker.spawn(async move {
-                        if let Err(e) = serve_connection(incoming, journal, sink_id, control).await {
+                        if let Err(e) = serve_connection(incoming, journal, sink_id, control, counters).await {
                             tracing::info!(error = %e, "connection ended");
                         }
                     });
@@ -149,8 +180,15 @@ impl Sink {
             let _ = tokio::task::spawn_blocking(move || d.join()).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        admin_stop.cancel();
+        if let Some(a) = admin_task {
+            let _ = a.await;
+        }
     }
 }
+
+/// Default address of a sink's admin endpoint.
+pub const ADMIN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 7411);
 
 fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
     use redb::{ReadableDatabase, ReadableTable};
@@ -171,6 +209,7 @@ async fn serve_connection(
     journal: Journal,
     sink_id: Arc<String>,
     control: Arc<ControlPlane>,
+    counters: Arc<Counters>,
 ) -> Result<(), String> {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -186,15 +225,24 @@ async fn serve_connection(
         return Ok(());
     };
     tracing::info!(%remote, %agent, "agent connected");
+    counters
+        .counter("sink.connections_opened")
+        .fetch_add(1, Ordering::Relaxed);
+    let closed = counters.counter("sink.connections_closed");
+    let _count_close = scopeguard(move || {
+        closed.fetch_add(1, Ordering::Relaxed);
+    });
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return Err(format!("agent {agent}: {e}")),
         };
         let (journal, agent, sink_id) = (journal.clone(), agent.clone(), sink_id.clone());
-        let control = control.clone();
+        let (control, counters) = (control.clone(), counters.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, &journal, &agent, &sink_id, control).await {
+            if let Err(e) =
+                serve_stream(send, recv, &journal, &agent, &sink_id, control, counters).await
+            {
                 tracing::info!(%agent, error = %e, "stream ended");
             }
         });
@@ -210,6 +258,7 @@ async fn serve_stream(
     agent: &str,
     sink_id: &str,
     control: Arc<ControlPlane>,
+    counters: Arc<Counters>,
 ) -> Result<(), String> {
     let first = wire::read_frame_max::<AgentFrame>(&mut recv, wire::MAX_CONTROL_FRAME)
         .await
@@ -340,6 +389,15 @@ async fn serve_stream(
                 batch_id: seqs.batch_id,
                 records: Vec::new(),
             };
+            counters
+                .counter("sink.batches")
+                .fetch_add(1, Ordering::Relaxed);
+            counters
+                .counter("sink.records")
+                .fetch_add(seqs.records.len() as u64, Ordering::Relaxed);
+            counters
+                .counter("sink.bytes")
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
             let done = journal
                 .submit(agent, &queue_id, raw, first.seq, last.seq)
                 .await
@@ -422,4 +480,17 @@ fn drain_round(journal: &Journal, outputs: &mut [Box<dyn Output>]) -> Result<usi
         o.committed();
     }
     Ok(entries.len())
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -145,6 +145,7 @@ struct Watch {
 
 /// Counters of one stage.
 struct StageCounters {
+    latency: prometheus_client::metrics::histogram::Histogram,
     records_in: Arc<AtomicU64>,
     records_out: Arc<AtomicU64>,
     record_errors: Arc<AtomicU64>,
@@ -172,6 +173,10 @@ impl Stage {
         counters: Arc<Counters>,
     ) -> Result<Stage, TransformError> {
         let prefix = format!("{pipeline}.transform.{}", module.settings.name);
+        let latency = counters.histogram(
+            "transform_latency_seconds",
+            &[("pipeline", pipeline), ("transform", &module.settings.name)],
+        );
         let instance = Instance::new(module.clone())?;
         let slot = Arc::new(SwapSlot::default());
         slot.set_active(&module);
@@ -182,6 +187,7 @@ impl Stage {
             instance: Some(instance),
             slot,
             counters: StageCounters {
+                latency,
                 records_in: counters.counter(&format!("{prefix}.in")),
                 records_out: counters.counter(&format!("{prefix}.out")),
                 record_errors: counters.counter(&format!("{prefix}.record_errors")),
@@ -294,7 +300,12 @@ impl Stage {
             };
             let mut inst = inst;
             let n = chunk.len();
-            match inst.process(chunk) {
+            let started = std::time::Instant::now();
+            let result = inst.process(chunk);
+            self.counters
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+            match result {
                 Ok(p) => {
                     self.instance = Some(inst);
                     let all_failed = n > 0 && p.errors.len() == n;
