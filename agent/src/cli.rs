@@ -52,6 +52,26 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Install, remove, start, stop or query the system service (systemd, launchd, or the
+    /// Windows service manager).
+    Service {
+        /// What to do.
+        #[arg(value_enum)]
+        action: crate::install::Action,
+        /// Agent or sink.
+        #[arg(long, value_enum, default_value = "agent")]
+        kind: crate::install::Kind,
+        /// The config the service runs with (install).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The account it runs as (systemd, launchd).
+        #[arg(long, default_value = "dataweaver")]
+        user: String,
+        /// With install: print the definition for this OS (systemd unit, launchd plist)
+        /// instead of installing it.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "current")]
+        print: Option<PrintFor>,
+    },
     /// Check a config file and exit.
     Validate {
         /// The config file.
@@ -188,6 +208,17 @@ enum TransformCommand {
     },
 }
 
+/// Which OS's service definition `service install --print` shows.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrintFor {
+    /// This machine's.
+    Current,
+    /// A systemd unit.
+    Linux,
+    /// A launchd plist.
+    Macos,
+}
+
 /// How an operator reaches a sink: its address and an admin client certificate.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -260,6 +291,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::service::run_sink(config))?;
         }
         Command::Status { admin, once } => return crate::status::run(&admin, once),
+        Command::Service {
+            action,
+            kind,
+            config,
+            user,
+            print,
+        } => {
+            let print = print.map(|p| match p {
+                PrintFor::Current => crate::install::Os::current(),
+                PrintFor::Linux => crate::install::Os::Linux,
+                PrintFor::Macos => crate::install::Os::Macos,
+            });
+            return crate::install::service(action, kind, config.as_deref(), &user, print);
+        }
         Command::Up { dir, port } => {
             runtime()?.block_on(crate::up::run(&dir, port, shutdown_signal()))?
         }

@@ -1,7 +1,10 @@
 //! `dataweaver`: the command line over the library. Errors become an exit code here only.
 
 mod cli;
+mod install;
 mod service;
+#[cfg(windows)]
+mod service_windows;
 mod status;
 mod up;
 

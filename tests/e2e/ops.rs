@@ -266,3 +266,175 @@ fn sigterm_under_load_exits_quickly_and_loses_nothing() {
     let out = wait_for_output(&w.output_dir(), n, Duration::from_secs(120));
     assert_exactly_once_in_order(&out, n);
 }
+
+/// 3. The service definitions `service install` writes: the systemd unit passes
+///    `systemd-analyze verify`; the launchd plist parses as a property list (Python's
+///    plistlib; also `plutil -lint` where it exists). Windows: see the note in README.
+#[test]
+fn service_definitions_pass_their_checkers() {
+    let w = World::new();
+    w.agent_config();
+    let config = w.path("agent.toml");
+    let unit = dw(&[
+        "service",
+        "install",
+        "--print",
+        "linux",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={} agent --config",
+            std::fs::canonicalize(bin()).unwrap().display()
+        )),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("Restart=on-failure") && unit.contains("KillSignal=SIGTERM"),
+        "{unit}"
+    );
+    let unit_file = w.path("dataweaver-agent.service");
+    std::fs::write(&unit_file, &unit).unwrap();
+    match Command::new("systemd-analyze")
+        .args(["verify", unit_file.to_str().unwrap()])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "systemd-analyze missing under CI=true"
+            );
+            eprintln!("SKIPPING systemd-analyze: not installed");
+        }
+    }
+    let plist = dw(&[
+        "service",
+        "install",
+        "--print",
+        "macos",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let plist_file = w.path("io.dataweaver.agent.plist");
+    std::fs::write(&plist_file, &plist).unwrap();
+    let check = "import plistlib,sys; p=plistlib.load(open(sys.argv[1],'rb')); \
+                 assert p['Label']=='io.dataweaver.agent', p; \
+                 assert p['ProgramArguments'][1:3]==['agent','--config'], p; \
+                 assert p['KeepAlive']=={'SuccessfulExit': False}, p";
+    let out = Command::new("python3")
+        .args(["-c", check, plist_file.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "plist: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Ok(out) = Command::new("plutil")
+        .args(["-lint", plist_file.to_str().unwrap()])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "plutil: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // A broken config is refused at install: the service would fail at its first start.
+    std::fs::write(w.path("bad.toml"), "data_dir = 1\n").unwrap();
+    let out = Command::new(bin())
+        .args(["service", "install", "--print", "--config"])
+        .arg(w.path("bad.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data_dir"));
+}
+
+/// The Grafana dashboard and the alert rules in `packaging/` use only metrics an agent
+/// exports (checked against a live `/metrics`), the rules pass `promtool check rules`, and
+/// their unit tests (`alerts_test.yml`: fire on the series they are about, not before) pass.
+#[test]
+fn dashboard_and_alerts_use_metrics_the_agent_exports() {
+    let Some(module) = guest("passthrough_rust") else {
+        return;
+    };
+    let w = World::new();
+    let admin = tcp_port();
+    std::fs::create_dir_all(w.path("input")).unwrap();
+    agent_config_pipelines(
+        &w,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[pipelines]]\nname = \"app\"\n\n[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/a*.log\"]\npoll_interval_ms = 20\n\n[[pipelines.transforms]]\nmodule = \"{}\"\n",
+            module.display()
+        ),
+    );
+    let _sink = w.sink();
+    let _agent = w.agent_as_configured();
+    wait_http(admin, "/health", 200);
+    LineWriter::new(&w.path("input/a.log"), 10).write(10);
+    wait_for_output(&w.output_dir(), 10, Duration::from_secs(30));
+    let (_, text) = http_get(admin, "/metrics");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let dashboard = std::fs::read_to_string(root.join("grafana/dataweaver.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let rules = std::fs::read_to_string(root.join("prometheus/alerts.yml")).unwrap();
+    exprs.push(rules);
+    // Only MQTT sources have reconnects; everything else must be in this agent's output.
+    let elsewhere = ["dataweaver_source_reconnects_total"];
+    let mut checked = 0;
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("dataweaver_"))
+        {
+            let base = name.strip_suffix("_bucket").unwrap_or(name);
+            if elsewhere.contains(&base) {
+                continue;
+            }
+            assert!(
+                text.lines().any(|l| l.starts_with(base)),
+                "{name} (used by the dashboard or the alerts) is not exported:\n{text}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} metric uses checked");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        match Command::new("promtool")
+            .args(&args)
+            .current_dir(root.join("prometheus"))
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "promtool {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(_) => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "promtool missing under CI=true"
+                );
+                eprintln!("SKIPPING promtool: not installed");
+                return;
+            }
+        }
+    }
+}

@@ -178,6 +178,15 @@ impl Stage {
             &[("pipeline", pipeline), ("transform", &module.settings.name)],
         );
         let instance = Instance::new(module.clone())?;
+        // Failure counters exist from the start, at 0: an alert on their rate needs a series.
+        for kind in [
+            Failure::Deadline,
+            Failure::Memory,
+            Failure::Trap,
+            Failure::Invalid,
+        ] {
+            counters.counter(&format!("{prefix}.{}", kind.as_str()));
+        }
         let slot = Arc::new(SwapSlot::default());
         slot.set_active(&module);
         Ok(Stage {
