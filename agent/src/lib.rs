@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! The data path reads top to bottom:
-//! - [`source`]: where records come from (file tail today).
+//! - [`source`]: where records come from (files, syslog lines, HTTP, MQTT, stdin, host metrics).
 //! - [`transform`]: the per-pipeline transform chain (the WASM host plugs in here).
 //! - [`queue`]: the crash-safe redb queue; a record is acknowledged to its source only
 //!   after its commit.
@@ -10,8 +10,9 @@
 //! - [`sink`]: the receiving end: journal, de-duplication, outputs.
 //!
 //! Around it: [`record`] (the unit of data), [`wire`] (the protocol), [`tls`] (certificates
-//! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue) and
-//! [`agent`] (starting and stopping it all in order).
+//! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue),
+//! [`agent`] (starting and stopping it all in order), [`control`] (signed transform
+//! modules pushed through the sink) and [`admin`] (metrics, health, readiness, status).
 
 pub mod admin;
 pub mod agent;
