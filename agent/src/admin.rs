@@ -347,10 +347,12 @@ impl View for AgentView {
     }
 }
 
-/// The sink's view: its counters.
+/// The sink's view: its counters and its journal's health.
 pub struct SinkView {
     /// The sink's counters.
     pub counters: Arc<Counters>,
+    /// The journal (unready while its storage fails).
+    pub journal: crate::sink::Journal,
     /// Config reload, when supported.
     pub reload: Option<ReloadFn>,
     /// When the sink started.
@@ -369,10 +371,19 @@ impl View for SinkView {
             "Agent connections open now",
             opened.saturating_sub(closed) as i64,
         );
+        gauge(
+            &mut reg,
+            "sink_journal_failing",
+            "1 while the journal's storage fails and batches are refused",
+            i64::from(self.journal.failing()),
+        );
         render(&reg)
     }
 
     fn ready(&self) -> Result<(), String> {
+        if self.journal.failing() {
+            return Err("journal storage is failing (disk full?); batches are refused".into());
+        }
         Ok(())
     }
 
@@ -383,7 +394,7 @@ impl View for SinkView {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
             "counters": counters,
-            "ready": "ready",
+            "ready": self.ready().err().unwrap_or_else(|| "ready".into()),
         })
     }
 

@@ -289,7 +289,13 @@ fn sink_full_disk_recovers_and_loses_nothing() {
         vec![0u8; (15 << 20) + (512 << 10)],
     )
     .unwrap();
-    let mut sink = w.sink();
+    // The sink's admin endpoint reports the failing journal on /ready.
+    let admin = tcp_port();
+    let config = w.sink_config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut sink = Proc::start("sink", &config, &w.path("sink.log"));
     let _agent = w.agent();
     let mut lines = LineWriter::new(&w.path("input/app.log"), 200);
     let n = 40_000;
@@ -306,6 +312,9 @@ fn sink_full_disk_recovers_and_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let (code, body) = http_get(admin, "/ready");
+    assert_eq!(code, 503, "sink unready while its journal fails: {body}");
+    assert!(body.contains("journal storage is failing"), "{body}");
     std::fs::remove_file(w.path("sink/data/filler")).unwrap();
     let out = wait_for_output(&w.output_dir(), n, WAIT);
     assert_exactly_once_in_order(&out, n);
@@ -315,4 +324,5 @@ fn sink_full_disk_recovers_and_loses_nothing() {
     );
     let log = std::fs::read_to_string(w.path("sink.log")).unwrap();
     assert!(log.contains("journal storage recovered"), "{log}");
+    assert_eq!(http_get(admin, "/ready").0, 200, "ready again");
 }

@@ -119,6 +119,8 @@ struct Store {
     path: PathBuf,
     /// `None` only while being reopened; readers hold the read guard for their transaction.
     db: RwLock<Option<Database>>,
+    /// A commit failed and the file is not yet reopened: batches are refused meanwhile.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -162,6 +164,7 @@ impl Journal {
         let store = Arc::new(Store {
             path,
             db: RwLock::new(Some(database)),
+            failing: Default::default(),
         });
         let (changed_tx, changed) = watch::channel(0);
         let (tx, rx) = mpsc::channel(256);
@@ -184,6 +187,14 @@ impl Journal {
             tx,
             changed,
         })
+    }
+
+    /// Whether storage is failing (the last commit failed; cleared by the next one that
+    /// succeeds): batches are refused meanwhile (the sink's `/ready` says so).
+    pub fn failing(&self) -> bool {
+        self.store
+            .failing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Random id of this journal file, told to agents in `Welcome`.
@@ -539,6 +550,9 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                self.store
+                    .failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 self.hwm = hwm;
                 self.confirmed = confirmed;
                 self.next = next;
@@ -572,6 +586,8 @@ impl Writer {
 
     /// Closes and reopens the file until that works, refusing what arrives meanwhile.
     fn recover(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.store.failing.store(true, Relaxed);
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             let deadline = std::time::Instant::now() + delay;
@@ -586,6 +602,8 @@ impl Writer {
             }
             match self.reopen() {
                 Ok(()) => {
+                    // Still `failing` until a commit goes through: reopening works on a
+                    // full disk too.
                     tracing::warn!("journal storage recovered");
                     self.generation += 1;
                     self.changed.send_replace(self.generation);

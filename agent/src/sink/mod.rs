@@ -137,6 +137,7 @@ impl Sink {
         let admin_task = admin.enabled.then(|| {
             let view = crate::admin::SinkView {
                 counters: counters.clone(),
+                journal: journal.clone(),
                 reload,
                 started: std::time::Instant::now(),
             };
