@@ -298,9 +298,17 @@ impl View for AgentView {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.queue
+        let st = self
+            .queue
             .stats()
             .map_err(|e| format!("queue unreadable: {e}"))?;
+        let max = self.queue.max_bytes();
+        if st.bytes >= max / 10 * 9 {
+            return Err(format!(
+                "queue at {} of {max} bytes: buffering beyond its limits",
+                st.bytes
+            ));
+        }
         match self.forward.down_for() {
             Some(d) if d > self.ready_sink_down => Err(format!(
                 "no sink reachable for {} s (limit {} s)",

@@ -163,6 +163,28 @@ fn ready_follows_the_sink() {
     wait_http(admin, "/ready", 200);
 }
 
+/// `/ready` also turns unready when the queue is nearly full (buffering beyond its
+/// limits), even while the sink-down threshold has not passed.
+#[test]
+fn ready_turns_unready_when_the_queue_is_nearly_full() {
+    let w = World::new();
+    let admin = tcp_port();
+    std::fs::create_dir_all(w.path("input")).unwrap();
+    agent_config_pipelines(
+        &w,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\nready_sink_down_secs = 3600\n\n[queue]\nmax_bytes = 200000\n\n[[pipelines]]\nname = \"app\"\n\n[[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/a*.log\"]\npoll_interval_ms = 20\n"
+        ),
+    );
+    let _agent = w.agent_as_configured();
+    wait_http(admin, "/ready", 200);
+    LineWriter::new(&w.path("input/a.log"), 200).write(5000);
+    let body = wait_http(admin, "/ready", 503);
+    assert!(body.contains("buffering beyond its limits"), "{body}");
+    let _sink = w.sink();
+    wait_http(admin, "/ready", 200);
+}
+
 /// Reload: SIGHUP with a new source starts reading it; `POST /reload` with a broken config
 /// is refused with the error and the agent keeps going.
 #[test]
