@@ -192,6 +192,10 @@ enum TransformCommand {
         /// NDJSON records for the agents' self-check (default: their recent input).
         #[arg(long)]
         vectors: Option<PathBuf>,
+        /// Only this agent (its certificate name); repeat for several. A canary: the
+        /// others keep what they run until a push without `--agent`.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
     },
     /// Return the agents of a pipeline to the version before the current one.
     Rollback {
@@ -430,6 +434,7 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
             key,
             signature,
             vectors,
+            agents,
         } => {
             let bytes = read(&module)?;
             let sig = match (key, signature) {
@@ -454,6 +459,7 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
                 action: "push".into(),
                 pipeline,
                 offer: Some(offer),
+                agents,
             };
             return request(&admin, req);
         }
@@ -461,7 +467,7 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
             let req = AdminRequest {
                 action: "rollback".into(),
                 pipeline,
-                offer: None,
+                ..Default::default()
             };
             return request(&admin, req);
         }

@@ -416,3 +416,67 @@ fn wait_until_all_accounted(w: &World, n: usize, agent: &mut Proc) -> Vec<String
         *agent = w.agent_as_configured();
     }
 }
+
+/// A push with `--agent` is a canary: only that agent takes it; the other keeps v1, also
+/// across a reconnect, until a push for everyone.
+#[test]
+fn a_push_for_one_agent_reaches_only_that_agent() {
+    let Some(ops) = setup("") else { return };
+    let w = &ops.w;
+    let certs = w.certs();
+    dw(&[
+        "certs",
+        "issue",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--name",
+        "edge-2",
+    ]);
+    // A second agent: its own data directory, input and certificate.
+    let one = std::fs::read_to_string(w.path("agent.toml")).unwrap();
+    let two = one
+        .replace("agent/data", "agent2/data")
+        .replace("edge-1", "edge-2")
+        .replace("input/*.log", "input2/*.log");
+    std::fs::write(w.path("agent2.toml"), two).unwrap();
+    std::fs::create_dir_all(w.path("input2")).unwrap();
+    let _sink = w.sink();
+    let _a1 = w.agent_as_configured();
+    let mut a2 = Proc::start("agent", &w.path("agent2.toml"), &w.path("agent2.log"));
+    ops.wait_status("edge-2");
+    ops.wait_status("edge-1");
+    let v2 = guest("passthrough_c").unwrap();
+    let out = ops.push(&v2, "v2", "ops", &["--agent", "edge-2"]);
+    assert!(out.contains("for agents edge-2"), "{out}");
+    assert!(out.contains("offered to 1 connected agent"), "{out}");
+    ops.wait_status("accepted v2");
+    // edge-2 reconnects: nothing new for it; edge-1 was never offered v2.
+    a2.kill9();
+    let _a2 = Proc::start("agent", &w.path("agent2.toml"), &w.path("agent2.log"));
+    let write = |dir: &str, from: usize| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(w.path(&format!("{dir}/app.log")))
+            .unwrap();
+        for i in from..from + 50 {
+            writeln!(f, r#"{{"i":{i}}}"#).unwrap();
+        }
+    };
+    write("input", 0);
+    write("input2", 50);
+    let tags = versions(w, 100);
+    assert!(
+        tags[..50].iter().all(|t| !t.contains("@v")),
+        "edge-1 kept v1: {:?}",
+        &tags[..3]
+    );
+    assert!(
+        tags[50..].iter().all(|t| t == "t@v2"),
+        "edge-2 runs v2: {:?}",
+        &tags[50..53]
+    );
+    let s = ops.status();
+    let edge1 = s.lines().find(|l| l.starts_with("edge-1")).unwrap_or("");
+    assert!(!edge1.contains("v2"), "edge-1 never heard of v2: {s}");
+}

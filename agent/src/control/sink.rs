@@ -38,6 +38,9 @@ struct Pushed {
     #[serde(with = "serde_bytes")]
     vectors: Vec<u8>,
     at_ms: u64,
+    /// Only these agents (empty: all).
+    #[serde(default)]
+    agents: Vec<String>,
 }
 
 /// What a pipeline should run. CBOR; do not reorder.
@@ -59,6 +62,11 @@ struct Status {
 }
 
 impl Pushed {
+    /// Whether this push is for `agent`.
+    fn selects(&self, agent: &str) -> bool {
+        self.agents.is_empty() || self.agents.iter().any(|a| a == agent)
+    }
+
     fn offer(&self, pipeline: &str) -> ModuleOffer {
         ModuleOffer {
             pipeline: pipeline.into(),
@@ -220,7 +228,7 @@ impl ControlPlane {
             .await?;
             let d = self.desired(&t.pipeline).await?;
             match d.current {
-                Some(cur) if cur.sha256 != t.sha256 => {
+                Some(cur) if cur.sha256 != t.sha256 && cur.selects(&agent) => {
                     let _ = tx.send(cur.offer(&t.pipeline));
                 }
                 None if d.configured && t.pushed => {
@@ -288,12 +296,14 @@ impl ControlPlane {
         }
     }
 
-    /// Offers `offer` to every connected agent running `pipeline`; how many.
-    fn broadcast(&self, pipeline: &str, offer: &ModuleOffer) -> usize {
+    /// Offers `offer` to every connected agent running `pipeline` (only those in `only`,
+    /// if any); how many.
+    fn broadcast(&self, pipeline: &str, offer: &ModuleOffer, only: &[String]) -> usize {
         self.agents()
-            .values()
-            .filter(|c| c.pipelines.iter().any(|p| p == pipeline))
-            .filter(|c| c.tx.send(offer.clone()).is_ok())
+            .iter()
+            .filter(|(id, _)| only.is_empty() || only.contains(id))
+            .filter(|(_, c)| c.pipelines.iter().any(|p| p == pipeline))
+            .filter(|(_, c)| c.tx.send(offer.clone()).is_ok())
             .count()
     }
 
@@ -328,6 +338,7 @@ impl ControlPlane {
             key: o.key.clone(),
             vectors: o.vectors.clone(),
             at_ms: now_ms(),
+            agents: req.agents.clone(),
         };
         let mut d = self.desired(&o.pipeline).await?;
         if d.current
@@ -339,12 +350,17 @@ impl ControlPlane {
         d.current = Some(pushed);
         d.configured = false;
         self.set_desired(&o.pipeline, d).await?;
-        let n = self.broadcast(&o.pipeline, &o);
-        tracing::info!(pipeline = %o.pipeline, version = %o.version, agents = n, "transform pushed");
+        let n = self.broadcast(&o.pipeline, &o, &req.agents);
+        tracing::info!(pipeline = %o.pipeline, version = %o.version, agents = n, only = ?req.agents, "transform pushed");
+        let to = if req.agents.is_empty() {
+            String::new()
+        } else {
+            format!(" for agents {}", req.agents.join(", "))
+        };
         Ok(reply(
             true,
             format!(
-                "{} for pipeline `{}` stored; offered to {n} connected agent(s), later ones get it when they connect",
+                "{} for pipeline `{}`{to} stored; offered to {n} connected agent(s), later ones get it when they connect",
                 o.version, o.pipeline
             ),
         ))
@@ -357,12 +373,16 @@ impl ControlPlane {
         let mut d = self.desired(pipeline).await?;
         d.current = d.previous.take();
         d.configured = d.current.is_none();
-        let (now, order) = match &d.current {
-            Some(c) => (c.version.clone(), c.offer(pipeline)),
-            None => ("the configured module".to_string(), revert_order(pipeline)),
+        let (now, order, only) = match &d.current {
+            Some(c) => (c.version.clone(), c.offer(pipeline), c.agents.clone()),
+            None => (
+                "the configured module".to_string(),
+                revert_order(pipeline),
+                Vec::new(),
+            ),
         };
         self.set_desired(pipeline, d).await?;
-        let n = self.broadcast(pipeline, &order);
+        let n = self.broadcast(pipeline, &order, &only);
         tracing::info!(%pipeline, agents = n, "transform rollback sent");
         Ok(reply(
             true,
@@ -388,10 +408,7 @@ impl ControlPlane {
                 for e in m.iter().map_err(db_err)? {
                     let (k, v) = e.map_err(db_err)?;
                     let d: Desired = decode(Some(v.value()));
-                    desired.insert(
-                        k.value().to_string(),
-                        d.current.map(|c| c.version).unwrap_or_default(),
-                    );
+                    desired.insert(k.value().to_string(), d.current);
                 }
                 Ok((rows, desired))
             })
@@ -409,7 +426,12 @@ impl ControlPlane {
                     reason: st.reason,
                     at_ms: st.at_ms,
                     connected: agents.contains_key(agent),
-                    desired_version: desired.get(pipeline).cloned().unwrap_or_default(),
+                    desired_version: desired
+                        .get(pipeline)
+                        .and_then(|c| c.as_ref())
+                        .filter(|c| c.selects(agent))
+                        .map(|c| c.version.clone())
+                        .unwrap_or_default(),
                 })
             })
             .collect();

@@ -177,6 +177,9 @@ pub struct AdminRequest {
     /// The module (push).
     #[prost(message, optional, tag = "3")]
     pub offer: Option<ModuleOffer>,
+    /// Only these agents (push); empty: every agent running the pipeline.
+    #[prost(string, repeated, tag = "4")]
+    pub agents: Vec<String>,
 }
 
 /// The sink's answer to an admin request.
