@@ -229,7 +229,60 @@ fn config_reloads_on_sighup_and_refuses_a_broken_one() {
     assert_exactly_once(&out, 300);
     let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
     assert!(log.contains("config reload: new config valid"), "{log}");
+    // And a valid one over HTTP: back to `a` only; `b` lines written now stay unread.
+    std::fs::write(w.path("agent.toml"), &good).unwrap();
+    wait_http(admin, "/health", 200);
+    let (code, body) = http_post(admin, "/reload", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    wait_http(admin, "/health", 200);
+    b.write(10);
+    a.next = 300;
+    a.write(10);
+    let out = wait_for_output(&w.output_dir(), 310, Duration::from_secs(30));
+    assert_eq!(
+        out.len(),
+        310,
+        "the b lines written after the reload are not read"
+    );
     drop(agent);
+}
+
+/// Logs to a rotating file when `[log] file` is set (and not to stderr).
+#[test]
+fn logs_go_to_a_rotating_file() {
+    let w = World::new();
+    let admin = tcp_port();
+    agent_with_admin(
+        &w,
+        admin,
+        "[log]\nfile = \"logs/agent.log\"\nrotate = \"daily\"\nkeep = 3\n",
+    );
+    let _sink = w.sink();
+    let mut agent = w.agent_as_configured();
+    wait_http(admin, "/health", 200);
+    sigterm(&mut agent);
+    let files: Vec<_> = std::fs::read_dir(w.path("logs"))
+        .expect("logs directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("agent.log."),
+        "dated for daily rotation: {name}"
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.contains("queue open") && text.contains("agent stopped"),
+        "{text}"
+    );
+    let stderr = std::fs::read_to_string(w.path("agent.log")).unwrap_or_default();
+    assert!(
+        !stderr.contains("queue open"),
+        "nothing on stderr: {stderr}"
+    );
 }
 
 /// Logs as JSON lines with the fields Elasticsearch / Loki expect.
