@@ -62,6 +62,53 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Runs the checker `tool` (promtool, systemd-analyze) with `args`, `stdin` fed in, in `dir`,
+/// and asserts it succeeds (for systemd-analyze also: says nothing). Returns false, with a
+/// note, where the tool is not installed; under `CI=true` that is a failure.
+fn check_with(
+    tool: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    dir: Option<&std::path::Path>,
+) -> bool {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{tool} missing under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPING {tool}: not installed");
+        return false;
+    };
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let quiet = tool != "systemd-analyze" || out.stderr.is_empty();
+    assert!(
+        out.status.success() && quiet,
+        "{tool} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 /// 1. and 6. `/metrics` counts what the test sent and passes `promtool check metrics`;
 ///    `status --once` prints the same figures.
 #[test]
@@ -111,32 +158,7 @@ fn metrics_match_what_was_sent_and_pass_promtool() {
     );
     assert!(text.contains("dataweaver_queue_depth_records"), "{text}");
     assert!(text.contains("dataweaver_build_info{version="), "{text}");
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    match promtool {
-        Ok(mut p) => {
-            use std::io::Write;
-            p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-            let out = p.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "promtool missing under CI=true (Debian package prometheus)"
-            );
-            eprintln!("SKIPPING promtool: not installed (apt-get install prometheus)");
-        }
-    }
+    check_with("promtool", &["check", "metrics"], Some(&text), None);
     let out = dw(&["status", "--admin", &format!("127.0.0.1:{admin}"), "--once"]);
     assert!(out.contains("DataWeaver agent"), "{out}");
     assert!(out.contains("connected"), "{out}");
@@ -374,23 +396,12 @@ fn service_definitions_pass_their_checkers() {
     );
     let unit_file = w.path("dataweaver-agent.service");
     std::fs::write(&unit_file, &unit).unwrap();
-    match Command::new("systemd-analyze")
-        .args(["verify", unit_file.to_str().unwrap()])
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "systemd-analyze verify: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "systemd-analyze missing under CI=true"
-            );
-            eprintln!("SKIPPING systemd-analyze: not installed");
-        }
-    }
+    check_with(
+        "systemd-analyze",
+        &["verify", unit_file.to_str().unwrap()],
+        None,
+        None,
+    );
     let plist = dw(&[
         "service",
         "install",
@@ -490,29 +501,13 @@ fn dashboard_and_alerts_use_metrics_the_agent_exports() {
         }
     }
     assert!(checked > 20, "{checked} metric uses checked");
+    let dir = root.join("prometheus");
     for args in [
-        vec!["check", "rules", "alerts.yml"],
-        vec!["test", "rules", "alerts_test.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
     ] {
-        match Command::new("promtool")
-            .args(&args)
-            .current_dir(root.join("prometheus"))
-            .output()
-        {
-            Ok(out) => assert!(
-                out.status.success(),
-                "promtool {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(_) => {
-                assert!(
-                    std::env::var("CI").is_err(),
-                    "promtool missing under CI=true"
-                );
-                eprintln!("SKIPPING promtool: not installed");
-                return;
-            }
+        if !check_with("promtool", &args, None, Some(&dir)) {
+            return;
         }
     }
 }
