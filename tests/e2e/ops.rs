@@ -62,7 +62,7 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Runs the checker `tool` (promtool, systemd-analyze) with `args`, `stdin` fed in, in `dir`,
+/// Runs the checker `tool` (promtool, systemd-analyze, python3) with `args`, `stdin` fed in, in `dir`,
 /// and asserts it succeeds (for systemd-analyze also: says nothing). Returns false, with a
 /// note, where the tool is not installed; under `CI=true` that is a failure.
 fn check_with(
@@ -416,14 +416,11 @@ fn service_definitions_pass_their_checkers() {
                  assert p['Label']=='io.dataweaver.agent', p; \
                  assert p['ProgramArguments'][1:3]==['agent','--config'], p; \
                  assert p['KeepAlive']=={'SuccessfulExit': False}, p";
-    let out = Command::new("python3")
-        .args(["-c", check, plist_file.to_str().unwrap()])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "plist: {}",
-        String::from_utf8_lossy(&out.stderr)
+    check_with(
+        "python3",
+        &["-c", check, plist_file.to_str().unwrap()],
+        None,
+        None,
     );
     if let Ok(out) = Command::new("plutil")
         .args(["-lint", plist_file.to_str().unwrap()])
