@@ -588,10 +588,12 @@ fn init_logging(
     cfg: &config::LogConfig,
 ) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    let filter = std::env::var("RUST_LOG")
+    let chosen = std::env::var("RUST_LOG")
         .ok()
         .filter(|f| !f.is_empty())
-        .or_else(|| cli.map(String::from))
+        .or_else(|| cli.map(String::from));
+    let overridden = chosen.is_some();
+    let filter = chosen
         .or_else(|| cfg.level.clone())
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
@@ -628,14 +630,52 @@ fn init_logging(
         .with_env_filter(filter)
         .with_writer(writer);
     match cfg.format {
-        config::LogFormat::Human => builder.with_ansi(ansi).init(),
-        config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        config::LogFormat::Human => {
+            let b = builder.with_ansi(ansi).with_filter_reloading();
+            keep_filter_handle(b.reload_handle(), overridden);
+            b.init()
+        }
+        config::LogFormat::Json => {
+            let b = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_filter_reloading();
+            keep_filter_handle(b.reload_handle(), overridden);
+            b.init()
+        }
     }
     Ok(guard)
+}
+
+/// Sets the log filter; `None` when `RUST_LOG` or `--log` chose it (they win over configs).
+type FilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_FILTER: std::sync::OnceLock<Option<FilterSetter>> = std::sync::OnceLock::new();
+
+fn keep_filter_handle<S: 'static>(
+    h: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+    overridden: bool,
+) {
+    let setter: Option<FilterSetter> = (!overridden).then(|| {
+        Box::new(move |f: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+            h.reload(filter).map_err(|e| e.to_string())
+        }) as FilterSetter
+    });
+    let _ = LOG_FILTER.set(setter);
+}
+
+/// After a config reload: the new `log.level` takes effect (unless `RUST_LOG` or `--log`
+/// set the filter). Format and file stay as they were until the next start.
+pub fn apply_log_level(level: Option<&str>) {
+    if let Some(Some(set)) = LOG_FILTER.get() {
+        let level = level.unwrap_or("info");
+        match set(level) {
+            Ok(()) => tracing::info!(%level, "log level from the reloaded config"),
+            Err(e) => tracing::warn!(%level, error = %e, "log level not changed"),
+        }
+    }
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix (how service managers stop us).

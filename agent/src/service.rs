@@ -5,7 +5,8 @@
 //! error is logged, or returned to the HTTP caller) and the running one stays. A valid one
 //! stops the running agent or sink the way SIGTERM does (sources commit, the forwarder
 //! drains, the queue writer flushes) and starts it again with the new config; the queue,
-//! checkpoints and journal carry over. Log settings apply from the next start.
+//! checkpoints and journal carry over. A new `log.level` applies at once; log format and
+//! file from the next start.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -88,7 +89,10 @@ pub async fn run_agent(path: PathBuf) -> anyhow::Result<()> {
         hup.abort();
         let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
         match new {
-            Some(c) if !exit.is_cancelled() => cfg = c,
+            Some(c) if !exit.is_cancelled() => {
+                crate::cli::apply_log_level(c.log.level.as_deref());
+                cfg = c;
+            }
             _ => return Ok(()),
         }
     }
@@ -118,7 +122,10 @@ pub async fn run_sink(path: PathBuf) -> anyhow::Result<()> {
         hup.abort();
         let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
         match new {
-            Some(c) if !exit.is_cancelled() => cfg = c,
+            Some(c) if !exit.is_cancelled() => {
+                crate::cli::apply_log_level(c.log.level.as_deref());
+                cfg = c;
+            }
             _ => return Ok(()),
         }
     }

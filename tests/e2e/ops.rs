@@ -508,3 +508,48 @@ fn dashboard_and_alerts_use_metrics_the_agent_exports() {
         }
     }
 }
+
+/// `[log] level` comes from the config when neither `RUST_LOG` nor `--log` is set, and a
+/// reload applies a new one at once.
+#[test]
+fn log_level_follows_the_config_across_a_reload() {
+    let w = World::new();
+    let admin = tcp_port();
+    agent_with_admin(&w, admin, "[log]\nlevel = \"warn\"\n");
+    let _sink = w.sink();
+    let log = std::fs::File::create(w.path("agent.log")).unwrap();
+    let mut agent = Proc {
+        child: Command::new(bin())
+            .args(["agent", "--config", w.path("agent.toml").to_str().unwrap()])
+            .env_remove("DATAWEAVER_LOG")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    wait_http(admin, "/health", 200);
+    let text = std::fs::read_to_string(w.path("agent.log")).unwrap();
+    assert!(!text.contains("queue open"), "info hidden at warn:\n{text}");
+    let cfg = std::fs::read_to_string(w.path("agent.toml")).unwrap();
+    std::fs::write(
+        w.path("agent.toml"),
+        cfg.replace("level = \"warn\"", "level = \"info\""),
+    )
+    .unwrap();
+    let (code, body) = http_post(admin, "/reload", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(w.path("agent.log")).unwrap();
+        if text.contains("queue open") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "info never shown:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm(&mut agent);
+}
