@@ -76,6 +76,21 @@ fn exit_token() -> CancellationToken {
     exit
 }
 
+/// The config to run next: the reloaded one (its log level applied), unless the process
+/// is exiting.
+fn take_next<C>(
+    next: &Mutex<Option<C>>,
+    exit: &CancellationToken,
+    log: impl Fn(&C) -> &config::LogConfig,
+) -> Option<C> {
+    let new = next.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    if exit.is_cancelled() {
+        return None;
+    }
+    crate::cli::apply_log_level(log(&new).level.as_deref());
+    Some(new)
+}
+
 /// Runs the agent from `path` until SIGTERM, restarting it on a valid reload.
 pub async fn run_agent(path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = config::load_agent(&path)?;
@@ -87,13 +102,9 @@ pub async fn run_agent(path: PathBuf) -> anyhow::Result<()> {
         let hup = on_sighup(reload.clone());
         agent::run_with(cfg, either(stop, exit.clone()), Some(reload)).await?;
         hup.abort();
-        let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match new {
-            Some(c) if !exit.is_cancelled() => {
-                crate::cli::apply_log_level(c.log.level.as_deref());
-                cfg = c;
-            }
-            _ => return Ok(()),
+        match take_next(&next, &exit, |c| &c.log) {
+            Some(c) => cfg = c,
+            None => return Ok(()),
         }
     }
 }
@@ -120,13 +131,9 @@ pub async fn run_sink(path: PathBuf) -> anyhow::Result<()> {
         }
         s.run(both).await;
         hup.abort();
-        let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match new {
-            Some(c) if !exit.is_cancelled() => {
-                crate::cli::apply_log_level(c.log.level.as_deref());
-                cfg = c;
-            }
-            _ => return Ok(()),
+        match take_next(&next, &exit, |c| &c.log) {
+            Some(c) => cfg = c,
+            None => return Ok(()),
         }
     }
 }

@@ -31,6 +31,30 @@ poll_interval_ms = 20
     );
 }
 
+/// A test world with a sink and an agent whose admin endpoint (and `extra` config, see
+/// [`agent_with_admin`]) answers.
+struct Running {
+    w: World,
+    admin: u16,
+    _sink: Proc,
+    agent: Proc,
+}
+
+fn start_with_admin(extra: &str) -> Running {
+    let w = World::new();
+    let admin = tcp_port();
+    agent_with_admin(&w, admin, extra);
+    let sink = w.sink();
+    let agent = w.agent_as_configured();
+    wait_http(admin, "/health", 200);
+    Running {
+        w,
+        admin,
+        _sink: sink,
+        agent,
+    }
+}
+
 /// Waits until `GET path` answers `status`; returns the body.
 fn wait_http(port: u16, path: &str, status: u16) -> String {
     let start = Instant::now();
@@ -113,12 +137,8 @@ fn check_with(
 ///    `status --once` prints the same figures.
 #[test]
 fn metrics_match_what_was_sent_and_pass_promtool() {
-    let w = World::new();
-    let admin = tcp_port();
-    agent_with_admin(&w, admin, "");
-    let _sink = w.sink();
-    let _agent = w.agent_as_configured();
-    wait_http(admin, "/health", 200);
+    let r = start_with_admin("");
+    let (w, admin) = (&r.w, r.admin);
     let mut lines = LineWriter::new(&w.path("input/a.log"), 60);
     lines.write(1000);
     wait_for_output(&w.output_dir(), 1000, Duration::from_secs(60));
@@ -211,12 +231,8 @@ fn ready_turns_unready_when_the_queue_is_nearly_full() {
 /// is refused with the error and the agent keeps going.
 #[test]
 fn config_reloads_on_sighup_and_refuses_a_broken_one() {
-    let w = World::new();
-    let admin = tcp_port();
-    agent_with_admin(&w, admin, "");
-    let _sink = w.sink();
-    let agent = w.agent_as_configured();
-    wait_http(admin, "/health", 200);
+    let r = start_with_admin("");
+    let (w, admin) = (&r.w, r.admin);
     let mut a = LineWriter::new(&w.path("input/a.log"), 10);
     a.write(100);
     wait_for_output(&w.output_dir(), 100, Duration::from_secs(30));
@@ -241,7 +257,7 @@ fn config_reloads_on_sighup_and_refuses_a_broken_one() {
     .unwrap();
     // SAFETY: kill(2) with a pid we spawned and still own.
     unsafe {
-        libc::kill(agent.pid() as i32, libc::SIGHUP);
+        libc::kill(r.agent.pid() as i32, libc::SIGHUP);
     }
     a.write(100);
     let mut b = LineWriter::new(&w.path("input/b.log"), 10);
@@ -270,7 +286,6 @@ fn config_reloads_on_sighup_and_refuses_a_broken_one() {
         310,
         "the b lines written after the reload are not read"
     );
-    drop(agent);
 }
 
 /// Logs to a rotating file when `[log] file` is set (and not to stderr).
@@ -313,13 +328,9 @@ fn logs_go_to_a_rotating_file() {
 /// Logs as JSON lines with the fields Elasticsearch / Loki expect.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let w = World::new();
-    let admin = tcp_port();
-    agent_with_admin(&w, admin, "[log]\nformat = \"json\"\n");
-    let _sink = w.sink();
-    let mut agent = w.agent_as_configured();
-    wait_http(admin, "/health", 200);
-    sigterm(&mut agent);
+    let mut r = start_with_admin("[log]\nformat = \"json\"\n");
+    let w = &r.w;
+    sigterm(&mut r.agent);
     let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
     let mut n = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
@@ -338,12 +349,8 @@ fn json_logs_are_one_object_per_line() {
 ///    neither loses nor repeats a line.
 #[test]
 fn sigterm_under_load_exits_quickly_and_loses_nothing() {
-    let w = World::new();
-    let admin = tcp_port();
-    agent_with_admin(&w, admin, "");
-    let _sink = w.sink();
-    let mut agent = w.agent_as_configured();
-    wait_http(admin, "/health", 200);
+    let mut r = start_with_admin("");
+    let w = &r.w;
     let n = 30_000;
     let writer = {
         let path = w.path("input/a.log");
@@ -357,7 +364,7 @@ fn sigterm_under_load_exits_quickly_and_loses_nothing() {
     };
     std::thread::sleep(Duration::from_millis(400));
     let start = Instant::now();
-    sigterm(&mut agent);
+    sigterm(&mut r.agent);
     let took = start.elapsed();
     assert!(took < Duration::from_secs(5), "agent took {took:?} to stop");
     eprintln!("agent stopped {took:?} after SIGTERM");
