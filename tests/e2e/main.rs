@@ -11,6 +11,7 @@ mod http;
 mod limits;
 mod mqtt;
 mod ops;
+mod regression;
 mod sources;
 mod tls;
 mod transform;

@@ -1,0 +1,1 @@
+//! Forwarder: cloned agents, failover timing, IPv6, shutdown (issue 12: 3, 8, 24, 25).

@@ -1,0 +1,1 @@
+//! Queue file: corruption, checksums, checkpoints (issue 12: 6, 10, 11).
