@@ -201,9 +201,13 @@ pub struct ForwardConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
-    /// QUIC idle timeout: a silent sink is given up after this long.
+    /// QUIC idle timeout: a silent sink is given up after this long (keep-alives go out
+    /// every third of it, so only a dead or cut-off sink times out).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// Longest wait for a sink's QUIC/TLS handshake; a dead sink costs this much per attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
     /// A sink that has not acknowledged the oldest batch in flight after this long is
     /// treated as failed (reconnect, or fail over).
     #[serde(default = "default_ack_timeout")]
@@ -684,11 +688,17 @@ fn default_reconnect_min() -> u64 {
 fn default_reconnect_max() -> u64 {
     5_000
 }
+// The defaults leave a dead sink for the next one within 5 s: idle timeout (3 s) + one
+// more connect attempt (1 s) + back-offs (issue 12, defect 8). Links with a round trip near
+// a second (satellite) need a larger connect timeout.
 fn default_idle_timeout() -> u64 {
-    10_000
+    3_000
+}
+fn default_connect_timeout() -> u64 {
+    1_000
 }
 fn default_failover_after() -> u32 {
-    3
+    2
 }
 fn default_failback() -> u64 {
     300_000
@@ -841,6 +851,7 @@ impl AgentConfig {
         nonzero("forward.batch_max_records", f.batch_max_records)?;
         nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
         nonzero("forward.ack_timeout_ms", f.ack_timeout_ms as usize)?;
+        nonzero("forward.connect_timeout_ms", f.connect_timeout_ms as usize)?;
         nonzero("forward.failover_after", f.failover_after as usize)?;
         nonzero("forward.failback_after_ms", f.failback_after_ms as usize)?;
         // A batch (and so a single record) must fit in one wire frame.

@@ -1,7 +1,6 @@
 //! The operator's client: one admin request to a sink over QUIC, authenticated by a
 //! client certificate whose name the sink lists in `admins`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,8 +32,7 @@ pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, C
         .map_err(|e| err(&e))?
         .next()
         .ok_or_else(|| err(&"does not resolve"))?;
-    let endpoint =
-        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(|e| err(&e))?;
+    let endpoint = crate::forward::client_endpoint().map_err(|e| err(&e))?;
     let conn = endpoint
         .connect_with(client, addr, &t.server_name)
         .map_err(|e| err(&e))?

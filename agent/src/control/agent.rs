@@ -7,7 +7,6 @@
 //! accepted last, and a rolled-back version is not taken again when the sink re-offers it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -366,7 +365,7 @@ impl Control {
                 return;
             }
         };
-        let endpoint = match quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))) {
+        let endpoint = match crate::forward::client_endpoint() {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "control plane not started");
@@ -448,11 +447,14 @@ impl Control {
             .map_err(|e| e.to_string())?
             .next()
             .ok_or_else(|| format!("cannot resolve {addr}"))?;
-        let conn = endpoint
+        let connecting = endpoint
             .connect_with(client.clone(), sock, server_name)
-            .map_err(|e| e.to_string())?
-            .await
             .map_err(|e| e.to_string())?;
+        // A stop must not wait out the handshake with an unreachable sink.
+        let conn = tokio::select! {
+            c = connecting => c.map_err(|e| e.to_string())?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = AgentFrame {
             kind: Some(agent_frame::Kind::ControlHello(self.hello())),

@@ -75,7 +75,8 @@ pub struct Session {
     pub journal_id: String,
 }
 
-/// Connects to `addr` (its certificate verified for `server_name`) and opens a data stream:
+/// Connects to `addr` (its certificate verified for `server_name`, the handshake bounded by
+/// `connect_timeout`) and opens a data stream:
 /// `Hello` → `Welcome` → `Resolve` (with the marks `marks(journal_id)` returns: what this
 /// journal acked, as durably recorded, and what was delivered anywhere) → `Resolved`.
 /// Public so tests and tools can probe a sink exactly as an agent would.
@@ -84,13 +85,18 @@ pub async fn connect(
     client: quinn::ClientConfig,
     addr: SocketAddr,
     server_name: &str,
+    connect_timeout: Duration,
     queue_id: &str,
     marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(client, addr, server_name)
-        .map_err(|e| ForwardError::Connect(e.to_string()))?
+        .map_err(|e| ForwardError::Connect(e.to_string()))?;
+    // Without a bound the handshake waits out the whole QUIC idle timeout for a dead sink,
+    // and failover would take `failover_after` times that.
+    let conn = tokio::time::timeout(connect_timeout, connecting)
         .await
+        .map_err(|_| ForwardError::Connect(format!("no handshake within {connect_timeout:?}")))?
         .map_err(|e| ForwardError::Connect(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
@@ -236,7 +242,7 @@ impl Forwarder {
             Some((&cfg.tls.cert, &cfg.tls.key)),
             Duration::from_millis(cfg.idle_timeout_ms),
         )?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        let endpoint = client_endpoint()?;
         Ok(Forwarder {
             cfg,
             queue,
@@ -303,6 +309,11 @@ impl Forwarder {
                     tracing::warn!(sink = %target, error = %e, "sink connection ended");
                     // A sink that just restarted is worth a few tries before failing over:
                     // batches it may have committed are only recognised by it.
+                    // A session that timed out means the sink has been silent for a whole
+                    // idle timeout already: retrying it first would only add to the outage.
+                    if went_silent(&e) {
+                        here = here.max(self.cfg.failover_after);
+                    }
                     if here >= self.cfg.failover_after && sinks > 1 {
                         which += 1;
                         here = 0;
@@ -321,7 +332,9 @@ impl Forwarder {
             }
         }
         self.endpoint.close(0u32.into(), b"agent shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The close frame leaves at once; waiting out the draining period only delays a stop
+        // (by seconds when the sink is unreachable).
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
         tracing::debug!("forwarder stopped");
     }
 
@@ -337,19 +350,25 @@ impl Forwarder {
             .and_then(|mut a| a.next())
             .ok_or_else(|| ForwardError::Resolve(target.into()))?;
         let queue = &self.queue;
-        let session = connect(
+        let queue_id = queue.queue_id();
+        let connecting = connect(
             &self.endpoint,
             self.client.clone(),
             addr,
             &self.cfg.server_name,
-            &queue.queue_id(),
+            Duration::from_millis(self.cfg.connect_timeout_ms),
+            &queue_id,
             |journal| {
                 Ok(tokio::task::block_in_place(|| {
                     queue.resolve_marks(journal)
                 })?)
             },
-        )
-        .await?;
+        );
+        // Nothing is in flight yet: a stop need not wait for an unreachable sink.
+        let session = tokio::select! {
+            s = connecting => s?,
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
         let Session {
             conn,
             mut send,
@@ -549,6 +568,7 @@ async fn sweep(
                 client.clone(),
                 addr,
                 &cfg.server_name,
+                Duration::from_millis(cfg.connect_timeout_ms),
                 &queue_id,
                 marks,
             );
@@ -633,6 +653,28 @@ fn encode_batch(
     let mut buf = BytesMut::new();
     wire::encode_frame(&frame, &mut buf);
     Ok(Some((buf, last)))
+}
+
+/// Whether a session ended because the sink sent nothing for a whole idle timeout.
+fn went_silent(e: &ForwardError) -> bool {
+    use quinn::{ConnectionError::TimedOut, ReadError, ReadExactError, WriteError};
+    matches!(
+        e,
+        ForwardError::Connection(TimedOut)
+            | ForwardError::Frame(FrameError::Read(ReadExactError::ReadError(
+                ReadError::ConnectionLost(TimedOut)
+            )))
+            | ForwardError::Frame(FrameError::Write(WriteError::ConnectionLost(TimedOut)))
+    )
+}
+
+/// A client endpoint that reaches IPv4 and IPv6 sinks: dual-stack `[::]:0` where the host
+/// has IPv6, `0.0.0.0:0` where it has none (an IPv4-only socket cannot reach `[::1]`).
+pub fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))).or_else(|e| {
+        tracing::debug!(error = %e, "no IPv6 socket; sinks are reached over IPv4 only");
+        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+    })
 }
 
 /// Exponential back-off with jitter: between half and all of `min * 2^(n-1)`, capped.
