@@ -26,6 +26,7 @@ async fn try_connect(
             name,
             Duration::from_secs(3),
             "q-test",
+            forward::Incarnation::default(),
             |_| Ok((0, 0)),
         ),
     )

@@ -47,6 +47,10 @@ pub enum ForwardError {
     /// The sink refused the stream.
     #[error("sink refused: {0}")]
     Refused(String),
+    /// The sink holds seqs of this queue that this process never inherited: another copy of
+    /// the data directory runs (or ran) with the same certificate.
+    #[error("sink refused: {0}")]
+    Forked(String),
     /// The sink broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -59,6 +63,27 @@ pub enum ForwardError {
     /// Local socket error.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Which process of a queue is speaking: tells a restart from a copy of the data
+/// directory (a cloned VM, a golden image), whose records a sink would otherwise drop as
+/// duplicates of the other copy's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Incarnation {
+    /// Random per process (0: not told; the sink skips the check).
+    pub instance: u64,
+    /// The queue's last committed seq when this process opened it.
+    pub inherited_upto: u64,
+}
+
+impl Incarnation {
+    /// A new process's incarnation of `queue`; call right after opening it.
+    pub fn of(queue: &Queue) -> Incarnation {
+        Incarnation {
+            instance: fastrand::u64(1..),
+            inherited_upto: queue.last_committed(),
+        }
+    }
 }
 
 /// A connected, welcomed and resolved data stream to a sink.
@@ -87,6 +112,7 @@ pub async fn connect(
     server_name: &str,
     connect_timeout: Duration,
     queue_id: &str,
+    incarnation: Incarnation,
     marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
     let connecting = endpoint
@@ -124,6 +150,8 @@ pub async fn connect(
     let resolve = wire::Resolve {
         confirm_upto,
         delivered_upto,
+        instance: incarnation.instance,
+        inherited_upto: incarnation.inherited_upto,
     };
     wire::write_frame(
         &mut send,
@@ -134,6 +162,9 @@ pub async fn connect(
     .await?;
     let resolved = match answer(&mut recv).await? {
         sink_frame::Kind::Resolved(r) => r,
+        sink_frame::Kind::Refusal(r) if r.code == wire::REFUSED_FORKED => {
+            return Err(ForwardError::Forked(r.reason));
+        }
         sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
         other => {
             return Err(ForwardError::Protocol(format!(
@@ -228,10 +259,12 @@ pub struct Forwarder {
     client: quinn::ClientConfig,
     endpoint: quinn::Endpoint,
     stats: Arc<ForwardStats>,
+    incarnation: Incarnation,
 }
 
 impl Forwarder {
-    /// Builds the QUIC client from the TLS files in `cfg`.
+    /// Builds the QUIC client from the TLS files in `cfg`. Call right after opening `queue`
+    /// (the queue's last seq then is what this process inherited).
     pub fn new(
         cfg: ForwardConfig,
         queue: Queue,
@@ -244,6 +277,7 @@ impl Forwarder {
         )?;
         let endpoint = client_endpoint()?;
         Ok(Forwarder {
+            incarnation: Incarnation::of(&queue),
             cfg,
             queue,
             client,
@@ -270,6 +304,7 @@ impl Forwarder {
             self.endpoint.clone(),
             unconfirmed.clone(),
             current.clone(),
+            self.incarnation,
             shutdown.clone(),
         ));
         let _stop_sweeper = AbortOnDrop(sweeper);
@@ -358,6 +393,7 @@ impl Forwarder {
             &self.cfg.server_name,
             Duration::from_millis(self.cfg.connect_timeout_ms),
             &queue_id,
+            self.incarnation,
             |journal| {
                 Ok(tokio::task::block_in_place(|| {
                     queue.resolve_marks(journal)
@@ -366,8 +402,23 @@ impl Forwarder {
         );
         // Nothing is in flight yet: a stop need not wait for an unreachable sink.
         let session = tokio::select! {
-            s = connecting => s?,
+            s = connecting => s,
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        let session = match session {
+            Err(ForwardError::Forked(reason)) => {
+                // Two copies of one queue: each record of ours with a seq the other copy
+                // already sent would be dropped as a duplicate. A new id makes all of ours
+                // new (records from before the copy may then arrive twice: once per copy).
+                let new_id = tokio::task::block_in_place(|| self.queue.new_identity())?;
+                tracing::error!(
+                    old_id = %queue_id, %new_id, %reason,
+                    "another copy of this queue (a cloned or restored data directory?) is \
+                     known to the sink; switched to a new queue id so nothing is lost"
+                );
+                return Err(ForwardError::Forked(reason));
+            }
+            other => other?,
         };
         let Session {
             conn,
@@ -536,6 +587,7 @@ async fn sweep(
     endpoint: quinn::Endpoint,
     unconfirmed: Arc<Mutex<HashSet<String>>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    incarnation: Incarnation,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -570,6 +622,7 @@ async fn sweep(
                 &cfg.server_name,
                 Duration::from_millis(cfg.connect_timeout_ms),
                 &queue_id,
+                incarnation,
                 marks,
             );
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {

@@ -293,6 +293,7 @@ async fn serve_stream(
         let refusal = SinkFrame {
             kind: Some(sink_frame::Kind::Refusal(wire::Refusal {
                 reason: reason.clone(),
+                code: 0,
             })),
         };
         let _ = wire::write_frame(&mut send, &refusal).await;

@@ -248,6 +248,14 @@ pub struct Resolve {
     /// Every seq up to this one was delivered (through this sink or another).
     #[prost(uint64, tag = "2")]
     pub delivered_upto: u64,
+    /// Random per agent process: a queue's streams from another process are a restart (or
+    /// a copy of its data directory). 0: not told (no fork check).
+    #[prost(uint64, tag = "3")]
+    pub instance: u64,
+    /// The queue's last committed seq when this process opened it: a successor inherited
+    /// everything its predecessors sent, so a sink holding more is talking to a copy.
+    #[prost(uint64, tag = "4")]
+    pub inherited_upto: u64,
 }
 
 /// The sink's answer to `Resolve`.
@@ -286,7 +294,15 @@ pub struct Refusal {
     /// Human-readable reason.
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// What the agent should do about it: 0 retry later, [`REFUSED_FORKED`] take a new
+    /// queue id.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
 }
+
+/// `Refusal.code`: another copy of this queue (a cloned or restored data directory) sent
+/// seqs this one never inherited; its records would be dropped as duplicates here.
+pub const REFUSED_FORKED: u32 = 1;
 
 /// Records with consecutive ascending seqs.
 #[derive(Clone, PartialEq, Message)]

@@ -170,3 +170,67 @@ fn queue_depth(admin: u16) -> Option<u64> {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
 }
+
+/// Issue 12, defect 3: agent A is stopped, its data directory copied to B (a golden image,
+/// a restored VM), and both run with the same certificate. Their queues share an id and
+/// their seqs overlap, so the sink acked one copy's records and dropped them as duplicates
+/// of the other's (0 of 200 arrived), without a log line. Now the sink recognises the copy
+/// (it holds seqs this process never inherited, or another process of the queue is
+/// sending) and the copy takes a new queue id: every record of both arrives, once.
+/// (HTTP sources, so the copy does not also resume the original's files by their
+/// checkpoints, as it would on one machine.)
+#[test]
+fn a_cloned_agent_loses_no_records() {
+    let w = World::new();
+    let _sink = w.sink();
+    let (port_a, port_b) = (tcp_port(), tcp_port());
+    let http = |port: u16| {
+        format!("[[pipelines.sources]]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n")
+    };
+    let cfg_a = w.agent_config_sources("", "", &[w.port], &http(port_a));
+    let post = |port: u16, from: usize, n: usize| {
+        let body: String = (from..from + n)
+            .map(|i| format!("line-{i:08}-posted\n"))
+            .collect();
+        let (status, text) = http_post(port, "/ingest", &[], body.as_bytes());
+        assert_eq!(status, 200, "{text}");
+    };
+    let mut a = Proc::start("agent", &cfg_a, &w.path("agent.log"));
+    post(port_a, 0, 100);
+    wait_for_output(&w.output_dir(), 100, Duration::from_secs(30));
+    sigterm(&mut a);
+    drop(a);
+
+    let status = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(w.path("agent"))
+        .arg(w.path("agentb"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cfg_b = w.path("agentb.toml");
+    let text = std::fs::read_to_string(&cfg_a)
+        .unwrap()
+        .replace("agent/data", "agentb/data")
+        .replace(&format!(":{port_a}"), &format!(":{port_b}"));
+    std::fs::write(&cfg_b, text).unwrap();
+
+    let _a = Proc::start("agent", &cfg_a, &w.path("agent.log"));
+    let _b = Proc::start("agent", &cfg_b, &w.path("agentb.log"));
+    for i in 0..10 {
+        post(port_a, 100 + i * 20, 20);
+        post(port_b, 100_000 + i * 20, 20);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = wait_for_output(&w.output_dir(), 500, Duration::from_secs(40));
+    let mut got: Vec<usize> = out.iter().map(|l| line_no(&l.payload)).collect();
+    got.sort_unstable();
+    let want: Vec<usize> = (0..300).chain(100_000..100_200).collect();
+    if got != want {
+        print_log_tails(w.dir.path(), &["agent.log", "agentb.log", "sink.log"], 15);
+    }
+    let from_b = got.iter().filter(|n| **n >= 100_000).count();
+    assert_eq!(from_b, 200, "every record of the copy arrives");
+    assert_eq!(got.len() - from_b, 300, "every record of the original arrives");
+    assert_eq!(got, want, "each record exactly once");
+}
