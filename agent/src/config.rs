@@ -618,9 +618,40 @@ pub struct SinkConfig {
     /// The local admin HTTP endpoint (`/metrics`, `/health`, `/ready`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What one agent, and all of them together, may hold at this sink.
+    #[serde(default)]
+    pub limits: SinkLimits,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The sink's `[limits]`: bounds on what agents may hold, so one cannot exhaust the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkLimits {
+    /// Open connections, all agents together.
+    pub max_connections: usize,
+    /// Open connections of one agent (certificate name).
+    pub max_connections_per_agent: usize,
+    /// Open streams of one agent, over all its connections.
+    pub max_streams_per_agent: usize,
+    /// Open streams, all agents together.
+    pub max_streams: usize,
+    /// Queue ids one agent may hold marks for in the journal.
+    pub max_queues_per_agent: usize,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        SinkLimits {
+            max_connections: 1024,
+            max_connections_per_agent: 8,
+            max_streams_per_agent: 16,
+            max_streams: 4096,
+            max_queues_per_agent: 64,
+        }
+    }
 }
 
 /// An output, selected by its `type` key.
@@ -1021,6 +1052,21 @@ impl SinkConfig {
     /// Checks what serde cannot; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), Invalid> {
         check_tls("tls", &self.tls)?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_agent",
+                l.max_connections_per_agent,
+            ),
+            ("limits.max_streams_per_agent", l.max_streams_per_agent),
+            ("limits.max_streams", l.max_streams),
+            ("limits.max_queues_per_agent", l.max_queues_per_agent),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                return Err((key.into(), "must be between 1 and 1000000".into()));
+            }
+        }
         if self.outputs.is_empty() {
             return Err(("outputs".into(), "at least one output is needed".into()));
         }

@@ -99,6 +99,12 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
 }
 
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(idle))
+}
+
+/// The transport settings both ends use (keep-alives, idle timeout, flow-control windows),
+/// for a caller that adds limits of its own (the sink's streams per connection).
+pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Keep-alives well inside the idle timeout, so only a dead peer times out.
     t.keep_alive_interval(Some(idle / 3));
@@ -108,7 +114,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
-    Arc::new(t)
+    t
 }
 
 /// The sink's QUIC server config: its certificate, and client certificates required from `ca`.

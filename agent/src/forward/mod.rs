@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ForwardConfig;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{DeadLetter, Queue, QueueError, WhenFull};
 use crate::tls::{self, TlsError};
 use crate::wire::{self, AgentFrame, Batch, FrameError, Hello, SinkFrame, agent_frame, sink_frame};
 
@@ -527,16 +527,23 @@ impl Forwarder {
             }
             tokio::select! {
                 ack = acks.recv() => {
-                    let ack = match ack {
+                    let answer = match ack {
                         Some(a) => a?,
                         None => return Err(ForwardError::Protocol("sink closed the stream".into())),
+                    };
+                    let (batch_id, acked_last) = match &answer {
+                        Answer::Ack(a) => (a.batch_id, a.last_seq),
+                        Answer::Rejected(r) => (r.batch_id, r.last_seq),
                     };
                     let Some((id, first, last, sent)) = in_flight.pop_front() else {
                         return Err(ForwardError::Protocol("ack without a batch in flight".into()));
                     };
-                    if ack.batch_id != id || ack.last_seq != last {
+                    if batch_id != id || acked_last != last {
                         return Err(ForwardError::Protocol(format!(
-                            "ack {}/{} does not match batch {id}/{last}", ack.batch_id, ack.last_seq)));
+                            "ack {batch_id}/{acked_last} does not match batch {id}/{last}")));
+                    }
+                    if let Answer::Rejected(r) = answer {
+                        self.dead_letter_rejected(first, last, &sink_id, &r.reason).await?;
                     }
                     self.queue.ack_from(&journal_id, last);
                     self.stats.batch_rtt.observe(sent.elapsed().as_secs_f64());
@@ -573,6 +580,38 @@ impl Forwarder {
         let _ = send.finish();
         conn.close(0u32.into(), b"bye");
         Ok(ended)
+    }
+}
+
+impl Forwarder {
+    /// A batch the sink will never store (it found a record invalid): its records go to the
+    /// dead-letter table with the sink's reason before they are let go like acked ones.
+    async fn dead_letter_rejected(
+        &self,
+        first: u64,
+        last: u64,
+        sink_id: &str,
+        reason: &str,
+    ) -> Result<(), ForwardError> {
+        let n = usize::try_from(last.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+        let records = tokio::task::block_in_place(|| self.queue.read(first, n, usize::MAX))?;
+        let ts_ns = crate::record::now_ns();
+        let dead: Vec<DeadLetter> = records
+            .into_iter()
+            .filter(|(seq, _)| *seq <= last)
+            .map(|(_, record)| DeadLetter {
+                ts_ns,
+                pipeline: "forward".into(),
+                reason: format!("refused by sink {sink_id}: {reason}"),
+                record,
+            })
+            .collect();
+        tracing::error!(first, last, records = dead.len(), sink = %sink_id, %reason, "the sink refused a batch; its records go to the dead-letter table");
+        // Dead letters are kept even when the queue is full (only new records are dropped).
+        self.queue
+            .append_with(Vec::new(), dead, None, WhenFull::DropNewest)
+            .await?;
+        Ok(())
     }
 }
 
@@ -659,12 +698,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_acks(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<wire::Ack, ForwardError>>) {
+/// What the sink answers to a batch.
+enum Answer {
+    Ack(wire::Ack),
+    Rejected(wire::Rejected),
+}
+
+async fn read_acks(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<Answer, ForwardError>>) {
     loop {
         let item = match wire::read_frame::<SinkFrame>(&mut recv).await {
             Ok(Some(SinkFrame {
                 kind: Some(sink_frame::Kind::Ack(a)),
-            })) => Ok(a),
+            })) => Ok(Answer::Ack(a)),
+            Ok(Some(SinkFrame {
+                kind: Some(sink_frame::Kind::Rejected(r)),
+            })) => Ok(Answer::Rejected(r)),
             Ok(Some(SinkFrame {
                 kind: Some(sink_frame::Kind::Refusal(r)),
             })) => Err(ForwardError::Refused(r.reason)),
@@ -695,6 +743,9 @@ fn encode_batch(
     };
     let batch = Batch {
         batch_id,
+        // Seqs between `from` and the first record were dropped here: the sink must not
+        // take the batch for one that skips over seqs it never got.
+        from_seq: from,
         records: records
             .into_iter()
             .map(|(seq, r)| wire::Record::from_queue(seq, r))

@@ -231,6 +231,10 @@ fn a_cloned_agent_loses_no_records() {
     }
     let from_b = got.iter().filter(|n| **n >= 100_000).count();
     assert_eq!(from_b, 200, "every record of the copy arrives");
-    assert_eq!(got.len() - from_b, 300, "every record of the original arrives");
+    assert_eq!(
+        got.len() - from_b,
+        300,
+        "every record of the original arrives"
+    );
     assert_eq!(got, want, "each record exactly once");
 }
