@@ -137,6 +137,7 @@ impl Store {
 }
 
 fn open_database(path: &Path) -> Result<Database, JournalError> {
+    crate::fsmode::private_file(path).map_err(|e| JournalError::Io(path.into(), e))?;
     // Entries are read once, right after they were written (still in the OS page cache), so
     // redb's own cache can stay small; its 1 GiB default would show as RSS.
     Database::builder()
@@ -157,7 +158,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) `journal.redb` in `dir` and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
+        crate::fsmode::data_dir(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
         let path = dir.join("journal.redb");
         let database = open_database(&path)?;
         let (next, hwm, confirmed, id) = init(&database)?;
