@@ -479,6 +479,21 @@ impl ControlPlane {
             "a rollback needs an order signed by a trusted key (`transform rollback --key`)",
         )?;
         let (mut d, to) = self.rollback_target(pipeline).await?;
+        // Agents judge trust; the sink only keeps an order that a key already signing
+        // this pipeline's pushes made from replacing what it offers.
+        let keys: Vec<&str> = d
+            .current
+            .iter()
+            .chain(to.iter())
+            .map(|p| p.key.trim())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if !keys.is_empty() && !keys.contains(&order.key.trim()) {
+            return Err(format!(
+                "the rollback order is signed by {}, a key that signed neither the current push nor the one it returns to: agents would refuse it",
+                order.key
+            ));
+        }
         let to = to.unwrap_or_else(|| Pushed {
             version: "the configured module".into(),
             sha256: String::new(),
