@@ -630,3 +630,67 @@ fn reply(ok: bool, message: String) -> AdminReply {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// Issue 12, defect 14: `transform status` answered with every row in one frame
+    /// (`frame of 90000409 bytes` after a flood). It is paged now, each page far below
+    /// the frame limit, rows written before the bounds cut to size; and one agent gets
+    /// at most [`MAX_PIPELINES_PER_AGENT`] rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_is_paged_and_rows_per_agent_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(dir.path(), vec!["admin".into()]).unwrap();
+        for a in 0..5 {
+            for p in 0..MAX_PIPELINES_PER_AGENT {
+                cp.update_status(&format!("agent-{a}"), &format!("p{p:03}"), |s| {
+                    s.reason = "r".repeat(MAX_REASON_BYTES)
+                })
+                .await
+                .unwrap();
+            }
+        }
+        assert!(
+            cp.update_status("agent-0", "one-more", |_| {})
+                .await
+                .is_err(),
+            "a row past the per-agent bound"
+        );
+        // A row from before the bounds, with a 10 MB reason.
+        let db = cp.db.clone();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(STATUS).unwrap();
+            let st = Status {
+                reason: "x".repeat(10 << 20),
+                ..Default::default()
+            };
+            t.insert("old\tapp", encode(&st).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let (mut after, mut rows, mut pages) = (String::new(), Vec::new(), 0);
+        loop {
+            let r = cp.status(&after).await.unwrap();
+            assert!(r.encoded_len() < wire::MAX_CONTROL_FRAME / 16);
+            pages += 1;
+            rows.extend(
+                r.agents
+                    .into_iter()
+                    .map(|a| (a.agent, a.pipeline, a.reason.len())),
+            );
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        assert_eq!(rows.len(), 5 * MAX_PIPELINES_PER_AGENT + 1);
+        assert!(pages >= 2, "{pages} pages");
+        let mut unique = rows.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), rows.len(), "no row twice");
+        assert!(rows.iter().all(|r| r.2 <= MAX_REASON_BYTES + 3));
+    }
+}
