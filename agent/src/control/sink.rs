@@ -290,11 +290,10 @@ impl ControlPlane {
             match d.current {
                 // A signed order back to the configured module: only agents running a
                 // pushed one need it.
-                Some(cur) if cur.module.is_empty() => {
-                    if t.pushed {
-                        let _ = tx.send(cur.offer(&t.pipeline));
-                    }
+                Some(cur) if cur.module.is_empty() && t.pushed => {
+                    let _ = tx.send(cur.offer(&t.pipeline));
                 }
+                Some(cur) if cur.module.is_empty() => {}
                 Some(cur) if cur.sha256 != t.sha256 && cur.selects(&agent) => {
                     let _ = tx.send(cur.offer(&t.pipeline));
                 }
