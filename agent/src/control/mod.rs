@@ -106,16 +106,23 @@ pub fn keygen() -> Result<(Vec<u8>, String), ControlError> {
     Ok((doc.as_ref().to_vec(), public))
 }
 
-/// Writes `name.key` (PKCS#8 PEM, mode 0600) and `name.pub` (`ed25519:<b64>`) into `dir`.
+/// Writes `name.key` (PKCS#8 PEM, mode 0600) and `name.pub` (`ed25519:<b64>`) into `dir`;
+/// never over an existing key.
 pub fn write_key_pair(dir: &Path, name: &str) -> Result<(String, String), ControlError> {
     let (pkcs8, public) = keygen()?;
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |source| ControlError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    crate::fsmode::data_dir(dir).map_err(io(dir))?;
     let key_path = dir.join(format!("{name}.key"));
     let pub_path = dir.join(format!("{name}.pub"));
+    if key_path.exists() {
+        return Err(ControlError::Format(format!(
+            "{} exists: remove it first to make a new key (agents that trust the old one refuse what a new one signs)",
+            key_path.display()
+        )));
+    }
     let body = B64.encode(&pkcs8);
     let lines: Vec<&str> = body
         .as_bytes()
