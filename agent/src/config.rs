@@ -314,6 +314,10 @@ pub struct TransformConfig {
     /// Records per guest call.
     #[serde(default = "default_wasm_batch")]
     pub batch_max_records: usize,
+    /// Output bytes per guest call at most; a call returning more fails its batch into
+    /// the dead letters.
+    #[serde(default = "default_wasm_output")]
+    pub output_max_bytes: u64,
     /// If set, every output record gets this header with `name@version`.
     pub version_header: Option<String>,
     /// Reload the module when its file changes (swapped at a batch boundary).
@@ -673,6 +677,10 @@ pub struct JsonlOutputConfig {
     /// Rotate after a file reaches this size.
     #[serde(default = "default_jsonl_max")]
     pub max_file_bytes: u64,
+    /// Mode of the output files, octal (`"0640"` lets a log shipper's group read them);
+    /// the directory gets the matching search bits. Default owner-only.
+    #[serde(default = "default_jsonl_mode")]
+    pub file_mode: String,
 }
 
 /// Standard output.
@@ -691,6 +699,9 @@ fn default_true() -> bool {
 }
 fn default_wasm_memory() -> u64 {
     64 << 20
+}
+fn default_wasm_output() -> u64 {
+    16 << 20
 }
 fn default_wasm_deadline() -> u64 {
     1000
@@ -775,6 +786,9 @@ fn default_read_bytes() -> usize {
 }
 fn default_jsonl_max() -> u64 {
     128 << 20
+}
+fn default_jsonl_mode() -> String {
+    "0600".into()
 }
 
 /// Which kind of config a file holds.
@@ -950,6 +964,12 @@ impl AgentConfig {
                 if t.memory_max_bytes < (1 << 20) {
                     return Err((format!("{key}.memory_max_bytes"), "at least 1 MiB".into()));
                 }
+                if !(1..=(1 << 30)).contains(&t.output_max_bytes) {
+                    return Err((
+                        format!("{key}.output_max_bytes"),
+                        "between 1 byte and 1 GiB".into(),
+                    ));
+                }
                 // Guest code runs on the agent's own threads (2 MiB stacks): a WebAssembly
                 // stack limit near that would overrun the native stack instead of trapping.
                 if t.max_stack_bytes < (64 << 10) || t.max_stack_bytes > (1 << 20) {
@@ -1078,6 +1098,10 @@ impl SinkConfig {
                     format!("outputs[{i}].max_file_bytes"),
                     "must be at least 4096".into(),
                 ));
+            }
+            if let OutputConfig::Jsonl(j) = o {
+                crate::fsmode::parse_mode(&j.file_mode)
+                    .map_err(|e| (format!("outputs[{i}].file_mode"), e))?;
             }
         }
         Ok(())

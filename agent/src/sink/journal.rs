@@ -225,6 +225,7 @@ impl Store {
 }
 
 fn open_database(path: &Path, check: bool) -> Result<Database, JournalError> {
+    crate::fsmode::private_file(path).map_err(|e| JournalError::Io(path.into(), e))?;
     // Entries are read once, right after they were written (still in the OS page cache), so
     // redb's own cache can stay small; its 1 GiB default would show as RSS.
     Database::builder()
@@ -312,7 +313,7 @@ impl Journal {
     /// Opens (or creates) `journal.redb` in `dir` and starts the writer thread. A corrupt
     /// file is set aside and what decodes of it salvaged into a new one.
     pub fn open_with(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
+        crate::fsmode::data_dir(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
         let path = dir.join(FILE_NAME);
         let (database, loaded) = match open_file(&path, true) {
             Ok(x) => x,

@@ -103,6 +103,8 @@ impl Sink {
                     outputs.push(Box::new(JsonlOutput::open(
                         &j.dir,
                         j.max_file_bytes,
+                        crate::fsmode::parse_mode(&j.file_mode)
+                            .unwrap_or(crate::fsmode::PRIVATE_FILE),
                         position_of,
                     )?));
                 }
