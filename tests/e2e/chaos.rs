@@ -12,6 +12,7 @@
 //! timing of the processes themselves still varies from run to run.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -76,15 +77,15 @@ fn run_chaos(kills: u64) {
             _ => Victim::Both,
         };
         counts[victim as usize] += 1;
-        if matches!(victim, Victim::Agent | Victim::Both) {
-            if let Some(mut p) = agent.take() {
-                p.kill9();
-            }
+        if matches!(victim, Victim::Agent | Victim::Both)
+            && let Some(mut p) = agent.take()
+        {
+            p.kill9();
         }
-        if matches!(victim, Victim::Sink | Victim::Both) {
-            if let Some(mut p) = sink.take() {
-                p.kill9();
-            }
+        if matches!(victim, Victim::Sink | Victim::Both)
+            && let Some(mut p) = sink.take()
+        {
+            p.kill9();
         }
         let down = Duration::from_millis(rng.u64(0..800));
         eprintln!(
@@ -539,17 +540,20 @@ impl Lossy {
             let mut busy = false;
             while let Ok((n, from)) = self.front.recv_from(&mut buf) {
                 busy = true;
-                if !self.clients.contains_key(&from) {
-                    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
-                        continue;
-                    };
-                    let _ = sock.set_nonblocking(true);
-                    let last_seen = now;
-                    self.clients.insert(from, Client { sock, last_seen });
-                }
-                if let Some(c) = self.clients.get_mut(&from) {
-                    c.last_seen = now;
-                }
+                let client = match self.clients.entry(from) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+                            continue;
+                        };
+                        let _ = sock.set_nonblocking(true);
+                        e.insert(Client {
+                            sock,
+                            last_seen: now,
+                        })
+                    }
+                };
+                client.last_seen = now;
                 self.impair(now, Dir::ToSink(from), &buf[..n]);
             }
             let mut replies = Vec::new();
@@ -648,4 +652,55 @@ impl Lossy {
             }
         }
     }
+}
+
+/// The chaos test's own judge: a lost, a repeated, a stray and a forbidden record are each
+/// reported, and an uncertain HTTP record may be there once or not at all.
+#[test]
+fn chaos_check_reports_loss_duplicates_and_strays() {
+    let line = |payload: &str, seq: u64| OutLine {
+        headers: HashMap::new(),
+        agent: "edge-1".into(),
+        queue: "q".into(),
+        seq,
+        topic: "app".into(),
+        payload: payload.into(),
+    };
+    let posts = [
+        (0, 1, Post::Acked),
+        (1, 1, Post::Uncertain),
+        (2, 1, Post::Refused),
+    ];
+    let expected = Expected::new(2, &posts);
+    let good = || {
+        vec![
+            line("line-00000000-x", 1),
+            line("http-00000000-h", 2),
+            line("line-00000001-x", 3),
+        ]
+    };
+    assert!(expected.check(&good()).is_empty());
+    let mut with_uncertain = good();
+    with_uncertain.push(line("http-00000001-h", 4));
+    assert!(expected.check(&with_uncertain).is_empty());
+
+    let bad = [
+        line("line-00000000-x", 1),
+        line("line-00000000-x", 2),
+        line("http-00000002-h", 3),
+        line("other", 4),
+        line("http-00000001-h", 4),
+    ];
+    let problems = expected.check(&bad).join("\n");
+    for want in [
+        "1 file lines missing, first [1]",
+        "1 file lines duplicated, first [0]",
+        "1 acknowledged HTTP records missing, first [0]",
+        "1 HTTP records of refused requests delivered, first [2]",
+        "1 unexpected records",
+        "seqs not rising",
+    ] {
+        assert!(problems.contains(want), "{want} not in:\n{problems}");
+    }
+    assert_eq!(expected.missing(&bad), 2);
 }
