@@ -408,6 +408,17 @@ impl Expected {
     }
 }
 
+/// A new socket toward the sink, never on the sink's own port (which is free while the
+/// sink is dead: taking it would keep the sink from starting again).
+fn upstream_socket(sink_port: u16) -> Option<UdpSocket> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    if sock.local_addr().ok()?.port() == sink_port {
+        return upstream_socket(sink_port);
+    }
+    sock.set_nonblocking(true).ok()?;
+    Some(sock)
+}
+
 /// Counts of what the proxy did, for the run's summary.
 #[derive(Default)]
 struct ProxyStats {
@@ -545,13 +556,13 @@ impl Lossy {
             let mut busy = false;
             while let Ok((n, from)) = self.front.recv_from(&mut buf) {
                 busy = true;
+                let sink_port = self.sink.port();
                 let client = match self.clients.entry(from) {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => {
-                        let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+                        let Some(sock) = upstream_socket(sink_port) else {
                             continue;
                         };
-                        let _ = sock.set_nonblocking(true);
                         e.insert(Client {
                             sock,
                             last_seen: now,
