@@ -596,8 +596,9 @@ pub enum Codec {
     /// Text lines, kept as they are (the default).
     #[default]
     Raw,
-    /// Each record must be one JSON value; anything else goes to the dead-letter table with
-    /// the parser's reason.
+    /// Each record must be one JSON value in UTF-8, nested at most
+    /// [`JSON_MAX_DEPTH`](crate::source::codec::JSON_MAX_DEPTH) deep; anything else goes to
+    /// the dead-letter table with the reason (and the byte offset where it applies).
     Json,
     /// Bytes passed through untouched (no UTF-8 or any other expectation).
     Binary,
