@@ -513,6 +513,18 @@ pub struct HttpSourceConfig {
     pub auth_token: Option<String>,
     /// Record topic (default: the pipeline name).
     pub topic: Option<String>,
+    /// A connection that has not sent a whole request header this long after it opened (or
+    /// after its last answer, when kept alive) is closed.
+    #[serde(default = "default_http_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// A request whose body has not fully arrived this long after its header gets 408 and
+    /// the connection is closed (nothing stored).
+    #[serde(default = "default_http_body_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; more are answered 503 and closed at once, so slow or idle
+    /// clients cannot take the file descriptors the rest of the agent needs.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
 }
 
 /// Host metrics sampling.
@@ -592,8 +604,9 @@ pub enum Codec {
     /// Text lines, kept as they are (the default).
     #[default]
     Raw,
-    /// Each record must be one JSON value; anything else goes to the dead-letter table with
-    /// the parser's reason.
+    /// Each record must be one JSON value in UTF-8, nested at most
+    /// [`JSON_MAX_DEPTH`](crate::source::codec::JSON_MAX_DEPTH) deep; anything else goes to
+    /// the dead-letter table with the reason (and the byte offset where it applies).
     Json,
     /// Bytes passed through untouched (no UTF-8 or any other expectation).
     Binary,
@@ -756,6 +769,15 @@ fn default_http_path() -> String {
 }
 fn default_http_body() -> usize {
     10 << 20
+}
+fn default_http_header_timeout() -> u64 {
+    10_000
+}
+fn default_http_body_timeout() -> u64 {
+    30_000
+}
+fn default_http_connections() -> usize {
+    256
 }
 fn default_net_line() -> usize {
     64 << 10
@@ -1064,7 +1086,7 @@ impl AgentConfig {
                 nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
             }
         }
-        Ok(())
+        in_ranges(self.bounds())
     }
 }
 
@@ -1104,7 +1126,7 @@ impl SinkConfig {
                     .map_err(|e| (format!("outputs[{i}].file_mode"), e))?;
             }
         }
-        Ok(())
+        in_ranges(self.bounds())
     }
 }
 
@@ -1184,6 +1206,225 @@ fn check_tls(key: &str, tls: &TlsFiles) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// One bounded key of a config: `(key path, value, min, max)`.
+type Bound = (String, u64, u64, u64);
+
+const MS_HOUR: u64 = 3_600_000;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// Every value within its range, or the first that is not. The ranges are wide: they only
+/// keep out what breaks the agent (a linger of 292 million years that hangs the writer,
+/// a timeout of 0, a size no machine has), not unusual tuning.
+fn in_ranges(bounds: Vec<Bound>) -> Result<(), Invalid> {
+    for (key, v, min, max) in bounds {
+        if !(min..=max).contains(&v) {
+            return Err((
+                key,
+                format!("{v} is out of range: must be between {min} and {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl AgentConfig {
+    /// The range of every duration, size and count key.
+    fn bounds(&self) -> Vec<Bound> {
+        let record = MAX_RECORD_BYTES as u64;
+        let (f, q) = (&self.forward, &self.queue);
+        let mut b: Vec<Bound> = vec![
+            ("forward.window".into(), f.window as u64, 1, 1024),
+            (
+                "forward.batch_max_records".into(),
+                f.batch_max_records as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "forward.batch_max_bytes".into(),
+                f.batch_max_bytes as u64,
+                1,
+                record,
+            ),
+            (
+                "forward.reconnect_min_ms".into(),
+                f.reconnect_min_ms,
+                1,
+                MS_HOUR,
+            ),
+            (
+                "forward.reconnect_max_ms".into(),
+                f.reconnect_max_ms,
+                1,
+                MS_HOUR,
+            ),
+            (
+                "forward.idle_timeout_ms".into(),
+                f.idle_timeout_ms,
+                100,
+                MS_HOUR,
+            ),
+            (
+                "forward.ack_timeout_ms".into(),
+                f.ack_timeout_ms,
+                100,
+                MS_HOUR,
+            ),
+            (
+                "forward.failover_after".into(),
+                f.failover_after.into(),
+                1,
+                1000,
+            ),
+            (
+                "forward.failback_after_ms".into(),
+                f.failback_after_ms,
+                1,
+                24 * MS_HOUR,
+            ),
+            ("queue.max_bytes".into(), q.max_bytes, 4096, 16 * TIB),
+            (
+                "queue.disk_reserve_bytes".into(),
+                q.disk_reserve_bytes,
+                0,
+                TIB,
+            ),
+            (
+                "queue.commit_max_records".into(),
+                q.commit_max_records as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "queue.commit_max_bytes".into(),
+                q.commit_max_bytes as u64,
+                1,
+                GIB,
+            ),
+            (
+                "queue.commit_linger_ms".into(),
+                q.commit_linger_ms,
+                0,
+                10_000,
+            ),
+            (
+                "admin.ready_sink_down_secs".into(),
+                self.admin.ready_sink_down_secs,
+                1,
+                7 * 86_400,
+            ),
+            (
+                "control.rollback_window_batches".into(),
+                self.control.rollback_window_batches.into(),
+                1,
+                100_000,
+            ),
+        ];
+        for (i, p) in self.pipelines.iter().enumerate() {
+            for (j, t) in p.transforms.iter().enumerate() {
+                let key = |k: &str| format!("pipelines[{i}].transforms[{j}].{k}");
+                b.extend([
+                    (key("memory_max_bytes"), t.memory_max_bytes, MIB, 4 * GIB),
+                    (key("deadline_ms"), t.deadline_ms, 1, 600_000),
+                    (
+                        key("max_stack_bytes"),
+                        t.max_stack_bytes as u64,
+                        64 << 10,
+                        MIB,
+                    ),
+                    (
+                        key("batch_max_records"),
+                        t.batch_max_records as u64,
+                        1,
+                        65_536,
+                    ),
+                ]);
+            }
+            for (j, s) in p.sources.iter().enumerate() {
+                let key = |k: &str| format!("pipelines[{i}].sources[{j}].{k}");
+                match s {
+                    SourceConfig::File(c) => b.extend([
+                        (key("poll_interval_ms"), c.poll_interval_ms, 1, MS_HOUR),
+                        (key("max_line_bytes"), c.max_line_bytes as u64, 1, record),
+                        (
+                            key("read_chunk_bytes"),
+                            c.read_chunk_bytes as u64,
+                            1,
+                            64 * MIB,
+                        ),
+                    ]),
+                    SourceConfig::Tcp(c) | SourceConfig::Udp(c) => b.extend([
+                        (key("max_line_bytes"), c.max_line_bytes as u64, 1, record),
+                        (key("buffer_records"), c.buffer_records as u64, 1, 1 << 24),
+                    ]),
+                    SourceConfig::Stdin(c) => {
+                        b.push((key("max_line_bytes"), c.max_line_bytes as u64, 1, record))
+                    }
+                    SourceConfig::Http(c) => b.extend([
+                        (key("max_body_bytes"), c.max_body_bytes as u64, 1, GIB),
+                        (
+                            key("header_read_timeout_ms"),
+                            c.header_read_timeout_ms,
+                            100,
+                            MS_HOUR,
+                        ),
+                        (
+                            key("body_read_timeout_ms"),
+                            c.body_read_timeout_ms,
+                            100,
+                            MS_HOUR,
+                        ),
+                        (key("max_connections"), c.max_connections as u64, 1, 65_536),
+                    ]),
+                    SourceConfig::HostMetrics(c) => {
+                        b.push((key("interval_secs"), c.interval_secs, 1, 86_400))
+                    }
+                    // MQTT carries keep-alive as 16-bit seconds.
+                    SourceConfig::Mqtt(c) => b.extend([
+                        (
+                            key("keep_alive_secs"),
+                            c.keep_alive_secs,
+                            1,
+                            u16::MAX.into(),
+                        ),
+                        (key("reconnect_min_ms"), c.reconnect_min_ms, 1, MS_HOUR),
+                        (key("reconnect_max_ms"), c.reconnect_max_ms, 1, MS_HOUR),
+                    ]),
+                }
+            }
+        }
+        b
+    }
+}
+
+impl SinkConfig {
+    /// The range of every duration and size key.
+    fn bounds(&self) -> Vec<Bound> {
+        let mut b: Vec<Bound> = vec![
+            ("idle_timeout_ms".into(), self.idle_timeout_ms, 100, MS_HOUR),
+            (
+                "admin.ready_sink_down_secs".into(),
+                self.admin.ready_sink_down_secs,
+                1,
+                7 * 86_400,
+            ),
+        ];
+        for (i, o) in self.outputs.iter().enumerate() {
+            if let OutputConfig::Jsonl(j) = o {
+                b.push((
+                    format!("outputs[{i}].max_file_bytes"),
+                    j.max_file_bytes,
+                    4096,
+                    TIB,
+                ));
+            }
+        }
+        b
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
