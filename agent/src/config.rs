@@ -201,9 +201,13 @@ pub struct ForwardConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
-    /// QUIC idle timeout: a silent sink is given up after this long.
+    /// QUIC idle timeout: a silent sink is given up after this long (keep-alives go out
+    /// every third of it, so only a dead or cut-off sink times out).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// Longest wait for a sink's QUIC/TLS handshake; a dead sink costs this much per attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
     /// A sink that has not acknowledged the oldest batch in flight after this long is
     /// treated as failed (reconnect, or fail over).
     #[serde(default = "default_ack_timeout")]
@@ -310,6 +314,10 @@ pub struct TransformConfig {
     /// Records per guest call.
     #[serde(default = "default_wasm_batch")]
     pub batch_max_records: usize,
+    /// Output bytes per guest call at most; a call returning more fails its batch into
+    /// the dead letters.
+    #[serde(default = "default_wasm_output")]
+    pub output_max_bytes: u64,
     /// If set, every output record gets this header with `name@version`.
     pub version_header: Option<String>,
     /// Reload the module when its file changes (swapped at a batch boundary).
@@ -614,9 +622,40 @@ pub struct SinkConfig {
     /// The local admin HTTP endpoint (`/metrics`, `/health`, `/ready`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What one agent, and all of them together, may hold at this sink.
+    #[serde(default)]
+    pub limits: SinkLimits,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The sink's `[limits]`: bounds on what agents may hold, so one cannot exhaust the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkLimits {
+    /// Open connections, all agents together.
+    pub max_connections: usize,
+    /// Open connections of one agent (certificate name).
+    pub max_connections_per_agent: usize,
+    /// Open streams of one agent, over all its connections.
+    pub max_streams_per_agent: usize,
+    /// Open streams, all agents together.
+    pub max_streams: usize,
+    /// Queue ids one agent may hold marks for in the journal.
+    pub max_queues_per_agent: usize,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        SinkLimits {
+            max_connections: 1024,
+            max_connections_per_agent: 8,
+            max_streams_per_agent: 16,
+            max_streams: 4096,
+            max_queues_per_agent: 64,
+        }
+    }
 }
 
 /// An output, selected by its `type` key.
@@ -638,6 +677,10 @@ pub struct JsonlOutputConfig {
     /// Rotate after a file reaches this size.
     #[serde(default = "default_jsonl_max")]
     pub max_file_bytes: u64,
+    /// Mode of the output files, octal (`"0640"` lets a log shipper's group read them);
+    /// the directory gets the matching search bits. Default owner-only.
+    #[serde(default = "default_jsonl_mode")]
+    pub file_mode: String,
 }
 
 /// Standard output.
@@ -656,6 +699,9 @@ fn default_true() -> bool {
 }
 fn default_wasm_memory() -> u64 {
     64 << 20
+}
+fn default_wasm_output() -> u64 {
+    16 << 20
 }
 fn default_wasm_deadline() -> u64 {
     1000
@@ -684,11 +730,17 @@ fn default_reconnect_min() -> u64 {
 fn default_reconnect_max() -> u64 {
     5_000
 }
+// The defaults leave a dead sink for the next one within 5 s: idle timeout (3 s) + one
+// more connect attempt (1 s) + back-offs (issue 12, defect 8). Links with a round trip near
+// a second (satellite) need a larger connect timeout.
 fn default_idle_timeout() -> u64 {
-    10_000
+    3_000
+}
+fn default_connect_timeout() -> u64 {
+    1_000
 }
 fn default_failover_after() -> u32 {
-    3
+    2
 }
 fn default_failback() -> u64 {
     300_000
@@ -734,6 +786,9 @@ fn default_read_bytes() -> usize {
 }
 fn default_jsonl_max() -> u64 {
     128 << 20
+}
+fn default_jsonl_mode() -> String {
+    "0600".into()
 }
 
 /// Which kind of config a file holds.
@@ -841,6 +896,7 @@ impl AgentConfig {
         nonzero("forward.batch_max_records", f.batch_max_records)?;
         nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
         nonzero("forward.ack_timeout_ms", f.ack_timeout_ms as usize)?;
+        nonzero("forward.connect_timeout_ms", f.connect_timeout_ms as usize)?;
         nonzero("forward.failover_after", f.failover_after as usize)?;
         nonzero("forward.failback_after_ms", f.failback_after_ms as usize)?;
         // A batch (and so a single record) must fit in one wire frame.
@@ -907,6 +963,12 @@ impl AgentConfig {
                 nonzero(&format!("{key}.batch_max_records"), t.batch_max_records)?;
                 if t.memory_max_bytes < (1 << 20) {
                     return Err((format!("{key}.memory_max_bytes"), "at least 1 MiB".into()));
+                }
+                if !(1..=(1 << 30)).contains(&t.output_max_bytes) {
+                    return Err((
+                        format!("{key}.output_max_bytes"),
+                        "between 1 byte and 1 GiB".into(),
+                    ));
                 }
                 // Guest code runs on the agent's own threads (2 MiB stacks): a WebAssembly
                 // stack limit near that would overrun the native stack instead of trapping.
@@ -1010,6 +1072,21 @@ impl SinkConfig {
     /// Checks what serde cannot; the error is `(key path, message)`.
     pub fn validate(&self) -> Result<(), Invalid> {
         check_tls("tls", &self.tls)?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_agent",
+                l.max_connections_per_agent,
+            ),
+            ("limits.max_streams_per_agent", l.max_streams_per_agent),
+            ("limits.max_streams", l.max_streams),
+            ("limits.max_queues_per_agent", l.max_queues_per_agent),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                return Err((key.into(), "must be between 1 and 1000000".into()));
+            }
+        }
         if self.outputs.is_empty() {
             return Err(("outputs".into(), "at least one output is needed".into()));
         }
@@ -1021,6 +1098,10 @@ impl SinkConfig {
                     format!("outputs[{i}].max_file_bytes"),
                     "must be at least 4096".into(),
                 ));
+            }
+            if let OutputConfig::Jsonl(j) = o {
+                crate::fsmode::parse_mode(&j.file_mode)
+                    .map_err(|e| (format!("outputs[{i}].file_mode"), e))?;
             }
         }
         Ok(())

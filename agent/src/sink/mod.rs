@@ -2,29 +2,37 @@
 //!
 //! Data path: accept (mutual TLS; the agent id is the client certificate's CN) → read
 //! `Hello` → `Welcome` → `Resolve` → `Resolved` (high-water mark) → for each `Batch`,
-//! submit its bytes to the [`Journal`] and, once committed, send `Ack` (in order, on the
-//! same stream); `Confirm` frames mark records as this sink's. A separate drainer moves
+//! check every record ([`wire::scan_batch`]), submit its bytes to the [`Journal`] and,
+//! once committed, send `Ack` (or `Rejected` for an invalid batch; in order, on the same
+//! stream); `Confirm` frames mark records as this sink's. A separate drainer moves
 //! confirmed entries to the outputs.
+//!
+//! # What one agent can hold (trust boundary: an agent certificate may be stolen)
+//! - Certificate names and queue ids outside [`wire::valid_id`] are refused.
+//! - The first frame of a stream may be at most [`wire::MAX_FIRST_FRAME`] (an admin
+//!   request from an admin: [`wire::MAX_CONTROL_FRAME`]); a frame's buffer grows only as
+//!   its bytes arrive.
+//! - `[limits]`: connections in total and per agent, streams in total and per agent.
 
 pub mod journal;
 pub mod output;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{OutputConfig, SinkConfig};
+use crate::config::{OutputConfig, SinkConfig, SinkLimits};
 use crate::control::sink::ControlPlane;
 use crate::counters::Counters;
 use crate::tls;
 use crate::wire::{self, AgentFrame, SinkFrame, agent_frame, sink_frame};
-pub use journal::{Journal, JournalError};
+pub use journal::{Journal, JournalError, JournalOptions, Outcome};
 use output::{JsonlOutput, Output, StdoutOutput};
 
 /// Errors that stop the sink from starting.
@@ -55,13 +63,30 @@ pub struct Sink {
     reload: Option<crate::admin::ReloadFn>,
     outputs: Vec<Box<dyn Output>>,
     sink_id: String,
+    gate: Arc<Gate>,
+    admins: Arc<Vec<String>>,
 }
 
 impl Sink {
     /// Opens the journal and outputs and binds the QUIC endpoint.
     pub fn bind(cfg: &SinkConfig) -> Result<Sink, SinkError> {
-        let server = tls::server_config(&cfg.tls, Duration::from_millis(cfg.idle_timeout_ms))?;
-        let journal = Journal::open(&cfg.data_dir)?;
+        let idle = Duration::from_millis(cfg.idle_timeout_ms);
+        let mut server = tls::server_config(&cfg.tls, idle)?;
+        let mut transport = tls::transport_config(idle);
+        // One connection can never hold more streams than its agent may; agents use no
+        // unidirectional streams.
+        let per_conn = u32::try_from(cfg.limits.max_streams_per_agent).unwrap_or(u32::MAX);
+        transport
+            .max_concurrent_bidi_streams(per_conn.into())
+            .max_concurrent_uni_streams(0u32.into());
+        server.transport_config(Arc::new(transport));
+        server.max_incoming(cfg.limits.max_connections);
+        let journal = Journal::open_with(
+            &cfg.data_dir,
+            JournalOptions {
+                max_queues_per_agent: cfg.limits.max_queues_per_agent,
+            },
+        )?;
         let control =
             ControlPlane::open(&cfg.data_dir, cfg.admins.clone()).map_err(SinkError::Control)?;
         let positions = read_positions(&journal)?;
@@ -78,6 +103,8 @@ impl Sink {
                     outputs.push(Box::new(JsonlOutput::open(
                         &j.dir,
                         j.max_file_bytes,
+                        crate::fsmode::parse_mode(&j.file_mode)
+                            .unwrap_or(crate::fsmode::PRIVATE_FILE),
                         position_of,
                     )?));
                 }
@@ -108,6 +135,8 @@ impl Sink {
             reload: None,
             outputs,
             sink_id,
+            gate: Arc::new(Gate::new(cfg.limits.clone())),
+            admins: Arc::new(cfg.admins.clone()),
         })
     }
 
@@ -132,6 +161,8 @@ impl Sink {
             reload,
             outputs,
             sink_id,
+            gate,
+            admins,
         } = self;
         let admin_stop = CancellationToken::new();
         let admin_task = admin.enabled.then(|| {
@@ -153,20 +184,34 @@ impl Sink {
         // The drainer blocks on file writes and fsyncs, so it gets a thread of its own
         // that drives its async waits with the runtime's handle.
         let handle = tokio::runtime::Handle::current();
-        let (j, s) = (journal.clone(), drain_stop.clone());
+        let (j, s, c) = (journal.clone(), drain_stop.clone(), counters.clone());
         let drainer = std::thread::Builder::new()
             .name("sink-drainer".into())
-            .spawn(move || handle.block_on(drain(j, outputs, s)));
+            .spawn(move || handle.block_on(drain(j, outputs, s, c)));
         let sink_id = Arc::new(sink_id);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let (journal, sink_id, control) = (journal.clone(), sink_id.clone(), control.clone());
-                    let counters = counters.clone();
+                    // Counted from the handshake on, so handshakes cannot pile up either.
+                    let Some(permit) = gate.connection() else {
+                        counters.counter("sink.connections_refused").fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(remote = %incoming.remote_address(), "refused connection: limits.max_connections reached");
+                        incoming.refuse();
+                        continue;
+                    };
+                    let ctx = Ctx {
+                        journal: journal.clone(),
+                        sink_id: sink_id.clone(),
+                        control: control.clone(),
+                        counters: counters.clone(),
+                        gate: gate.clone(),
+                        admins: admins.clone(),
+                    };
                     tracker.spawn(async move {
-                        if let Err(e) = serve_connection(incoming, journal, sink_id, control, counters).await {
+                        let _permit = permit;
+                        if let Err(e) = serve_connection(incoming, ctx).await {
                             tracing::info!(error = %e, "connection ended");
                         }
                     });
@@ -205,13 +250,135 @@ fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalEr
     })
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
+/// What every connection and stream task needs.
+#[derive(Clone)]
+struct Ctx {
     journal: Journal,
     sink_id: Arc<String>,
     control: Arc<ControlPlane>,
     counters: Arc<Counters>,
-) -> Result<(), String> {
+    gate: Arc<Gate>,
+    admins: Arc<Vec<String>>,
+}
+
+/// Counts open connections and streams, in total and per agent, against `[limits]`.
+struct Gate {
+    limits: SinkLimits,
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    connections: usize,
+    streams: usize,
+    /// agent → (connections, streams)
+    agents: HashMap<String, (usize, usize)>,
+}
+
+/// A counted connection or stream; uncounted when dropped.
+struct Permit {
+    gate: Arc<Gate>,
+    agent: Option<String>,
+    stream: bool,
+}
+
+impl Gate {
+    fn new(limits: SinkLimits) -> Gate {
+        Gate {
+            limits,
+            state: Mutex::new(GateState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The counts stay consistent even if a holder panicked: every change is one step.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection slot (before the agent is known), if the total allows one.
+    fn connection(self: &Arc<Self>) -> Option<Permit> {
+        let mut st = self.lock();
+        if st.connections >= self.limits.max_connections {
+            return None;
+        }
+        st.connections += 1;
+        Some(Permit {
+            gate: self.clone(),
+            agent: None,
+            stream: false,
+        })
+    }
+
+    /// Counts a handshaken connection for `agent`; the reason if it has too many.
+    fn agent_connection(self: &Arc<Self>, agent: &str) -> Result<Permit, String> {
+        let mut st = self.lock();
+        let e = st.agents.entry(agent.to_string()).or_default();
+        if e.0 >= self.limits.max_connections_per_agent {
+            return Err(format!(
+                "agent {agent} has {} connections open (limits.max_connections_per_agent)",
+                e.0
+            ));
+        }
+        e.0 += 1;
+        Ok(Permit {
+            gate: self.clone(),
+            agent: Some(agent.to_string()),
+            stream: false,
+        })
+    }
+
+    /// Counts a stream of `agent`; the reason if the agent or the sink has too many.
+    fn stream(self: &Arc<Self>, agent: &str) -> Result<Permit, String> {
+        let mut st = self.lock();
+        if st.streams >= self.limits.max_streams {
+            return Err("limits.max_streams reached".into());
+        }
+        let e = st.agents.entry(agent.to_string()).or_default();
+        if e.1 >= self.limits.max_streams_per_agent {
+            return Err(format!(
+                "agent {agent} has {} streams open (limits.max_streams_per_agent)",
+                e.1
+            ));
+        }
+        e.1 += 1;
+        st.streams += 1;
+        Ok(Permit {
+            gate: self.clone(),
+            agent: Some(agent.to_string()),
+            stream: true,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        match &self.agent {
+            None => st.connections = st.connections.saturating_sub(1),
+            Some(a) => {
+                if self.stream {
+                    st.streams = st.streams.saturating_sub(1);
+                }
+                let gone = match st.agents.get_mut(a) {
+                    Some(e) => {
+                        if self.stream {
+                            e.1 = e.1.saturating_sub(1);
+                        } else {
+                            e.0 = e.0.saturating_sub(1);
+                        }
+                        *e == (0, 0)
+                    }
+                    None => false,
+                };
+                if gone {
+                    st.agents.remove(a);
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, ctx: Ctx) -> Result<(), String> {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -225,29 +392,70 @@ async fn serve_connection(
         conn.close(1u32.into(), b"no agent identity");
         return Ok(());
     };
+    if !wire::valid_id(&agent, wire::MAX_AGENT_ID) {
+        tracing::warn!(%remote, agent = %agent.escape_debug(), "refused connection: certificate name outside the safe set (ASCII letters, digits, - _ .; at most 128)");
+        conn.close(1u32.into(), b"certificate name not allowed");
+        return Ok(());
+    }
+    let _permit = match ctx.gate.agent_connection(&agent) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::warn!(%remote, %agent, "refused connection: {why}");
+            ctx.counters
+                .counter("sink.connections_refused")
+                .fetch_add(1, Ordering::Relaxed);
+            conn.close(2u32.into(), b"too many connections");
+            return Ok(());
+        }
+    };
     tracing::info!(%remote, %agent, "agent connected");
-    counters
+    ctx.counters
         .counter("sink.connections_opened")
         .fetch_add(1, Ordering::Relaxed);
-    let closed = counters.counter("sink.connections_closed");
+    let closed = ctx.counters.counter("sink.connections_closed");
     let _count_close = scopeguard(move || {
         closed.fetch_add(1, Ordering::Relaxed);
     });
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return Err(format!("agent {agent}: {e}")),
         };
-        let (journal, agent, sink_id) = (journal.clone(), agent.clone(), sink_id.clone());
-        let (control, counters) = (control.clone(), counters.clone());
+        let permit = match ctx.gate.stream(&agent) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(%agent, "refused stream: {why}");
+                let _ = send.reset(2u32.into());
+                let _ = recv.stop(2u32.into());
+                continue;
+            }
+        };
+        let (ctx, agent) = (ctx.clone(), agent.clone());
         tokio::spawn(async move {
-            if let Err(e) =
-                serve_stream(send, recv, &journal, &agent, &sink_id, control, counters).await
-            {
+            let _permit = permit;
+            if let Err(e) = serve_stream(send, recv, &ctx, &agent).await {
                 tracing::info!(%agent, error = %e, "stream ended");
             }
         });
     }
+}
+
+/// Tells the agent why its stream ends (best effort) and closes our side.
+async fn refuse_stream(send: &mut quinn::SendStream, reason: &str) {
+    let refusal = wire::Refusal {
+        reason: reason.into(),
+        code: 0,
+    };
+    refuse_stream_with(send, refusal).await;
+}
+
+/// [`refuse_stream`] with a refusal code the agent acts on.
+async fn refuse_stream_with(send: &mut quinn::SendStream, refusal: wire::Refusal) {
+    let frame = SinkFrame {
+        kind: Some(sink_frame::Kind::Refusal(refusal)),
+    };
+    let _ = wire::write_frame(send, &frame).await;
+    let _ = send.finish();
 }
 
 /// Serves one stream by its first frame: a data stream (`Hello`), an agent's control
@@ -255,19 +463,35 @@ async fn serve_connection(
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    journal: &Journal,
+    ctx: &Ctx,
     agent: &str,
-    sink_id: &str,
-    control: Arc<ControlPlane>,
-    counters: Arc<Counters>,
 ) -> Result<(), String> {
-    let first = wire::read_frame_max::<AgentFrame>(&mut recv, wire::MAX_CONTROL_FRAME)
-        .await
-        .map_err(|e| e.to_string())?;
+    let Ctx {
+        journal,
+        sink_id,
+        control,
+        counters,
+        ..
+    } = ctx;
+    // Only an admin's request may be large (it carries the module it pushes); anything
+    // else must say what it is within a small first frame.
+    let is_admin = ctx.admins.iter().any(|a| a == agent);
+    let first = wire::read_frame_by_kind::<AgentFrame>(&mut recv, |tag| {
+        if tag == wire::ADMIN_FRAME_TAG && is_admin {
+            wire::MAX_CONTROL_FRAME
+        } else {
+            wire::MAX_FIRST_FRAME
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let hello = match first.and_then(|f| f.kind) {
         Some(agent_frame::Kind::Hello(h)) => h,
         Some(agent_frame::Kind::ControlHello(h)) => {
-            return control.serve_agent(agent.into(), h, send, recv).await;
+            return control
+                .clone()
+                .serve_agent(agent.into(), h, send, recv)
+                .await;
         }
         Some(agent_frame::Kind::Admin(req)) => {
             let reply = control.admin(agent, req).await;
@@ -290,27 +514,30 @@ async fn serve_stream(
             hello.protocol_version,
             wire::PROTOCOL_VERSION
         );
-        let refusal = SinkFrame {
-            kind: Some(sink_frame::Kind::Refusal(wire::Refusal {
-                reason: reason.clone(),
-            })),
-        };
-        let _ = wire::write_frame(&mut send, &refusal).await;
-        let _ = send.finish();
+        refuse_stream(&mut send, &reason).await;
         return Err(reason);
     }
     let queue_id = hello.queue_id;
+    if !wire::valid_id(&queue_id, wire::MAX_QUEUE_ID) {
+        let reason = format!(
+            "queue id of {} bytes refused: 1 to {} ASCII letters, digits, - _ .",
+            queue_id.len(),
+            wire::MAX_QUEUE_ID
+        );
+        refuse_stream(&mut send, &reason).await;
+        return Err(reason);
+    }
     let welcome = SinkFrame {
         kind: Some(sink_frame::Kind::Welcome(wire::Welcome {
             protocol_version: wire::PROTOCOL_VERSION,
-            sink_id: sink_id.into(),
+            sink_id: sink_id.to_string(),
             journal_id: journal.id().into(),
         })),
     };
     wire::write_frame(&mut send, &welcome)
         .await
         .map_err(|e| e.to_string())?;
-    let resolve = match wire::read_frame::<AgentFrame>(&mut recv)
+    let resolve = match wire::read_frame_max::<AgentFrame>(&mut recv, wire::MAX_FIRST_FRAME)
         .await
         .map_err(|e| e.to_string())?
     {
@@ -319,14 +546,15 @@ async fn serve_stream(
         }) => r,
         other => return Err(format!("expected resolve, got {other:?}")),
     };
-    let hwm = journal
-        .resolve(
-            agent,
-            &queue_id,
-            resolve.confirm_upto,
-            resolve.delivered_upto,
-        )
-        .await?;
+    let hwm = match journal.resolve(agent, &queue_id, &resolve).await {
+        Ok(h) => h,
+        Err(refusal) => {
+            let reason = refusal.reason.clone();
+            refuse_stream_with(&mut send, refusal).await;
+            return Err(reason);
+        }
+    };
+    let instance = resolve.instance;
     let resolved = SinkFrame {
         kind: Some(sink_frame::Kind::Resolved(wire::Resolved {
             high_water_mark: hwm,
@@ -337,20 +565,40 @@ async fn serve_stream(
         .map_err(|e| e.to_string())?;
     tracing::debug!(%agent, %queue_id, hwm, "stream welcomed");
 
-    // Acks go out in batch order from their own task, each after its commit.
-    let (pending_tx, mut pending) =
-        mpsc::channel::<(u64, tokio::sync::oneshot::Receiver<Result<u64, String>>)>(64);
+    type Pending = (
+        u64,
+        u64,
+        tokio::sync::oneshot::Receiver<Result<Outcome, String>>,
+    );
+    // Acks go out in batch order from their own task, each after its commit. A refused
+    // submit ends the stream at once: nothing after it may be journaled over the gap.
+    let (pending_tx, mut pending) = mpsc::channel::<Pending>(64);
+    let failed = CancellationToken::new();
+    let acker_failed = failed.clone();
+    let rejected = counters.counter("sink.batches_rejected");
     let acker = tokio::spawn(async move {
-        while let Some((batch_id, done)) = pending.recv().await {
-            let last_seq = match done.await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("journal: {e}")),
+        let _cancel = acker_failed.clone().drop_guard();
+        while let Some((batch_id, last_seq, done)) = pending.recv().await {
+            let kind = match done.await {
+                Ok(Ok(Outcome::Stored(last_seq))) => {
+                    sink_frame::Kind::Ack(wire::Ack { batch_id, last_seq })
+                }
+                Ok(Ok(Outcome::Rejected(reason))) => {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                    sink_frame::Kind::Rejected(wire::Rejected {
+                        batch_id,
+                        last_seq,
+                        reason,
+                    })
+                }
+                Ok(Err(e)) => {
+                    let reason = format!("journal: {e}");
+                    refuse_stream(&mut send, &reason).await;
+                    return Err(reason);
+                }
                 Err(_) => return Err("journal closed".into()),
             };
-            let ack = SinkFrame {
-                kind: Some(sink_frame::Kind::Ack(wire::Ack { batch_id, last_seq })),
-            };
-            wire::write_frame(&mut send, &ack)
+            wire::write_frame(&mut send, &SinkFrame { kind: Some(kind) })
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -359,14 +607,14 @@ async fn serve_stream(
     });
     let result = async {
         loop {
-            // Batches stay encoded: only their seqs are read here, the bytes are journaled
-            // as they came (decoding and re-encoding every record cost a fifth of the sink).
-            let frame = match wire::read_frame::<wire::AgentFrameRaw>(&mut recv)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                None => return Ok(()),
-                Some(f) => f,
+            // Batches stay encoded: they are checked in one pass and journaled as they came
+            // (decoding and re-encoding every record cost a fifth of the sink).
+            let frame = tokio::select! {
+                f = wire::read_frame::<wire::AgentFrameRaw>(&mut recv) => f.map_err(|e| e.to_string())?,
+                _ = failed.cancelled() => return Ok(()),
+            };
+            let Some(frame) = frame else {
+                return Ok(());
             };
             if let Some(c) = frame.confirm {
                 journal
@@ -378,32 +626,28 @@ async fn serve_stream(
             let Some(raw) = frame.batch else {
                 return Err("expected batch or confirm".to_string());
             };
-            let seqs = wire::BatchSeqs::decode(raw.clone())
-                .map_err(|e| format!("malformed batch: {e}"))?;
-            let (Some(first), Some(last)) = (seqs.records.first(), seqs.records.last()) else {
-                return Err("empty batch".to_string());
-            };
-            if seqs.records.windows(2).any(|w| w[0].seq >= w[1].seq) {
-                return Err("batch seqs not ascending".to_string());
+            let info = wire::scan_batch(&raw).map_err(|e| e.to_string())?;
+            if let Some(why) = &info.invalid {
+                tracing::warn!(%agent, %queue_id, first = info.first, last = info.last, reason = %why, "rejecting an invalid batch");
             }
-            let batch = wire::Batch {
-                batch_id: seqs.batch_id,
-                records: Vec::new(),
-            };
             counters
                 .counter("sink.batches")
                 .fetch_add(1, Ordering::Relaxed);
             counters
                 .counter("sink.records")
-                .fetch_add(seqs.records.len() as u64, Ordering::Relaxed);
+                .fetch_add(info.records as u64, Ordering::Relaxed);
             counters
                 .counter("sink.bytes")
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
             let done = journal
-                .submit(agent, &queue_id, raw, first.seq, last.seq)
+                .submit(agent, &queue_id, raw, &info, instance)
                 .await
                 .map_err(|e| e.to_string())?;
-            if pending_tx.send((batch.batch_id, done)).await.is_err() {
+            if pending_tx
+                .send((info.batch_id, info.last, done))
+                .await
+                .is_err()
+            {
                 return Err("ack writer stopped".to_string());
             }
         }
@@ -414,13 +658,45 @@ async fn serve_stream(
     result.and(acked)
 }
 
+/// Why a drain round failed.
+enum DrainError {
+    /// The journal's storage: it needs a reopen.
+    Storage(JournalError),
+    /// Anything else (an output): retried as it is.
+    Other(String),
+}
+
+impl std::fmt::Display for DrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainError::Storage(e) => e.fmt(f),
+            DrainError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<JournalError> for DrainError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Storage(_) | JournalError::Panicked(_) => DrainError::Storage(e),
+            other => DrainError::Other(other.to_string()),
+        }
+    }
+}
+
 /// Moves confirmed journal entries to the outputs, committing positions after each round.
-async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: CancellationToken) {
+async fn drain(
+    journal: Journal,
+    mut outputs: Vec<Box<dyn Output>>,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+) {
     let mut changed = journal.changed();
+    let quarantined = counters.counter("sink.quarantined");
     loop {
         changed.borrow_and_update();
         // Writes and fsyncs: in place on this task's own thread (see `Sink::run`).
-        match drain_round(&journal, &mut outputs) {
+        match drain_round(&journal, &mut outputs, &quarantined) {
             Ok(0) => {
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { break },
@@ -430,8 +706,10 @@ async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: Cancel
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "output drain failed; retrying");
-                // If it was the journal's storage, redb needs a reopen before anything works.
-                journal.reopen().await;
+                // redb needs a reopen after a storage failure, and only then.
+                if matches!(e, DrainError::Storage(_)) {
+                    journal.reopen().await;
+                }
                 for o in outputs.iter_mut() {
                     if let Err(e) = o.rollback() {
                         tracing::error!(output = %o.name(), error = %e, "output rollback failed");
@@ -446,41 +724,48 @@ async fn drain(journal: Journal, mut outputs: Vec<Box<dyn Output>>, stop: Cancel
     }
 }
 
-/// Writes one round of confirmed entries to every output, then commits their positions and
-/// deletes the entries in one transaction. Returns how many entries were drained.
-fn drain_round(journal: &Journal, outputs: &mut [Box<dyn Output>]) -> Result<usize, String> {
+/// Writes one round of confirmed entries to every output, then commits their positions,
+/// deletes the entries and quarantines the ones that do not decode, in one transaction.
+/// Returns how many entries were drained or quarantined.
+fn drain_round(
+    journal: &Journal,
+    outputs: &mut [Box<dyn Output>],
+    quarantined: &std::sync::atomic::AtomicU64,
+) -> Result<usize, DrainError> {
     // A few MiB per round: big enough that the fsyncs amortise, small enough to keep the
     // sink's memory flat while a backlog drains.
-    let entries = journal.read_drainable(4 << 20).map_err(|e| e.to_string())?;
-    if entries.is_empty() {
+    let journal::Drainable { entries, bad } = journal.read_drainable(4 << 20)?;
+    if entries.is_empty() && bad.is_empty() {
         return Ok(0);
     }
-    for o in outputs.iter_mut() {
-        o.write(&entries)
-            .map_err(|e| format!("{}: {e}", o.name()))?;
+    if !entries.is_empty() {
+        for o in outputs.iter_mut() {
+            o.write(&entries)
+                .map_err(|e| DrainError::Other(format!("{}: {e}", o.name())))?;
+        }
     }
     let keys: Vec<u64> = entries.iter().map(|(k, _)| *k).collect();
-    journal
-        .with_db(|d| {
-            let txn = d.begin_write().map_err(journal::db)?;
-            {
-                let mut c = txn.open_table(journal::CURSOR).map_err(journal::db)?;
-                for o in outputs.iter() {
-                    let p = o.position();
-                    if !p.is_empty() {
-                        c.insert(o.name().as_str(), p.as_slice())
-                            .map_err(journal::db)?;
-                    }
+    journal.with_db(|d| {
+        let txn = d.begin_write().map_err(journal::db)?;
+        {
+            let mut c = txn.open_table(journal::CURSOR).map_err(journal::db)?;
+            for o in outputs.iter() {
+                let p = o.position();
+                if !p.is_empty() {
+                    c.insert(o.name().as_str(), p.as_slice())
+                        .map_err(journal::db)?;
                 }
             }
-            journal::delete_entries(&txn, &keys)?;
-            txn.commit().map_err(journal::db)
-        })
-        .map_err(|e| e.to_string())?;
+        }
+        journal::delete_entries(&txn, &keys)?;
+        journal::quarantine_entries(&txn, &bad)?;
+        txn.commit().map_err(journal::db)
+    })?;
+    quarantined.fetch_add(bad.len() as u64, Ordering::Relaxed);
     for o in outputs.iter_mut() {
         o.committed();
     }
-    Ok(entries.len())
+    Ok(entries.len() + bad.len())
 }
 
 /// Runs `f` when dropped.

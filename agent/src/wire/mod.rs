@@ -18,6 +18,25 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Largest frame on control and admin streams (a module: interpreters compiled to
 /// components reach 20 MB).
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024 * 1024;
+/// Largest first frame of a stream (`Hello`, `ControlHello`) before its type is known: a
+/// stream that has not said what it is may not make the sink hold more than this.
+pub const MAX_FIRST_FRAME: usize = 64 * 1024;
+/// Longest queue id the sink accepts (agents send 32 hex digits).
+pub const MAX_QUEUE_ID: usize = 64;
+/// Longest agent id (certificate name) the sink accepts.
+pub const MAX_AGENT_ID: usize = 128;
+/// The `AgentFrame` tag of an admin request (whose first frame may carry a module).
+pub const ADMIN_FRAME_TAG: u32 = 7;
+
+/// Whether `id` is a usable agent or queue id: 1 to `max` bytes of ASCII letters, digits,
+/// `-`, `_` and `.` (ids become journal keys and appear in logs and outputs).
+pub fn valid_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 /// Agent → sink frame.
 #[derive(Clone, PartialEq, Message)]
@@ -60,7 +79,7 @@ pub mod agent_frame {
 #[derive(Clone, PartialEq, Message)]
 pub struct SinkFrame {
     /// The message carried.
-    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "sink_frame::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<sink_frame::Kind>,
 }
 
@@ -87,6 +106,9 @@ pub mod sink_frame {
         /// Answer to an admin request.
         #[prost(message, tag = "6")]
         AdminReply(super::AdminReply),
+        /// A batch will never be stored (its records are invalid): in the place of its Ack.
+        #[prost(message, tag = "7")]
+        Rejected(super::Rejected),
     }
 }
 
@@ -137,9 +159,16 @@ pub struct ModuleOffer {
     #[prost(string, tag = "5")]
     pub key: String,
     /// NDJSON test records for the self-check (empty: the agent's recent records).
-    /// An offer without a module orders a return to the configured module.
     #[prost(bytes = "vec", tag = "6")]
     pub vectors: Vec<u8>,
+    /// Monotonic per pipeline (part of what is signed): agents refuse a seq not above
+    /// every one they took, so an old offer cannot be replayed.
+    #[prost(uint64, tag = "7")]
+    pub seq: u64,
+    /// An operator's signed rollback order: to this module, or with an empty module to
+    /// the agent's configured one.
+    #[prost(bool, tag = "8")]
+    pub rollback: bool,
 }
 
 /// What an agent did with an offer, or a rollback it made on its own.
@@ -180,6 +209,9 @@ pub struct AdminRequest {
     /// Only these agents (push); empty: every agent running the pipeline.
     #[prost(string, repeated, tag = "4")]
     pub agents: Vec<String>,
+    /// Status: the page after this row key ([`AdminReply::next`]).
+    #[prost(string, tag = "5")]
+    pub after: String,
 }
 
 /// The sink's answer to an admin request.
@@ -194,6 +226,15 @@ pub struct AdminReply {
     /// Per agent and pipeline (status).
     #[prost(message, repeated, tag = "3")]
     pub agents: Vec<AgentStatus>,
+    /// Status: more rows follow; ask again with `after` set to this.
+    #[prost(string, tag = "4")]
+    pub next: String,
+    /// Rollback plan: what a rollback order must sign (a module hash or `configured`).
+    #[prost(string, tag = "5")]
+    pub target: String,
+    /// Rollback plan: the version a rollback returns to.
+    #[prost(string, tag = "6")]
+    pub target_version: String,
 }
 
 /// One agent's pipeline as the sink last heard of it.
@@ -248,6 +289,14 @@ pub struct Resolve {
     /// Every seq up to this one was delivered (through this sink or another).
     #[prost(uint64, tag = "2")]
     pub delivered_upto: u64,
+    /// Random per agent process: a queue's streams from another process are a restart (or
+    /// a copy of its data directory). 0: not told (no fork check).
+    #[prost(uint64, tag = "3")]
+    pub instance: u64,
+    /// The queue's last committed seq when this process opened it: a successor inherited
+    /// everything its predecessors sent, so a sink holding more is talking to a copy.
+    #[prost(uint64, tag = "4")]
+    pub inherited_upto: u64,
 }
 
 /// The sink's answer to `Resolve`.
@@ -286,9 +335,17 @@ pub struct Refusal {
     /// Human-readable reason.
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// What the agent should do about it: 0 retry later, [`REFUSED_FORKED`] take a new
+    /// queue id.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
 }
 
-/// Records with consecutive ascending seqs.
+/// `Refusal.code`: another copy of this queue (a cloned or restored data directory) sent
+/// seqs this one never inherited; its records would be dropped as duplicates here.
+pub const REFUSED_FORKED: u32 = 1;
+
+/// Records with ascending seqs.
 #[derive(Clone, PartialEq, Message)]
 pub struct Batch {
     /// Agent-chosen id echoed in the Ack.
@@ -297,6 +354,25 @@ pub struct Batch {
     /// The records.
     #[prost(message, repeated, tag = "2")]
     pub records: Vec<Record>,
+    /// The batch covers seqs from this one (seqs below its first record that it has no
+    /// record for were dropped by the agent); 0 = from its first record.
+    #[prost(uint64, tag = "3")]
+    pub from_seq: u64,
+}
+
+/// The sink's answer to a batch it will never store, in the place of its `Ack`: the sink
+/// has moved its high-water mark over the batch's seqs, the agent dead-letters them.
+#[derive(Clone, PartialEq, Message)]
+pub struct Rejected {
+    /// The refused batch.
+    #[prost(uint64, tag = "1")]
+    pub batch_id: u64,
+    /// Its last seq.
+    #[prost(uint64, tag = "2")]
+    pub last_seq: u64,
+    /// Why.
+    #[prost(string, tag = "3")]
+    pub reason: String,
 }
 
 /// A batch is durable at the sink.
@@ -393,25 +469,6 @@ pub struct AgentFrameRaw {
     pub resolve: Option<Resolve>,
 }
 
-/// A `Batch` decoded for its seqs only (protobuf skips the other record fields).
-#[derive(Clone, PartialEq, Message)]
-pub struct BatchSeqs {
-    /// Agent-chosen id.
-    #[prost(uint64, tag = "1")]
-    pub batch_id: u64,
-    /// One per record.
-    #[prost(message, repeated, tag = "2")]
-    pub records: Vec<RecordSeq>,
-}
-
-/// A record's seq alone.
-#[derive(Clone, PartialEq, Message)]
-pub struct RecordSeq {
-    /// Queue sequence number.
-    #[prost(uint64, tag = "1")]
-    pub seq: u64,
-}
-
 /// The first fields of a [`JournalEntry`], decoded without its records (protobuf skips
 /// the length-delimited records field cheaply).
 #[derive(Clone, PartialEq, Message)]
@@ -450,9 +507,14 @@ impl Record {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// The peer announced a frame above [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    /// The peer announced a frame above the limit that applies to it.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
     /// The bytes are not a valid message.
     #[error("malformed frame: {0}")]
     Decode(#[from] prost::DecodeError),
@@ -496,6 +558,16 @@ pub async fn read_frame_max<M: Message + Default>(
     recv: &mut quinn::RecvStream,
     max: usize,
 ) -> Result<Option<M>, FrameError> {
+    read_frame_by_kind(recv, |_| max).await
+}
+
+/// Reads one frame whose size limit depends on its kind: `limit` gets the tag of the
+/// frame's first field (the oneof variant of `AgentFrame`/`SinkFrame`; 0 if unknown) and
+/// answers the limit. Used for the first frame of a stream, before its type is known.
+pub async fn read_frame_by_kind<M: Message + Default>(
+    recv: &mut quinn::RecvStream,
+    limit: impl FnOnce(u32) -> usize,
+) -> Result<Option<M>, FrameError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -503,13 +575,310 @@ pub async fn read_frame_max<M: Message + Default>(
         Err(e) => return Err(e.into()),
     }
     let len = (&len[..]).get_u32() as usize;
+    let mut body = BytesMut::new();
+    // The first field's key (a varint of at most 5 bytes for a u32 tag) names the kind.
+    read_into(recv, &mut body, len.min(5)).await?;
+    let tag = first_tag(&body);
+    let max = limit(tag);
     if len > max {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = BytesMut::zeroed(len);
-    recv.read_exact(&mut body).await?;
+    read_into(recv, &mut body, len).await?;
     // Decoding from `Bytes` lets payloads point into this one buffer.
     Ok(Some(M::decode(body.freeze())?))
+}
+
+/// Reads until `body` holds `upto` bytes, growing it only as bytes arrive (at most doubling
+/// what is already there): a peer that claims a large frame and sends nothing holds no
+/// memory for it.
+async fn read_into(
+    recv: &mut quinn::RecvStream,
+    body: &mut BytesMut,
+    upto: usize,
+) -> Result<(), FrameError> {
+    const STEP: usize = 64 * 1024;
+    while body.len() < upto {
+        let missing = upto - body.len();
+        if body.capacity() == body.len() {
+            body.reserve(missing.min(body.len().max(STEP)));
+        }
+        let room = (body.capacity() - body.len()).min(missing);
+        match recv
+            .read_chunk(room, true)
+            .await
+            .map_err(quinn::ReadExactError::ReadError)?
+        {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+        }
+    }
+    Ok(())
+}
+
+/// The tag of the first field in protobuf bytes (0 if it cannot be read).
+fn first_tag(b: &[u8]) -> u32 {
+    let mut s = Scan { b, pos: 0 };
+    match s.varint() {
+        Some(key) if key <= u64::from(u32::MAX) => (key >> 3) as u32,
+        _ => 0,
+    }
+}
+
+/// What the sink needs from a batch, found by [`scan_batch`] without decoding records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Agent-chosen id.
+    pub batch_id: u64,
+    /// First seq the batch covers (its `from_seq`, or else its first record's seq).
+    pub from_seq: u64,
+    /// Whether the agent said where the batch starts (`from_seq`; older agents do not).
+    pub from_declared: bool,
+    /// Seq of the first record.
+    pub first: u64,
+    /// Seq of the last record.
+    pub last: u64,
+    /// Number of records.
+    pub records: usize,
+    /// The first reason a record is invalid, if any (the batch must be rejected whole).
+    pub invalid: Option<InvalidRecord>,
+}
+
+/// Why a record of a batch cannot be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("record {index} (seq {seq}): {reason}")]
+pub struct InvalidRecord {
+    /// Position of the record in the batch.
+    pub index: usize,
+    /// Its seq (0 if not yet read).
+    pub seq: u64,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// A batch whose structure cannot be read at all (no seqs to refuse it by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed batch: {0}")]
+pub struct MalformedBatch(pub &'static str);
+
+/// Checks an encoded [`Batch`] in one pass, without allocating: the seqs (present,
+/// ascending), and in every record each known field's wire type, the UTF-8 of its strings,
+/// and that unknown fields can be skipped. A batch that passes decodes with [`Batch`]'s
+/// prost decoder (what the drain does); one with an invalid record comes back with
+/// [`BatchInfo::invalid`] set and its seqs, so it can be refused by them.
+pub fn scan_batch(b: &[u8]) -> Result<BatchInfo, MalformedBatch> {
+    let mut s = Scan { b, pos: 0 };
+    let mut info = BatchInfo {
+        batch_id: 0,
+        from_seq: 0,
+        from_declared: false,
+        first: 0,
+        last: 0,
+        records: 0,
+        invalid: None,
+    };
+    while !s.done() {
+        let (tag, wt) = s.key().ok_or(MalformedBatch("bad field key"))?;
+        match (tag, wt) {
+            (1, WT_VARINT) => info.batch_id = s.varint().ok_or(MalformedBatch("bad batch_id"))?,
+            (3, WT_VARINT) => {
+                info.from_seq = s.varint().ok_or(MalformedBatch("bad from_seq"))?;
+                info.from_declared = info.from_seq > 0;
+            }
+            (2, WT_LEN) => {
+                let rec = s
+                    .len_delimited()
+                    .ok_or(MalformedBatch("record overruns the batch"))?;
+                let index = info.records;
+                let (seq, invalid) = scan_record(rec, index);
+                let seq = seq.ok_or(MalformedBatch("record without a readable seq"))?;
+                if seq == 0 {
+                    return Err(MalformedBatch("record seq 0"));
+                }
+                if index > 0 && seq <= info.last {
+                    return Err(MalformedBatch("batch seqs not ascending"));
+                }
+                if index == 0 {
+                    info.first = seq;
+                }
+                info.last = seq;
+                info.records += 1;
+                if info.invalid.is_none() {
+                    info.invalid = invalid;
+                }
+            }
+            (1..=3, _) => return Err(MalformedBatch("wrong wire type")),
+            _ => s
+                .skip(wt)
+                .ok_or(MalformedBatch("unknown field cannot be skipped"))?,
+        }
+    }
+    if info.records == 0 {
+        return Err(MalformedBatch("empty batch"));
+    }
+    if !info.from_declared {
+        info.from_seq = info.first;
+    } else if info.from_seq > info.first {
+        return Err(MalformedBatch("from_seq beyond the first record"));
+    }
+    Ok(info)
+}
+
+/// One record: its seq (the last `seq` field, as prost keeps it) and the first problem.
+fn scan_record(b: &[u8], index: usize) -> (Option<u64>, Option<InvalidRecord>) {
+    let mut s = Scan { b, pos: 0 };
+    let mut seq = None;
+    let mut invalid: Option<&'static str> = None;
+    while !s.done() {
+        let Some((tag, wt)) = s.key() else {
+            invalid = invalid.or(Some("bad field key"));
+            break;
+        };
+        let ok = match (tag, wt) {
+            (1, WT_VARINT) => match s.varint() {
+                Some(v) => {
+                    seq = Some(v);
+                    true
+                }
+                None => false,
+            },
+            (2, WT_VARINT) => s.varint().is_some(),
+            (3 | 4, WT_LEN) => match s.len_delimited() {
+                Some(v) if std::str::from_utf8(v).is_ok() => true,
+                Some(_) => {
+                    invalid = invalid.or(Some(if tag == 3 {
+                        "source is not UTF-8"
+                    } else {
+                        "topic is not UTF-8"
+                    }));
+                    continue;
+                }
+                None => false,
+            },
+            (5 | 7, WT_LEN) => s.len_delimited().is_some(),
+            (6, WT_LEN) => match s.len_delimited() {
+                Some(h) => {
+                    if let Some(why) = scan_header(h) {
+                        invalid = invalid.or(Some(why));
+                    }
+                    true
+                }
+                None => false,
+            },
+            (1..=7, _) => {
+                invalid = invalid.or(Some("field with the wrong wire type"));
+                // Still skippable by its own wire type: keep looking for the seq.
+                if s.skip(wt).is_some() {
+                    continue;
+                }
+                break;
+            }
+            _ => s.skip(wt).is_some(),
+        };
+        if !ok {
+            invalid = invalid.or(Some("field cannot be read"));
+            break;
+        }
+    }
+    let seq_read = seq.unwrap_or(0);
+    (
+        seq,
+        invalid.map(|reason| InvalidRecord {
+            index,
+            seq: seq_read,
+            reason,
+        }),
+    )
+}
+
+/// A header: both fields strings. Returns what is wrong, if anything.
+fn scan_header(b: &[u8]) -> Option<&'static str> {
+    let mut s = Scan { b, pos: 0 };
+    while !s.done() {
+        let Some((tag, wt)) = s.key() else {
+            return Some("header cannot be read");
+        };
+        match (tag, wt) {
+            (1 | 2, WT_LEN) => match s.len_delimited() {
+                Some(v) if std::str::from_utf8(v).is_ok() => {}
+                Some(_) => return Some("header is not UTF-8"),
+                None => return Some("header cannot be read"),
+            },
+            (1 | 2, _) => return Some("header field with the wrong wire type"),
+            _ => {
+                if s.skip(wt).is_none() {
+                    return Some("header cannot be read");
+                }
+            }
+        }
+    }
+    None
+}
+
+const WT_VARINT: u8 = 0;
+const WT_64: u8 = 1;
+const WT_LEN: u8 = 2;
+const WT_32: u8 = 5;
+
+/// A cursor over protobuf bytes; every read is bounds-checked and answers `None` past the
+/// end or on a malformed value (as prost's decoder would refuse it).
+struct Scan<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn done(&self) -> bool {
+        self.pos >= self.b.len()
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let byte = *self.b.get(self.pos)?;
+            self.pos += 1;
+            // prost refuses a tenth byte above 1 (it would overflow 64 bits).
+            if i == 9 && byte > 1 {
+                return None;
+            }
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// A field key: (tag, wire type); tag 0 and keys over 32 bits are invalid.
+    fn key(&mut self) -> Option<(u32, u8)> {
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) || k >> 3 == 0 {
+            return None;
+        }
+        Some(((k >> 3) as u32, (k & 7) as u8))
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let v = self.b.get(self.pos..end)?;
+        self.pos = end;
+        Some(v)
+    }
+
+    fn len_delimited(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        self.take(n)
+    }
+
+    /// Skips a value of wire type `wt`; groups (deprecated, never sent) are refused.
+    fn skip(&mut self, wt: u8) -> Option<()> {
+        match wt {
+            WT_VARINT => self.varint().map(|_| ()),
+            WT_64 => self.take(8).map(|_| ()),
+            WT_LEN => self.len_delimited().map(|_| ()),
+            WT_32 => self.take(4).map(|_| ()),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -574,5 +943,125 @@ mod tests {
         ] {
             assert!(fields.contains(&(f.0.to_string(), f.1)), "{f:?} missing");
         }
+    }
+
+    fn sample_batch() -> Vec<u8> {
+        Batch {
+            batch_id: 7,
+            from_seq: 3,
+            records: (5..9)
+                .map(|seq| Record {
+                    seq,
+                    ts_ns: 11,
+                    source: "src".into(),
+                    topic: "t".into(),
+                    key: Some(vec![1, 2]),
+                    headers: vec![Header {
+                        name: "n".into(),
+                        value: "v".into(),
+                    }],
+                    payload: vec![b'x'; 20].into(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Issue 12, defect 1: the sink decoded only seqs, so a record prost cannot decode was
+    /// acknowledged and later stopped the drain. Whatever `scan_batch` lets through must
+    /// decode; checked on a valid batch and thousands of mutations of it.
+    #[test]
+    fn scan_batch_passes_only_what_prost_decodes() {
+        let good = sample_batch();
+        let info = scan_batch(&good).unwrap();
+        assert_eq!(
+            (
+                info.batch_id,
+                info.from_seq,
+                info.first,
+                info.last,
+                info.records
+            ),
+            (7, 3, 5, 8, 4)
+        );
+        assert!(info.invalid.is_none());
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut passed = 0;
+        for _ in 0..100_000 {
+            let mut b = good.clone();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..b.len());
+                match rng.u8(..3) {
+                    0 => b[at] = rng.u8(..),
+                    1 => b[at] ^= 1 << rng.u8(..8),
+                    _ => {
+                        b.truncate(at.max(1));
+                    }
+                }
+            }
+            if let Ok(info) = scan_batch(&b)
+                && info.invalid.is_none()
+            {
+                passed += 1;
+                let decoded = Batch::decode(&b[..]);
+                assert!(decoded.is_ok(), "scan passed but prost fails: {b:?}");
+            }
+        }
+        assert!(
+            passed > 100,
+            "the mutations should often stay valid ({passed})"
+        );
+    }
+
+    /// Issue 12, defect 1: a non-UTF-8 string or a field of the wrong wire type makes the
+    /// batch invalid (to be rejected), with its seqs still known.
+    #[test]
+    fn scan_batch_flags_invalid_records_by_seq() {
+        let mut rec = Vec::new();
+        prost::encoding::uint64::encode(1, &9u64, &mut rec);
+        prost::encoding::bytes::encode(3, &vec![0xc3u8, 0x28], &mut rec);
+        let mut batch = Vec::new();
+        prost::encoding::bytes::encode(2, &rec, &mut batch);
+        let info = scan_batch(&batch).unwrap();
+        assert_eq!((info.first, info.last), (9, 9));
+        assert_eq!(info.invalid.unwrap().reason, "source is not UTF-8");
+        assert!(Batch::decode(&batch[..]).is_err());
+
+        let mut rec = Vec::new();
+        prost::encoding::uint64::encode(1, &10u64, &mut rec);
+        prost::encoding::uint64::encode(4, &5u64, &mut rec); // topic as a varint
+        let mut batch = Vec::new();
+        prost::encoding::bytes::encode(2, &rec, &mut batch);
+        let info = scan_batch(&batch).unwrap();
+        assert_eq!(
+            info.invalid.unwrap().reason,
+            "field with the wrong wire type"
+        );
+        assert!(Batch::decode(&batch[..]).is_err());
+    }
+
+    /// Issue 12, defect 25: the frame-size error named the 16 MiB data limit whatever
+    /// limit refused the frame (64 MiB on control streams).
+    #[test]
+    fn frame_size_error_names_the_limit_in_force() {
+        let e = FrameError::TooLarge {
+            len: 70_000,
+            max: MAX_FIRST_FRAME,
+        };
+        assert_eq!(
+            e.to_string(),
+            "frame of 70000 bytes exceeds the 65536-byte limit"
+        );
+    }
+
+    /// Issue 12, defects 16 and 17: ids are short and of a safe character set.
+    #[test]
+    fn ids_outside_the_safe_set_are_refused() {
+        assert!(valid_id("0123456789abcdef0123456789abcdef", MAX_QUEUE_ID));
+        assert!(valid_id("edge-1.site_a", MAX_AGENT_ID));
+        for bad in ["", "edge-1/x", "a b", "é", "x\n"] {
+            assert!(!valid_id(bad, MAX_AGENT_ID), "{bad:?}");
+        }
+        assert!(!valid_id(&"a".repeat(65), MAX_QUEUE_ID));
     }
 }
