@@ -1275,6 +1275,12 @@ impl AgentConfig {
                 MS_HOUR,
             ),
             (
+                "forward.connect_timeout_ms".into(),
+                f.connect_timeout_ms,
+                10,
+                10 * 60_000,
+            ),
+            (
                 "forward.failover_after".into(),
                 f.failover_after.into(),
                 1,
@@ -1413,6 +1419,20 @@ impl SinkConfig {
                 7 * 86_400,
             ),
         ];
+        let l = &self.limits;
+        for (k, v, max) in [
+            ("max_connections", l.max_connections, 1 << 20),
+            (
+                "max_connections_per_agent",
+                l.max_connections_per_agent,
+                1 << 16,
+            ),
+            ("max_streams_per_agent", l.max_streams_per_agent, 1 << 16),
+            ("max_streams", l.max_streams, 1 << 20),
+            ("max_queues_per_agent", l.max_queues_per_agent, 1 << 16),
+        ] {
+            b.push((format!("limits.{k}"), v as u64, 1, max));
+        }
         for (i, o) in self.outputs.iter().enumerate() {
             if let OutputConfig::Jsonl(j) = o {
                 b.push((

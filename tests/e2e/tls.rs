@@ -22,9 +22,11 @@ async fn try_connect(
         forward::connect(
             &endpoint,
             client,
-            addr,
-            name,
-            Duration::from_secs(3),
+            forward::Dial {
+                addr,
+                server_name: name,
+                timeout: Duration::from_secs(3),
+            },
             "q-test",
             forward::Incarnation::default(),
             |_| Ok((0, 0)),

@@ -100,21 +100,35 @@ pub struct Session {
     pub journal_id: String,
 }
 
-/// Connects to `addr` (its certificate verified for `server_name`, the handshake bounded by
-/// `connect_timeout`) and opens a data stream:
+/// Where and how long to try: a sink's address, the name its certificate must carry, and
+/// the longest wait for the QUIC/TLS handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial<'a> {
+    /// The sink's address.
+    pub addr: SocketAddr,
+    /// The name its certificate is verified for.
+    pub server_name: &'a str,
+    /// Bound on the handshake (a dead sink would otherwise cost a whole idle timeout).
+    pub timeout: Duration,
+}
+
+/// Connects as `dial` says and opens a data stream:
 /// `Hello` → `Welcome` → `Resolve` (with the marks `marks(journal_id)` returns: what this
 /// journal acked, as durably recorded, and what was delivered anywhere) → `Resolved`.
 /// Public so tests and tools can probe a sink exactly as an agent would.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     client: quinn::ClientConfig,
-    addr: SocketAddr,
-    server_name: &str,
-    connect_timeout: Duration,
+    dial: Dial<'_>,
     queue_id: &str,
     incarnation: Incarnation,
     marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
+    let Dial {
+        addr,
+        server_name,
+        timeout: connect_timeout,
+    } = dial;
     let connecting = endpoint
         .connect_with(client, addr, server_name)
         .map_err(|e| ForwardError::Connect(e.to_string()))?;
@@ -389,9 +403,11 @@ impl Forwarder {
         let connecting = connect(
             &self.endpoint,
             self.client.clone(),
-            addr,
-            &self.cfg.server_name,
-            Duration::from_millis(self.cfg.connect_timeout_ms),
+            Dial {
+                addr,
+                server_name: &self.cfg.server_name,
+                timeout: Duration::from_millis(self.cfg.connect_timeout_ms),
+            },
             &queue_id,
             self.incarnation,
             |journal| {
@@ -619,6 +635,7 @@ impl Forwarder {
 /// records they acked but were never confirmed as theirs: a short `Hello`/`Resolve`
 /// exchange confirms what is theirs (so they output it) and discards copies delivered
 /// elsewhere. Without it such records would wait for the agent's next session with them.
+#[allow(clippy::too_many_arguments)]
 async fn sweep(
     cfg: ForwardConfig,
     queue: Queue,
@@ -657,9 +674,11 @@ async fn sweep(
             let attempt = connect(
                 &endpoint,
                 client.clone(),
-                addr,
-                &cfg.server_name,
-                Duration::from_millis(cfg.connect_timeout_ms),
+                Dial {
+                    addr,
+                    server_name: &cfg.server_name,
+                    timeout: Duration::from_millis(cfg.connect_timeout_ms),
+                },
                 &queue_id,
                 incarnation,
                 marks,
