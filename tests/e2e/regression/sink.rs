@@ -312,3 +312,103 @@ fn hostile_batch_frame_is_well_framed() {
     assert!(raw.batch.is_some());
     assert!(wire::Batch::decode(raw.batch.unwrap()).is_err());
 }
+
+/// A stand-in sink that refuses every batch with `Rejected`, as the real one does for
+/// invalid records; returns how many batches it refused.
+async fn rejecting_sink(
+    c: std::path::PathBuf,
+    port: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> usize {
+    let files = dataweaver::config::TlsFiles {
+        ca: c.join("ca.pem"),
+        cert: c.join("sink.pem"),
+        key: c.join("sink.key"),
+    };
+    let server = tls::server_config(&files, Duration::from_secs(5)).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let endpoint = quinn::Endpoint::server(server, addr).unwrap();
+    let rejected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let rejected = rejected.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                let rejected = rejected.clone();
+                tokio::spawn(async move {
+                    let sink_frame = |kind| SinkFrame { kind: Some(kind) };
+                    use wire::sink_frame::Kind;
+                    while let Ok(Some(f)) = wire::read_frame::<AgentFrame>(&mut r).await {
+                        let reply = match f.kind {
+                            Some(agent_frame::Kind::Hello(_)) => Kind::Welcome(wire::Welcome {
+                                protocol_version: wire::PROTOCOL_VERSION,
+                                sink_id: "rejecting".into(),
+                                journal_id: "0000000000000001".into(),
+                            }),
+                            Some(agent_frame::Kind::Resolve(_)) => {
+                                Kind::Resolved(wire::Resolved { high_water_mark: 0 })
+                            }
+                            Some(agent_frame::Kind::Batch(b)) => {
+                                rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                Kind::Rejected(wire::Rejected {
+                                    batch_id: b.batch_id,
+                                    last_seq: b.records.last().map_or(0, |r| r.seq),
+                                    reason: "record 0 (seq 1): source is not UTF-8".into(),
+                                })
+                            }
+                            _ => continue,
+                        };
+                        if wire::write_frame(&mut s, &sink_frame(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"bye");
+    rejected.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Issue 12, defect 1 (the agent's side): a batch the sink refuses as invalid must not be
+/// lost silently nor block the queue: the agent moves its records to its dead-letter table
+/// with the sink's reason and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_rejected_by_the_sink_becomes_dead_letters() {
+    let w = World::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sink = tokio::spawn(rejecting_sink(w.certs(), w.port, stop.clone()));
+    let mut agent = w.agent();
+    let mut lines = LineWriter::new(&w.path("input/app.log"), 64);
+    lines.write(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let s = std::fs::read_to_string(w.path("agent.log")).unwrap_or_default();
+        if s.contains("the sink refused a batch") || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Let the dead letters commit, then stop the agent to read its queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&mut agent);
+    stop.cancel();
+    let refused = sink.await.unwrap();
+    let dead = dead_letters(&w);
+    assert_eq!(
+        dead.len(),
+        20,
+        "every refused record is a dead letter ({refused} batches refused)\n{stats}"
+    );
+    assert!(
+        dead.iter().all(|d| d["dead_letter_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not UTF-8"))),
+        "{dead:?}"
+    );
+}
