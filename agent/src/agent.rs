@@ -48,6 +48,29 @@ pub async fn run(
 /// Default address of an agent's admin endpoint.
 pub const ADMIN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 7410);
 
+/// Raises the soft open-files limit to the hard one: network sources and tailed files each
+/// hold a descriptor, and the common soft default (1,024) is far below what the hard limit
+/// allows.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                let from = lim.rlim_cur;
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    tracing::debug!(from, to = lim.rlim_max, "open-files limit raised");
+                }
+            }
+        }
+    }
+}
+
 /// [`run`], with a config reload hook for the admin endpoint's `POST /reload`.
 pub async fn run_with(
     cfg: AgentConfig,
@@ -55,6 +78,7 @@ pub async fn run_with(
     reload: Option<ReloadFn>,
 ) -> Result<(), AgentError> {
     let started = std::time::Instant::now();
+    raise_open_files_limit();
     let queue = Queue::open(&cfg.data_dir, &cfg.queue)?;
     tracing::info!(queue_id = queue.queue_id(), data_dir = %cfg.data_dir.display(), "queue open");
     let forward_stats = Arc::new(ForwardStats::default());

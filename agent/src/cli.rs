@@ -169,6 +169,13 @@ enum TransformCommand {
         /// Where to write the signature (default: MODULE.sig).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The NDJSON self-check vectors the push will carry (signed too).
+        #[arg(long)]
+        vectors: Option<PathBuf>,
+        /// Sequence number: agents take only offers above the last one they took for
+        /// the pipeline (default: ms since the epoch).
+        #[arg(long)]
+        seq: Option<u64>,
     },
     /// Push a signed module through a sink to every agent running a pipeline.
     Push {
@@ -196,14 +203,24 @@ enum TransformCommand {
         /// others keep what they run until a push without `--agent`.
         #[arg(long = "agent")]
         agents: Vec<String>,
+        /// Sequence number when signing with `--key` (default: ms since the epoch).
+        #[arg(long, requires = "key")]
+        seq: Option<u64>,
     },
-    /// Return the agents of a pipeline to the version before the current one.
+    /// Return the agents of a pipeline to the version before the current one (an order
+    /// signed with a trusted key).
     Rollback {
         #[command(flatten)]
         admin: AdminArgs,
         /// Pipeline.
         #[arg(long)]
         pipeline: String,
+        /// The private key that signs the order (`transform keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Sequence number (default: ms since the epoch).
+        #[arg(long)]
+        seq: Option<u64>,
     },
     /// Per agent and pipeline: the active version and the last outcome.
     Status {
@@ -274,6 +291,9 @@ enum CertsCommand {
         /// Host names or IPs the certificate is valid for (sink default: localhost, 127.0.0.1, ::1).
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Replace an existing `NAME.key` and `NAME.pem` (the CA's files never).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -287,6 +307,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let _log_guard = init_logging(cli.log.as_deref(), &log_cfg.unwrap_or_default())?;
+    if matches!(cli.command, Command::Agent { .. } | Command::Sink { .. }) {
+        dataweaver::fsmode::owner_only_umask();
+    }
     match cli.command {
         Command::Agent { config } => {
             runtime()?.block_on(crate::service::run_agent(config))?;
@@ -349,8 +372,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 name,
                 sink,
                 hosts,
+                force,
             } => {
-                let (cert, key) = tls::issue(&dir, &name, sink, &hosts)?;
+                let (cert, key) = tls::issue(&dir, &name, sink, &hosts, force)?;
                 println!("certificate {} and key {}", cert.display(), key.display());
             }
         },
@@ -363,7 +387,7 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
     use dataweaver::wire::{AdminRequest, ModuleOffer};
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let request = |admin: &AdminArgs, req: AdminRequest| -> anyhow::Result<ExitCode> {
-        let reply = runtime()?.block_on(control::admin::request(&admin.target(), req))?;
+        let reply = runtime()?.block_on(control::admin::request_all(&admin.target(), req))?;
         if !reply.message.is_empty() {
             println!("{}", reply.message);
         }
@@ -413,9 +437,20 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
             version,
             key,
             out,
+            vectors,
+            seq,
         } => {
             let bytes = read(&module)?;
-            let sig = SignatureFile::create(&SigningKey::read(&key)?, &bytes, &pipeline, &version);
+            let vectors = vectors.as_ref().map(read).transpose()?.unwrap_or_default();
+            let seq = seq.unwrap_or_else(control::default_seq);
+            let sig = SignatureFile::create(
+                &SigningKey::read(&key)?,
+                &bytes,
+                &pipeline,
+                &version,
+                seq,
+                &vectors,
+            );
             let out = out.unwrap_or_else(|| {
                 let mut p = module.clone().into_os_string();
                 p.push(".sig");
@@ -435,38 +470,80 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
             signature,
             vectors,
             agents,
+            seq,
         } => {
             let bytes = read(&module)?;
+            let vectors = vectors.as_ref().map(read).transpose()?.unwrap_or_default();
             let sig = match (key, signature) {
-                (Some(k), _) => {
-                    SignatureFile::create(&SigningKey::read(&k)?, &bytes, &pipeline, &version)
+                (Some(k), _) => SignatureFile::create(
+                    &SigningKey::read(&k)?,
+                    &bytes,
+                    &pipeline,
+                    &version,
+                    seq.unwrap_or_else(control::default_seq),
+                    &vectors,
+                ),
+                (None, Some(f)) => {
+                    SignatureFile::parse(&read(&f)?).with_context(|| format!("{}", f.display()))?
                 }
-                (None, Some(f)) => serde_json::from_slice(&read(&f)?)
-                    .with_context(|| format!("{} is not a signature file", f.display()))?,
                 (None, None) => {
                     anyhow::bail!("--key or --signature is needed: agents refuse unsigned modules")
                 }
             };
+            if sig.vectors_sha256 != dataweaver::transform::wasm::sha256_hex(&vectors) {
+                anyhow::bail!(
+                    "the signature was made for other self-check vectors: pass the same --vectors to `transform sign` and `transform push`"
+                );
+            }
             let offer = ModuleOffer {
                 pipeline: pipeline.clone(),
                 version,
                 signature: sig.signature_bytes()?,
                 key: sig.key,
-                vectors: vectors.as_ref().map(read).transpose()?.unwrap_or_default(),
+                vectors,
                 module: bytes,
+                seq: sig.seq,
+                rollback: false,
             };
             let req = AdminRequest {
                 action: "push".into(),
                 pipeline,
                 offer: Some(offer),
                 agents,
+                ..Default::default()
             };
             return request(&admin, req);
         }
-        TransformCommand::Rollback { admin, pipeline } => {
+        TransformCommand::Rollback {
+            admin,
+            pipeline,
+            key,
+            seq,
+        } => {
+            let key = SigningKey::read(&key)?;
+            let plan = AdminRequest {
+                action: "rollback-plan".into(),
+                pipeline: pipeline.clone(),
+                ..Default::default()
+            };
+            let plan = runtime()?.block_on(control::admin::request(&admin.target(), plan))?;
+            if !plan.ok {
+                anyhow::bail!("{}", plan.message);
+            }
+            let seq = seq.unwrap_or_else(control::default_seq);
+            let order = ModuleOffer {
+                pipeline: pipeline.clone(),
+                version: plan.target_version,
+                signature: key.sign_rollback(&pipeline, &plan.target, seq),
+                key: key.public(),
+                seq,
+                rollback: true,
+                ..Default::default()
+            };
             let req = AdminRequest {
                 action: "rollback".into(),
                 pipeline,
+                offer: Some(order),
                 ..Default::default()
             };
             return request(&admin, req);
@@ -505,6 +582,7 @@ fn transform_command(command: TransformCommand) -> anyhow::Result<ExitCode> {
         deadline: std::time::Duration::from_millis(deadline_ms.max(1)),
         max_stack_bytes: 512 << 10,
         batch_max_records: batch.max(1),
+        output_max_bytes: 16 << 20,
         version_header: None,
         wasi: None,
     };

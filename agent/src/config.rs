@@ -201,9 +201,13 @@ pub struct ForwardConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
-    /// QUIC idle timeout: a silent sink is given up after this long.
+    /// QUIC idle timeout: a silent sink is given up after this long (keep-alives go out
+    /// every third of it, so only a dead or cut-off sink times out).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// Longest wait for a sink's QUIC/TLS handshake; a dead sink costs this much per attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
     /// A sink that has not acknowledged the oldest batch in flight after this long is
     /// treated as failed (reconnect, or fail over).
     #[serde(default = "default_ack_timeout")]
@@ -310,6 +314,10 @@ pub struct TransformConfig {
     /// Records per guest call.
     #[serde(default = "default_wasm_batch")]
     pub batch_max_records: usize,
+    /// Output bytes per guest call at most; a call returning more fails its batch into
+    /// the dead letters.
+    #[serde(default = "default_wasm_output")]
+    pub output_max_bytes: u64,
     /// If set, every output record gets this header with `name@version`.
     pub version_header: Option<String>,
     /// Reload the module when its file changes (swapped at a batch boundary).
@@ -505,6 +513,18 @@ pub struct HttpSourceConfig {
     pub auth_token: Option<String>,
     /// Record topic (default: the pipeline name).
     pub topic: Option<String>,
+    /// A connection that has not sent a whole request header this long after it opened (or
+    /// after its last answer, when kept alive) is closed.
+    #[serde(default = "default_http_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// A request whose body has not fully arrived this long after its header gets 408 and
+    /// the connection is closed (nothing stored).
+    #[serde(default = "default_http_body_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; more are answered 503 and closed at once, so slow or idle
+    /// clients cannot take the file descriptors the rest of the agent needs.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
 }
 
 /// Host metrics sampling.
@@ -584,8 +604,9 @@ pub enum Codec {
     /// Text lines, kept as they are (the default).
     #[default]
     Raw,
-    /// Each record must be one JSON value; anything else goes to the dead-letter table with
-    /// the parser's reason.
+    /// Each record must be one JSON value in UTF-8, nested at most
+    /// [`JSON_MAX_DEPTH`](crate::source::codec::JSON_MAX_DEPTH) deep; anything else goes to
+    /// the dead-letter table with the reason (and the byte offset where it applies).
     Json,
     /// Bytes passed through untouched (no UTF-8 or any other expectation).
     Binary,
@@ -669,6 +690,10 @@ pub struct JsonlOutputConfig {
     /// Rotate after a file reaches this size.
     #[serde(default = "default_jsonl_max")]
     pub max_file_bytes: u64,
+    /// Mode of the output files, octal (`"0640"` lets a log shipper's group read them);
+    /// the directory gets the matching search bits. Default owner-only.
+    #[serde(default = "default_jsonl_mode")]
+    pub file_mode: String,
 }
 
 /// Standard output.
@@ -687,6 +712,9 @@ fn default_true() -> bool {
 }
 fn default_wasm_memory() -> u64 {
     64 << 20
+}
+fn default_wasm_output() -> u64 {
+    16 << 20
 }
 fn default_wasm_deadline() -> u64 {
     1000
@@ -715,11 +743,17 @@ fn default_reconnect_min() -> u64 {
 fn default_reconnect_max() -> u64 {
     5_000
 }
+// The defaults leave a dead sink for the next one within 5 s: idle timeout (3 s) + one
+// more connect attempt (1 s) + back-offs (issue 12, defect 8). Links with a round trip near
+// a second (satellite) need a larger connect timeout.
 fn default_idle_timeout() -> u64 {
-    10_000
+    3_000
+}
+fn default_connect_timeout() -> u64 {
+    1_000
 }
 fn default_failover_after() -> u32 {
-    3
+    2
 }
 fn default_failback() -> u64 {
     300_000
@@ -735,6 +769,15 @@ fn default_http_path() -> String {
 }
 fn default_http_body() -> usize {
     10 << 20
+}
+fn default_http_header_timeout() -> u64 {
+    10_000
+}
+fn default_http_body_timeout() -> u64 {
+    30_000
+}
+fn default_http_connections() -> usize {
+    256
 }
 fn default_net_line() -> usize {
     64 << 10
@@ -765,6 +808,9 @@ fn default_read_bytes() -> usize {
 }
 fn default_jsonl_max() -> u64 {
     128 << 20
+}
+fn default_jsonl_mode() -> String {
+    "0600".into()
 }
 
 /// Which kind of config a file holds.
@@ -872,6 +918,7 @@ impl AgentConfig {
         nonzero("forward.batch_max_records", f.batch_max_records)?;
         nonzero("forward.batch_max_bytes", f.batch_max_bytes)?;
         nonzero("forward.ack_timeout_ms", f.ack_timeout_ms as usize)?;
+        nonzero("forward.connect_timeout_ms", f.connect_timeout_ms as usize)?;
         nonzero("forward.failover_after", f.failover_after as usize)?;
         nonzero("forward.failback_after_ms", f.failback_after_ms as usize)?;
         // A batch (and so a single record) must fit in one wire frame.
@@ -938,6 +985,12 @@ impl AgentConfig {
                 nonzero(&format!("{key}.batch_max_records"), t.batch_max_records)?;
                 if t.memory_max_bytes < (1 << 20) {
                     return Err((format!("{key}.memory_max_bytes"), "at least 1 MiB".into()));
+                }
+                if !(1..=(1 << 30)).contains(&t.output_max_bytes) {
+                    return Err((
+                        format!("{key}.output_max_bytes"),
+                        "between 1 byte and 1 GiB".into(),
+                    ));
                 }
                 // Guest code runs on the agent's own threads (2 MiB stacks): a WebAssembly
                 // stack limit near that would overrun the native stack instead of trapping.
@@ -1033,7 +1086,7 @@ impl AgentConfig {
                 nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
             }
         }
-        Ok(())
+        in_ranges(self.bounds())
     }
 }
 
@@ -1068,8 +1121,12 @@ impl SinkConfig {
                     "must be at least 4096".into(),
                 ));
             }
+            if let OutputConfig::Jsonl(j) = o {
+                crate::fsmode::parse_mode(&j.file_mode)
+                    .map_err(|e| (format!("outputs[{i}].file_mode"), e))?;
+            }
         }
-        Ok(())
+        in_ranges(self.bounds())
     }
 }
 
@@ -1149,6 +1206,225 @@ fn check_tls(key: &str, tls: &TlsFiles) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// One bounded key of a config: `(key path, value, min, max)`.
+type Bound = (String, u64, u64, u64);
+
+const MS_HOUR: u64 = 3_600_000;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// Every value within its range, or the first that is not. The ranges are wide: they only
+/// keep out what breaks the agent (a linger of 292 million years that hangs the writer,
+/// a timeout of 0, a size no machine has), not unusual tuning.
+fn in_ranges(bounds: Vec<Bound>) -> Result<(), Invalid> {
+    for (key, v, min, max) in bounds {
+        if !(min..=max).contains(&v) {
+            return Err((
+                key,
+                format!("{v} is out of range: must be between {min} and {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl AgentConfig {
+    /// The range of every duration, size and count key.
+    fn bounds(&self) -> Vec<Bound> {
+        let record = MAX_RECORD_BYTES as u64;
+        let (f, q) = (&self.forward, &self.queue);
+        let mut b: Vec<Bound> = vec![
+            ("forward.window".into(), f.window as u64, 1, 1024),
+            (
+                "forward.batch_max_records".into(),
+                f.batch_max_records as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "forward.batch_max_bytes".into(),
+                f.batch_max_bytes as u64,
+                1,
+                record,
+            ),
+            (
+                "forward.reconnect_min_ms".into(),
+                f.reconnect_min_ms,
+                1,
+                MS_HOUR,
+            ),
+            (
+                "forward.reconnect_max_ms".into(),
+                f.reconnect_max_ms,
+                1,
+                MS_HOUR,
+            ),
+            (
+                "forward.idle_timeout_ms".into(),
+                f.idle_timeout_ms,
+                100,
+                MS_HOUR,
+            ),
+            (
+                "forward.ack_timeout_ms".into(),
+                f.ack_timeout_ms,
+                100,
+                MS_HOUR,
+            ),
+            (
+                "forward.failover_after".into(),
+                f.failover_after.into(),
+                1,
+                1000,
+            ),
+            (
+                "forward.failback_after_ms".into(),
+                f.failback_after_ms,
+                1,
+                24 * MS_HOUR,
+            ),
+            ("queue.max_bytes".into(), q.max_bytes, 4096, 16 * TIB),
+            (
+                "queue.disk_reserve_bytes".into(),
+                q.disk_reserve_bytes,
+                0,
+                TIB,
+            ),
+            (
+                "queue.commit_max_records".into(),
+                q.commit_max_records as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "queue.commit_max_bytes".into(),
+                q.commit_max_bytes as u64,
+                1,
+                GIB,
+            ),
+            (
+                "queue.commit_linger_ms".into(),
+                q.commit_linger_ms,
+                0,
+                10_000,
+            ),
+            (
+                "admin.ready_sink_down_secs".into(),
+                self.admin.ready_sink_down_secs,
+                1,
+                7 * 86_400,
+            ),
+            (
+                "control.rollback_window_batches".into(),
+                self.control.rollback_window_batches.into(),
+                1,
+                100_000,
+            ),
+        ];
+        for (i, p) in self.pipelines.iter().enumerate() {
+            for (j, t) in p.transforms.iter().enumerate() {
+                let key = |k: &str| format!("pipelines[{i}].transforms[{j}].{k}");
+                b.extend([
+                    (key("memory_max_bytes"), t.memory_max_bytes, MIB, 4 * GIB),
+                    (key("deadline_ms"), t.deadline_ms, 1, 600_000),
+                    (
+                        key("max_stack_bytes"),
+                        t.max_stack_bytes as u64,
+                        64 << 10,
+                        MIB,
+                    ),
+                    (
+                        key("batch_max_records"),
+                        t.batch_max_records as u64,
+                        1,
+                        65_536,
+                    ),
+                ]);
+            }
+            for (j, s) in p.sources.iter().enumerate() {
+                let key = |k: &str| format!("pipelines[{i}].sources[{j}].{k}");
+                match s {
+                    SourceConfig::File(c) => b.extend([
+                        (key("poll_interval_ms"), c.poll_interval_ms, 1, MS_HOUR),
+                        (key("max_line_bytes"), c.max_line_bytes as u64, 1, record),
+                        (
+                            key("read_chunk_bytes"),
+                            c.read_chunk_bytes as u64,
+                            1,
+                            64 * MIB,
+                        ),
+                    ]),
+                    SourceConfig::Tcp(c) | SourceConfig::Udp(c) => b.extend([
+                        (key("max_line_bytes"), c.max_line_bytes as u64, 1, record),
+                        (key("buffer_records"), c.buffer_records as u64, 1, 1 << 24),
+                    ]),
+                    SourceConfig::Stdin(c) => {
+                        b.push((key("max_line_bytes"), c.max_line_bytes as u64, 1, record))
+                    }
+                    SourceConfig::Http(c) => b.extend([
+                        (key("max_body_bytes"), c.max_body_bytes as u64, 1, GIB),
+                        (
+                            key("header_read_timeout_ms"),
+                            c.header_read_timeout_ms,
+                            100,
+                            MS_HOUR,
+                        ),
+                        (
+                            key("body_read_timeout_ms"),
+                            c.body_read_timeout_ms,
+                            100,
+                            MS_HOUR,
+                        ),
+                        (key("max_connections"), c.max_connections as u64, 1, 65_536),
+                    ]),
+                    SourceConfig::HostMetrics(c) => {
+                        b.push((key("interval_secs"), c.interval_secs, 1, 86_400))
+                    }
+                    // MQTT carries keep-alive as 16-bit seconds.
+                    SourceConfig::Mqtt(c) => b.extend([
+                        (
+                            key("keep_alive_secs"),
+                            c.keep_alive_secs,
+                            1,
+                            u16::MAX.into(),
+                        ),
+                        (key("reconnect_min_ms"), c.reconnect_min_ms, 1, MS_HOUR),
+                        (key("reconnect_max_ms"), c.reconnect_max_ms, 1, MS_HOUR),
+                    ]),
+                }
+            }
+        }
+        b
+    }
+}
+
+impl SinkConfig {
+    /// The range of every duration and size key.
+    fn bounds(&self) -> Vec<Bound> {
+        let mut b: Vec<Bound> = vec![
+            ("idle_timeout_ms".into(), self.idle_timeout_ms, 100, MS_HOUR),
+            (
+                "admin.ready_sink_down_secs".into(),
+                self.admin.ready_sink_down_secs,
+                1,
+                7 * 86_400,
+            ),
+        ];
+        for (i, o) in self.outputs.iter().enumerate() {
+            if let OutputConfig::Jsonl(j) = o {
+                b.push((
+                    format!("outputs[{i}].max_file_bytes"),
+                    j.max_file_bytes,
+                    4096,
+                    TIB,
+                ));
+            }
+        }
+        b
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

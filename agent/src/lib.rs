@@ -12,7 +12,8 @@
 //! Around it: [`record`] (the unit of data), [`wire`] (the protocol), [`tls`] (certificates
 //! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue),
 //! [`agent`] (starting and stopping it all in order), [`control`] (signed transform
-//! modules pushed through the sink) and [`admin`] (metrics, health, readiness, status).
+//! modules pushed through the sink), [`admin`] (metrics, health, readiness, status) and
+//! [`fsmode`] (owner-only data files).
 
 pub mod admin;
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod forward;
+pub mod fsmode;
 pub mod pipeline;
 pub mod queue;
 pub mod record;

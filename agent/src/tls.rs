@@ -209,7 +209,7 @@ pub fn stateless_reset_key(dir: &Path) -> Result<Arc<dyn quinn::crypto::HmacKey>
             ring::rand::SystemRandom::new()
                 .fill(&mut b)
                 .map_err(|_| TlsError::Quic("no system randomness".into()))?;
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            crate::fsmode::data_dir(dir).map_err(io_err(dir))?;
             write_private(&path, &b)?;
             b
         }
@@ -229,9 +229,9 @@ pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
 pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (cert_path, key_path) = ca_paths(dir);
-    if cert_path.exists() {
+    if let Some(existing) = [&cert_path, &key_path].into_iter().find(|p| p.exists()) {
         return Err(TlsError::Io {
-            path: cert_path,
+            path: existing.clone(),
             source: std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 "a CA already exists here",
@@ -257,12 +257,14 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
 }
 
 /// Issues `NAME.pem`/`NAME.key` signed by the CA in `dir`: a server certificate for `hosts`
-/// when `sink`, otherwise a client certificate whose CN (the agent id) is `name`.
+/// when `sink`, otherwise a client certificate whose CN (the agent id) is `name`. An
+/// existing `NAME.key` is replaced only with `force`; the CA's own files never.
 pub fn issue(
     dir: &Path,
     name: &str,
     sink: bool,
     hosts: &[String],
+    force: bool,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
     if name.is_empty() || name.contains(['/', '\\']) {
         return Err(TlsError::Pem {
@@ -271,6 +273,25 @@ pub fn issue(
         });
     }
     let (ca_cert, ca_key) = ca_paths(dir);
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    if cert_path == ca_cert || key_path == ca_key {
+        return Err(TlsError::Pem {
+            path: cert_path,
+            message: "`ca` names the CA's own files: pick another name".into(),
+        });
+    }
+    if key_path.exists() && !force {
+        return Err(TlsError::Io {
+            path: key_path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a key already exists here (pass --force to replace it and its certificate)",
+            ),
+        });
+    }
+    // A CA key left readable by an older version.
+    crate::fsmode::private_file(&ca_key).map_err(io_err(&ca_key))?;
     let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(io_err(&ca_key))?;
     let ca_cert_pem = std::fs::read_to_string(&ca_cert).map_err(io_err(&ca_cert))?;
     let signer = KeyPair::from_pem(&ca_key_pem)?;
@@ -296,8 +317,6 @@ pub fn issue(
     validity(&mut params, 825);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    let cert_path = dir.join(format!("{name}.pem"));
-    let key_path = dir.join(format!("{name}.key"));
     write_private(&key_path, key.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, cert.pem()).map_err(io_err(&cert_path))?;
     Ok((cert_path, key_path))
@@ -309,17 +328,12 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
-/// Writes a private key readable by its owner only (mode 0600 on Unix).
+/// Writes a private key readable by its owner only (mode 0600 on Unix, also when the
+/// file existed with another mode).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(io_err(path))?;
+    let mut f = crate::fsmode::create_file(path, crate::fsmode::PRIVATE_FILE, true)
+        .map_err(io_err(path))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(io_err(path))
@@ -333,7 +347,7 @@ mod tests {
     fn issued_client_cert_carries_name_and_private_mode() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        let (cert, key) = issue(dir.path(), "edge-7", false, &[]).unwrap();
+        let (cert, key) = issue(dir.path(), "edge-7", false, &[], false).unwrap();
         let der = load_certs(&cert).unwrap().remove(0);
         assert_eq!(common_name(&der).as_deref(), Some("edge-7"));
         #[cfg(unix)]

@@ -20,8 +20,8 @@ pub async fn run(
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() {
         tls::init_ca(&certs)?;
-        tls::issue(&certs, "sink", true, &[])?;
-        tls::issue(&certs, "local-agent", false, &[])?;
+        tls::issue(&certs, "sink", true, &[], false)?;
+        tls::issue(&certs, "local-agent", false, &[], false)?;
     }
     // Written every time, so an old copy never shadows the binary's own.
     let module = dir.join("example_transform.wasm");

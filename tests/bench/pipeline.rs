@@ -102,6 +102,7 @@ fn crossing() {
             deadline: Duration::from_secs(10),
             max_stack_bytes: 512 << 10,
             batch_max_records: 1024,
+            output_max_bytes: 1 << 30,
             version_header: None,
             wasi: None,
         };

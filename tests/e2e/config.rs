@@ -4,7 +4,8 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn validate(path: &std::path::Path) -> (bool, String) {
+/// `dataweaver validate` on `path`: `(passed, stderr)`.
+pub fn validate(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(bin())
         .args(["validate", "--config", path.to_str().unwrap()])
         .output()

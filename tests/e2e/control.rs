@@ -134,6 +134,11 @@ impl Ops {
         let mut args: Vec<String> = vec!["transform".into(), "rollback".into()];
         args.extend(self.admin_args());
         args.extend(["--pipeline".to_string(), "app".to_string()]);
+        // Issue 12, defect 13: a rollback is an order signed by a trusted key.
+        args.extend([
+            "--key".to_string(),
+            self.w.path("keys/ops.key").display().to_string(),
+        ]);
         dw(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 

@@ -34,7 +34,7 @@ fn http_answers_only_after_commit() {
             &ndjson(total, 100),
         );
         assert_eq!(status, 200, "{text}");
-        assert!(text.contains("{\"accepted\":100}"), "{text}");
+        assert!(text.contains("{\"accepted\":100,\"dropped\":0}"), "{text}");
         agent.kill9();
         total += 100;
         assert_eq!(

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod chaos;
 mod config;
 mod control;
 mod delivery;

@@ -19,7 +19,16 @@ async fn try_connect(
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        forward::connect(&endpoint, client, addr, name, "q-test", |_| Ok((0, 0))),
+        forward::connect(
+            &endpoint,
+            client,
+            addr,
+            name,
+            Duration::from_secs(3),
+            "q-test",
+            forward::Incarnation::default(),
+            |_| Ok((0, 0)),
+        ),
     )
     .await;
     r.unwrap_or_else(|_| Err(ForwardError::Protocol("timed out".into())))

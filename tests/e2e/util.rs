@@ -445,7 +445,7 @@ pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -
 }
 
 /// Reads an HTTP response to its end: `(status, headers and body as text)`.
-fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
+pub fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
     use std::io::Read;
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);

@@ -1,7 +1,6 @@
 //! The operator's client: one admin request to a sink over QUIC, authenticated by a
 //! client certificate whose name the sink lists in `admins`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,9 +22,42 @@ pub struct AdminTarget {
     pub key: PathBuf,
 }
 
+/// Sends `req`; for `status`, fetches every page and returns them as one reply.
+pub async fn request_all(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, ControlError> {
+    let paged = req.action == "status";
+    let mut all = request(t, req.clone()).await?;
+    while paged && all.ok && !all.next.is_empty() {
+        let page = AdminRequest {
+            after: std::mem::take(&mut all.next),
+            ..req.clone()
+        };
+        let mut r = request(t, page).await?;
+        all.agents.append(&mut r.agents);
+        all.next = r.next;
+        all.ok = r.ok;
+        if !r.ok {
+            all.message = r.message;
+        }
+    }
+    Ok(all)
+}
+
 /// Sends `req` and returns the sink's reply.
 pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, ControlError> {
+    use prost::Message as _;
     let err = |e: &dyn std::fmt::Display| ControlError::Connection(format!("{}: {e}", t.sink));
+    let frame = AgentFrame {
+        kind: Some(agent_frame::Kind::Admin(req)),
+    };
+    // The sink drops a stream whose frame is over the limit, which the client would see
+    // only as "sending stopped by peer".
+    let len = frame.encoded_len();
+    if len > wire::MAX_CONTROL_FRAME {
+        return Err(ControlError::Format(format!(
+            "the request is {len} bytes, over the {} MiB limit of a control frame (the module and its self-check vectors must fit in it)",
+            wire::MAX_CONTROL_FRAME / (1024 * 1024)
+        )));
+    }
     let client = crate::tls::client_config(&t.ca, Some((&t.cert, &t.key)), Duration::from_secs(30))
         .map_err(|e| ControlError::Format(e.to_string()))?;
     let addr = tokio::net::lookup_host(&t.sink)
@@ -33,17 +65,13 @@ pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, C
         .map_err(|e| err(&e))?
         .next()
         .ok_or_else(|| err(&"does not resolve"))?;
-    let endpoint =
-        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(|e| err(&e))?;
+    let endpoint = crate::forward::client_endpoint().map_err(|e| err(&e))?;
     let conn = endpoint
         .connect_with(client, addr, &t.server_name)
         .map_err(|e| err(&e))?
         .await
         .map_err(|e| err(&e))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(&e))?;
-    let frame = AgentFrame {
-        kind: Some(agent_frame::Kind::Admin(req)),
-    };
     wire::write_frame(&mut send, &frame)
         .await
         .map_err(|e| err(&e))?;

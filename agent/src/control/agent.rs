@@ -7,7 +7,6 @@
 //! accepted last, and a rolled-back version is not taken again when the sink re-offers it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +55,10 @@ struct State {
     previous: Option<Stored>,
     /// Hashes of versions rolled back here, newest last.
     rejected: Vec<String>,
+    /// Highest offer sequence number taken for this pipeline: an offer must be above it,
+    /// so an old signed offer cannot be replayed after a newer one.
+    #[serde(default)]
+    seq: u64,
 }
 
 /// Rolled-back hashes remembered.
@@ -174,8 +177,8 @@ impl Control {
         }
     }
 
-    /// Verifies, checks, persists and offers a pushed module; an empty module is the
-    /// operator's rollback.
+    /// Verifies, checks, persists and offers a pushed module or a signed rollback order
+    /// (to a module, or with none to the configured one).
     async fn handle_offer(self: &Arc<Self>, o: ModuleOffer) -> ModuleOutcome {
         let hash = crate::transform::wasm::sha256_hex(&o.module);
         let Some(m) = self.stage(&o.pipeline) else {
@@ -188,13 +191,13 @@ impl Control {
                 active_version: String::new(),
             };
         };
-        if o.module.is_empty() {
-            return self.revert_to_configured(m).await;
-        }
         let refuse = |why: String| {
             tracing::warn!(pipeline = %m.pipeline, version = %o.version, reason = %why, "pushed transform refused");
             Self::outcome(m, &o.version, &hash, "refused", &why)
         };
+        if o.module.is_empty() && !o.rollback {
+            return refuse("unsigned rollback order (from an older sink?): a rollback must be signed by a trusted key (`transform rollback --key`)".into());
+        }
         if self.cfg.trusted_keys.is_empty() {
             return refuse("no trusted keys configured (control.trusted_keys)".into());
         }
@@ -206,25 +209,42 @@ impl Control {
         {
             return refuse(format!("signed by an untrusted key {}", o.key));
         }
-        if !super::verify(&o.key, &o.module, &o.pipeline, &o.version, &o.signature) {
-            return refuse(
-                "bad signature: it does not cover this module, pipeline and version (tampered, or signed for something else)".into(),
-            );
+        if let Err(why) = super::verify_offer(&o) {
+            return refuse(why);
         }
         let mut state = self.load_state(&m.pipeline);
-        if state.rejected.contains(&hash) {
+        // An operator's signed rollback may return to a version rolled back here before.
+        if !o.rollback && state.rejected.contains(&hash) {
             return refuse("this module was rolled back here before; push a new version".into());
         }
-        if lock(&m.intended).1 == hash {
+        let running = lock(&m.intended).1 == hash;
+        if o.seq <= state.seq {
+            if o.seq == state.seq && running {
+                return Self::outcome(m, &o.version, &hash, "active", "already running");
+            }
+            return refuse(format!(
+                "sequence {} is not newer than {} taken before for this pipeline: an older offer replayed (or signed where the clock is behind: sign again with a higher --seq)",
+                o.seq, state.seq
+            ));
+        }
+        state.seq = o.seq;
+        if o.module.is_empty() {
+            return self.revert_to_configured(m, state).await;
+        }
+        if running {
+            if let Err(e) = self.save_state(&m.pipeline, &state).await {
+                return refuse(e);
+            }
             return Self::outcome(m, &o.version, &hash, "active", "already running");
         }
+        // A rollback order's vectors are not signed: it self-checks on recent input.
+        let vectors = if o.rollback { Vec::new() } else { o.vectors };
         let module = {
-            let (me, settings, version, bytes, vectors, sample) = (
+            let (me, settings, version, bytes, sample) = (
                 self.clone(),
                 m.settings.clone(),
                 o.version.clone(),
                 o.module.clone(),
-                o.vectors.clone(),
                 m.slot.sample(),
             );
             let checked = tokio::task::spawn_blocking(move || {
@@ -257,15 +277,33 @@ impl Control {
                 max_failed_share: self.cfg.rollback_failed_share,
             },
         );
+        if o.rollback {
+            tracing::warn!(pipeline = %m.pipeline, version = %o.version, "signed rollback order accepted; swapping at the next batch");
+            return Self::outcome(
+                m,
+                &o.version,
+                &hash,
+                "rolled_back",
+                "rolled back by the operator",
+            );
+        }
         tracing::info!(pipeline = %m.pipeline, version = %o.version, "pushed transform accepted; swapping at the next batch");
         Self::outcome(m, &o.version, &hash, "accepted", "")
     }
 
-    /// The operator rolled back past every push: back to the configured module.
-    async fn revert_to_configured(self: &Arc<Self>, m: &Managed) -> ModuleOutcome {
-        let mut state = self.load_state(&m.pipeline);
+    /// The operator rolled back past every push: back to the configured module. `state`
+    /// carries the order's sequence number, persisted either way.
+    async fn revert_to_configured(
+        self: &Arc<Self>,
+        m: &Managed,
+        mut state: State,
+    ) -> ModuleOutcome {
         let (version, hash) = lock(&m.intended).clone();
+        let fail = |why: String| Self::outcome(m, &version, &hash, "refused", &why);
         let Some(current) = state.active.take() else {
+            if let Err(e) = self.save_state(&m.pipeline, &state).await {
+                return fail(e);
+            }
             return Self::outcome(m, &version, &hash, "active", "the configured module runs");
         };
         let loaded = {
@@ -276,7 +314,6 @@ impl Control {
             );
             tokio::task::spawn_blocking(move || Module::load(&path, settings, Some(&cache))).await
         };
-        let fail = |why: String| Self::outcome(m, &version, &hash, "refused", &why);
         let module = match loaded {
             Ok(Ok(module)) => module,
             Ok(Err(e)) => return fail(format!("the configured module does not load: {e}")),
@@ -366,7 +403,7 @@ impl Control {
                 return;
             }
         };
-        let endpoint = match quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))) {
+        let endpoint = match crate::forward::client_endpoint() {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "control plane not started");
@@ -448,11 +485,14 @@ impl Control {
             .map_err(|e| e.to_string())?
             .next()
             .ok_or_else(|| format!("cannot resolve {addr}"))?;
-        let conn = endpoint
+        let connecting = endpoint
             .connect_with(client.clone(), sock, server_name)
-            .map_err(|e| e.to_string())?
-            .await
             .map_err(|e| e.to_string())?;
+        // A stop must not wait out the handshake with an unreachable sink.
+        let conn = tokio::select! {
+            c = connecting => c.map_err(|e| e.to_string())?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = AgentFrame {
             kind: Some(agent_frame::Kind::ControlHello(self.hello())),

@@ -41,6 +41,12 @@ struct Pushed {
     /// Only these agents (empty: all).
     #[serde(default)]
     agents: Vec<String>,
+    /// The signed sequence number (0: a v1 signature, which agents refuse).
+    #[serde(default)]
+    seq: u64,
+    /// A signed rollback order (an empty module: back to the configured module).
+    #[serde(default)]
+    rollback: bool,
 }
 
 /// What a pipeline should run. CBOR; do not reorder.
@@ -75,8 +81,37 @@ impl Pushed {
             signature: self.signature.clone(),
             key: self.key.clone(),
             vectors: self.vectors.clone(),
+            seq: self.seq,
+            rollback: self.rollback,
         }
     }
+}
+
+/// Pipelines an agent may announce and report on: more than any real config, few
+/// enough that one agent certificate cannot fill the store (rows per agent).
+pub const MAX_PIPELINES_PER_AGENT: usize = 64;
+/// Longest pipeline name kept from an agent.
+const MAX_NAME_BYTES: usize = 128;
+/// Longest reason kept from an agent (a rollback's reason names the failures).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Rows per `transform status` reply at most: with bounded rows, a page stays far
+/// below the control frame limit.
+const STATUS_PAGE_ROWS: usize = 256;
+/// Encoded bytes per `transform status` reply at most (rows written before the bounds
+/// may be larger).
+const STATUS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, with a mark that it was cut.
+fn capped(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 /// A connected agent's control stream.
@@ -117,8 +152,10 @@ impl ControlPlane {
     /// Opens (or creates) `control.redb` in `data_dir`; `admins` are the client
     /// certificate names allowed to push, roll back and query.
     pub fn open(data_dir: &Path, admins: Vec<String>) -> Result<Arc<ControlPlane>> {
-        std::fs::create_dir_all(data_dir).map_err(db_err)?;
-        let db = Database::create(data_dir.join("control.redb")).map_err(db_err)?;
+        crate::fsmode::data_dir(data_dir).map_err(db_err)?;
+        let path = data_dir.join("control.redb");
+        crate::fsmode::private_file(&path).map_err(db_err)?;
+        let db = Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(MODULES).map_err(db_err)?;
         txn.open_table(STATUS).map_err(db_err)?;
@@ -177,12 +214,21 @@ impl ControlPlane {
         f: impl FnOnce(&mut Status) + Send + 'static,
     ) -> Result<()> {
         let key = format!("{agent}\t{pipeline}");
+        let (from, to) = (format!("{agent}\t"), format!("{agent}\n"));
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut t = txn.open_table(STATUS).map_err(db_err)?;
                 let mut st: Status = {
                     let v = t.get(key.as_str()).map_err(db_err)?;
+                    if v.is_none() {
+                        let rows = t.range(from.as_str()..to.as_str()).map_err(db_err)?.count();
+                        if rows >= MAX_PIPELINES_PER_AGENT {
+                            return Err(format!(
+                                "agent already has {rows} status rows (the most kept per agent)"
+                            ));
+                        }
+                    }
                     decode(v.as_ref().map(|g| g.value()))
                 };
                 f(&mut st);
@@ -205,11 +251,21 @@ impl ControlPlane {
     ) -> Result<()> {
         let (tx, mut offers) = mpsc::unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut hello = hello;
+        let announced = hello.transforms.len();
+        hello
+            .transforms
+            .retain(|t| !t.pipeline.is_empty() && t.pipeline.len() <= MAX_NAME_BYTES);
+        hello.transforms.truncate(MAX_PIPELINES_PER_AGENT);
+        if hello.transforms.len() < announced {
+            tracing::warn!(%agent, announced, kept = hello.transforms.len(), "agent announced too many transforms or overlong pipeline names; the rest are ignored");
+        }
         let pipelines: Vec<String> = hello
             .transforms
             .iter()
             .map(|t| t.pipeline.clone())
             .collect();
+        let known = pipelines.clone();
         self.agents().insert(
             agent.clone(),
             AgentConn {
@@ -220,19 +276,26 @@ impl ControlPlane {
         );
         tracing::info!(%agent, transforms = hello.transforms.len(), "agent control stream open");
         for t in &hello.transforms {
-            let version = t.version.clone();
-            self.update_status(&agent, &t.pipeline, move |s| {
-                s.active_version = version;
-                s.at_ms = now_ms();
-            })
-            .await?;
+            let version = capped(t.version.clone(), MAX_NAME_BYTES);
+            let res = self
+                .update_status(&agent, &t.pipeline, move |s| {
+                    s.active_version = version;
+                    s.at_ms = now_ms();
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(%agent, pipeline = %t.pipeline, error = %e, "agent state not recorded");
+            }
             let d = self.desired(&t.pipeline).await?;
             match d.current {
-                Some(cur) if cur.sha256 != t.sha256 && cur.selects(&agent) => {
+                // A signed order back to the configured module: only agents running a
+                // pushed one need it.
+                Some(cur) if cur.module.is_empty() && t.pushed => {
                     let _ = tx.send(cur.offer(&t.pipeline));
                 }
-                None if d.configured && t.pushed => {
-                    let _ = tx.send(revert_order(&t.pipeline));
+                Some(cur) if cur.module.is_empty() => {}
+                Some(cur) if cur.sha256 != t.sha256 && cur.selects(&agent) => {
+                    let _ = tx.send(cur.offer(&t.pipeline));
                 }
                 _ => {}
             }
@@ -244,7 +307,15 @@ impl ControlPlane {
                 match wire::read_frame::<AgentFrame>(&mut recv).await {
                     Ok(Some(AgentFrame {
                         kind: Some(agent_frame::Kind::Outcome(o)),
-                    })) => me.record_outcome(&reporter, o).await,
+                    })) => {
+                        // Only pipelines the agent announced: an agent certificate must
+                        // not be able to add rows without bound.
+                        if known.contains(&o.pipeline) {
+                            me.record_outcome(&reporter, o).await;
+                        } else {
+                            tracing::warn!(agent = %reporter, pipeline = %capped(o.pipeline, MAX_NAME_BYTES), "outcome for a pipeline the agent did not announce ignored");
+                        }
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => return,
                 }
@@ -272,7 +343,6 @@ impl ControlPlane {
     }
 
     async fn record_outcome(&self, agent: &str, o: ModuleOutcome) {
-        tracing::info!(%agent, pipeline = %o.pipeline, version = %o.version, outcome = %o.outcome, reason = %o.reason, "transform outcome");
         let ModuleOutcome {
             pipeline,
             version,
@@ -281,6 +351,11 @@ impl ControlPlane {
             active_version,
             ..
         } = o;
+        let version = capped(version, MAX_NAME_BYTES);
+        let outcome = capped(outcome, MAX_NAME_BYTES);
+        let active_version = capped(active_version, MAX_NAME_BYTES);
+        let reason = capped(reason, MAX_REASON_BYTES);
+        tracing::info!(%agent, %pipeline, %version, %outcome, %reason, "transform outcome");
         let res = self
             .update_status(agent, &pipeline, move |s| {
                 if !active_version.is_empty() {
@@ -318,8 +393,9 @@ impl ControlPlane {
         }
         let r = match req.action.as_str() {
             "push" => self.push(req).await,
-            "rollback" => self.rollback(&req.pipeline).await,
-            "status" => self.status().await,
+            "rollback-plan" => self.rollback_plan(&req.pipeline).await,
+            "rollback" => self.rollback(req).await,
+            "status" => self.status(&req.after).await,
             other => Err(format!("unknown action `{other}`")),
         };
         r.unwrap_or_else(|e| reply(false, e))
@@ -339,6 +415,8 @@ impl ControlPlane {
             vectors: o.vectors.clone(),
             at_ms: now_ms(),
             agents: req.agents.clone(),
+            seq: o.seq,
+            rollback: false,
         };
         let mut d = self.desired(&o.pipeline).await?;
         if d.current
@@ -366,23 +444,89 @@ impl ControlPlane {
         ))
     }
 
-    /// The pushed version before the current one becomes the one to run (offered like a
-    /// push); with none before it, agents go back to their configured module. Both are
-    /// stored, so agents that connect later follow too.
-    async fn rollback(&self, pipeline: &str) -> Result<AdminReply> {
+    /// What a rollback of `pipeline` returns to: the pushed version before the current
+    /// one, or with none the agents' configured module.
+    async fn rollback_target(&self, pipeline: &str) -> Result<(Desired, Option<Pushed>)> {
         let mut d = self.desired(pipeline).await?;
-        d.current = d.previous.take();
-        d.configured = d.current.is_none();
-        let (now, order, only) = match &d.current {
-            Some(c) => (c.version.clone(), c.offer(pipeline), c.agents.clone()),
-            None => (
-                "the configured module".to_string(),
-                revert_order(pipeline),
-                Vec::new(),
-            ),
+        let to = d.previous.take();
+        Ok((d, to))
+    }
+
+    /// The target a rollback order must sign, for `transform rollback`.
+    async fn rollback_plan(&self, pipeline: &str) -> Result<AdminReply> {
+        let (_, to) = self.rollback_target(pipeline).await?;
+        let mut r = reply(true, String::new());
+        match to {
+            Some(p) => {
+                r.target = p.sha256;
+                r.target_version = p.version;
+            }
+            None => {
+                r.target = super::rollback_target(&[]);
+                r.target_version = "the configured module".into();
+            }
+        }
+        Ok(r)
+    }
+
+    /// The pushed version before the current one becomes the one to run; with none
+    /// before it, agents go back to their configured module. The operator's signed order
+    /// is stored and offered, so agents that connect later follow too.
+    async fn rollback(&self, req: AdminRequest) -> Result<AdminReply> {
+        let pipeline = req.pipeline.as_str();
+        let order = req.offer.filter(|o| o.rollback).ok_or(
+            "a rollback needs an order signed by a trusted key (`transform rollback --key`)",
+        )?;
+        let (mut d, to) = self.rollback_target(pipeline).await?;
+        // Agents judge trust; the sink only keeps an order that a key already signing
+        // this pipeline's pushes made from replacing what it offers.
+        let keys: Vec<&str> = d
+            .current
+            .iter()
+            .chain(to.iter())
+            .map(|p| p.key.trim())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if !keys.is_empty() && !keys.contains(&order.key.trim()) {
+            return Err(format!(
+                "the rollback order is signed by {}, a key that signed neither the current push nor the one it returns to: agents would refuse it",
+                order.key
+            ));
+        }
+        let to = to.unwrap_or_else(|| Pushed {
+            version: "the configured module".into(),
+            sha256: String::new(),
+            module: Vec::new(),
+            signature: Vec::new(),
+            key: String::new(),
+            vectors: Vec::new(),
+            at_ms: 0,
+            agents: Vec::new(),
+            seq: 0,
+            rollback: true,
+        });
+        let pushed = Pushed {
+            signature: order.signature,
+            key: order.key,
+            vectors: Vec::new(),
+            at_ms: now_ms(),
+            seq: order.seq,
+            rollback: true,
+            ..to
         };
+        let offer = pushed.offer(pipeline);
+        if super::verify_offer(&offer).is_err() {
+            return Err(format!(
+                "the rollback order is not signed for what a rollback of `{pipeline}` returns to now ({}): run `transform rollback` again",
+                pushed.version
+            ));
+        }
+        let now = pushed.version.clone();
+        let only = pushed.agents.clone();
+        d.configured = pushed.module.is_empty();
+        d.current = Some(pushed);
         self.set_desired(pipeline, d).await?;
-        let n = self.broadcast(pipeline, &order, &only);
+        let n = self.broadcast(pipeline, &offer, &only);
         tracing::info!(%pipeline, agents = n, "transform rollback sent");
         Ok(reply(
             true,
@@ -392,16 +536,43 @@ impl ControlPlane {
         ))
     }
 
-    async fn status(&self) -> Result<AdminReply> {
-        let (rows, desired) = self
-            .blocking(|db| {
+    /// One page of status rows: those after the row key `after`, at most
+    /// [`STATUS_PAGE_ROWS`] and about [`STATUS_PAGE_BYTES`]; `next` names the last row
+    /// when more follow.
+    async fn status(&self, after: &str) -> Result<AdminReply> {
+        use prost::Message as _;
+        let after = after.to_string();
+        let (rows, more, desired) = self
+            .blocking(move |db| {
                 let txn = db.begin_read().map_err(db_err)?;
                 let t = txn.open_table(STATUS).map_err(db_err)?;
                 let mut rows = Vec::new();
-                for e in t.iter().map_err(db_err)? {
+                let mut bytes = 0;
+                let mut more = false;
+                let range = t
+                    .range::<&str>((
+                        std::ops::Bound::Excluded(after.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map_err(db_err)?;
+                for e in range {
+                    if rows.len() >= STATUS_PAGE_ROWS || bytes >= STATUS_PAGE_BYTES {
+                        more = true;
+                        break;
+                    }
                     let (k, v) = e.map_err(db_err)?;
-                    let st: Status = decode(Some(v.value()));
-                    rows.push((k.value().to_string(), st));
+                    let mut st: Status = decode(Some(v.value()));
+                    // Rows written before reasons were bounded may be huge.
+                    st.reason = capped(st.reason, MAX_REASON_BYTES);
+                    st.active_version = capped(st.active_version, MAX_NAME_BYTES);
+                    st.last_outcome = capped(st.last_outcome, 2 * MAX_NAME_BYTES);
+                    let key = k.value().to_string();
+                    bytes += key.len()
+                        + st.reason.len()
+                        + st.active_version.len()
+                        + st.last_outcome.len()
+                        + 64;
+                    rows.push((key, st));
                 }
                 let m = txn.open_table(MODULES).map_err(db_err)?;
                 let mut desired = HashMap::new();
@@ -410,17 +581,22 @@ impl ControlPlane {
                     let d: Desired = decode(Some(v.value()));
                     desired.insert(k.value().to_string(), d.current);
                 }
-                Ok((rows, desired))
+                Ok((rows, more, desired))
             })
             .await?;
+        let next = if more {
+            rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let agents = self.agents();
-        let list = rows
+        let list: Vec<AgentStatus> = rows
             .into_iter()
             .filter_map(|(k, st)| {
                 let (agent, pipeline) = k.split_once('\t')?;
                 Some(AgentStatus {
-                    agent: agent.into(),
-                    pipeline: pipeline.into(),
+                    agent: capped(agent.into(), MAX_NAME_BYTES),
+                    pipeline: capped(pipeline.into(), MAX_NAME_BYTES),
                     active_version: st.active_version,
                     last_outcome: st.last_outcome,
                     reason: st.reason,
@@ -429,25 +605,20 @@ impl ControlPlane {
                     desired_version: desired
                         .get(pipeline)
                         .and_then(|c| c.as_ref())
-                        .filter(|c| c.selects(agent))
+                        .filter(|c| c.selects(agent) && !c.module.is_empty())
                         .map(|c| c.version.clone())
                         .unwrap_or_default(),
                 })
             })
             .collect();
-        Ok(AdminReply {
+        let r = AdminReply {
             ok: true,
-            message: String::new(),
             agents: list,
-        })
-    }
-}
-
-/// An offer without a module: back to the configured module.
-fn revert_order(pipeline: &str) -> ModuleOffer {
-    ModuleOffer {
-        pipeline: pipeline.into(),
-        ..Default::default()
+            next,
+            ..Default::default()
+        };
+        debug_assert!(r.encoded_len() < wire::MAX_CONTROL_FRAME);
+        Ok(r)
     }
 }
 
@@ -455,6 +626,70 @@ fn reply(ok: bool, message: String) -> AdminReply {
     AdminReply {
         ok,
         message,
-        agents: Vec::new(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// Issue 12, defect 14: `transform status` answered with every row in one frame
+    /// (`frame of 90000409 bytes` after a flood). It is paged now, each page far below
+    /// the frame limit, rows written before the bounds cut to size; and one agent gets
+    /// at most [`MAX_PIPELINES_PER_AGENT`] rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_is_paged_and_rows_per_agent_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(dir.path(), vec!["admin".into()]).unwrap();
+        for a in 0..5 {
+            for p in 0..MAX_PIPELINES_PER_AGENT {
+                cp.update_status(&format!("agent-{a}"), &format!("p{p:03}"), |s| {
+                    s.reason = "r".repeat(MAX_REASON_BYTES)
+                })
+                .await
+                .unwrap();
+            }
+        }
+        assert!(
+            cp.update_status("agent-0", "one-more", |_| {})
+                .await
+                .is_err(),
+            "a row past the per-agent bound"
+        );
+        // A row from before the bounds, with a 10 MB reason.
+        let db = cp.db.clone();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(STATUS).unwrap();
+            let st = Status {
+                reason: "x".repeat(10 << 20),
+                ..Default::default()
+            };
+            t.insert("old\tapp", encode(&st).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let (mut after, mut rows, mut pages) = (String::new(), Vec::new(), 0);
+        loop {
+            let r = cp.status(&after).await.unwrap();
+            assert!(r.encoded_len() < wire::MAX_CONTROL_FRAME / 16);
+            pages += 1;
+            rows.extend(
+                r.agents
+                    .into_iter()
+                    .map(|a| (a.agent, a.pipeline, a.reason.len())),
+            );
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        assert_eq!(rows.len(), 5 * MAX_PIPELINES_PER_AGENT + 1);
+        assert!(pages >= 2, "{pages} pages");
+        let mut unique = rows.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), rows.len(), "no row twice");
+        assert!(rows.iter().all(|r| r.2 <= MAX_REASON_BYTES + 3));
     }
 }

@@ -47,6 +47,10 @@ pub enum ForwardError {
     /// The sink refused the stream.
     #[error("sink refused: {0}")]
     Refused(String),
+    /// The sink holds seqs of this queue that this process never inherited: another copy of
+    /// the data directory runs (or ran) with the same certificate.
+    #[error("sink refused: {0}")]
+    Forked(String),
     /// The sink broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -59,6 +63,27 @@ pub enum ForwardError {
     /// Local socket error.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Which process of a queue is speaking: tells a restart from a copy of the data
+/// directory (a cloned VM, a golden image), whose records a sink would otherwise drop as
+/// duplicates of the other copy's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Incarnation {
+    /// Random per process (0: not told; the sink skips the check).
+    pub instance: u64,
+    /// The queue's last committed seq when this process opened it.
+    pub inherited_upto: u64,
+}
+
+impl Incarnation {
+    /// A new process's incarnation of `queue`; call right after opening it.
+    pub fn of(queue: &Queue) -> Incarnation {
+        Incarnation {
+            instance: fastrand::u64(1..),
+            inherited_upto: queue.last_committed(),
+        }
+    }
 }
 
 /// A connected, welcomed and resolved data stream to a sink.
@@ -75,7 +100,8 @@ pub struct Session {
     pub journal_id: String,
 }
 
-/// Connects to `addr` (its certificate verified for `server_name`) and opens a data stream:
+/// Connects to `addr` (its certificate verified for `server_name`, the handshake bounded by
+/// `connect_timeout`) and opens a data stream:
 /// `Hello` → `Welcome` → `Resolve` (with the marks `marks(journal_id)` returns: what this
 /// journal acked, as durably recorded, and what was delivered anywhere) → `Resolved`.
 /// Public so tests and tools can probe a sink exactly as an agent would.
@@ -84,13 +110,19 @@ pub async fn connect(
     client: quinn::ClientConfig,
     addr: SocketAddr,
     server_name: &str,
+    connect_timeout: Duration,
     queue_id: &str,
+    incarnation: Incarnation,
     marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(client, addr, server_name)
-        .map_err(|e| ForwardError::Connect(e.to_string()))?
+        .map_err(|e| ForwardError::Connect(e.to_string()))?;
+    // Without a bound the handshake waits out the whole QUIC idle timeout for a dead sink,
+    // and failover would take `failover_after` times that.
+    let conn = tokio::time::timeout(connect_timeout, connecting)
         .await
+        .map_err(|_| ForwardError::Connect(format!("no handshake within {connect_timeout:?}")))?
         .map_err(|e| ForwardError::Connect(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
@@ -118,6 +150,8 @@ pub async fn connect(
     let resolve = wire::Resolve {
         confirm_upto,
         delivered_upto,
+        instance: incarnation.instance,
+        inherited_upto: incarnation.inherited_upto,
     };
     wire::write_frame(
         &mut send,
@@ -128,6 +162,9 @@ pub async fn connect(
     .await?;
     let resolved = match answer(&mut recv).await? {
         sink_frame::Kind::Resolved(r) => r,
+        sink_frame::Kind::Refusal(r) if r.code == wire::REFUSED_FORKED => {
+            return Err(ForwardError::Forked(r.reason));
+        }
         sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
         other => {
             return Err(ForwardError::Protocol(format!(
@@ -222,10 +259,12 @@ pub struct Forwarder {
     client: quinn::ClientConfig,
     endpoint: quinn::Endpoint,
     stats: Arc<ForwardStats>,
+    incarnation: Incarnation,
 }
 
 impl Forwarder {
-    /// Builds the QUIC client from the TLS files in `cfg`.
+    /// Builds the QUIC client from the TLS files in `cfg`. Call right after opening `queue`
+    /// (the queue's last seq then is what this process inherited).
     pub fn new(
         cfg: ForwardConfig,
         queue: Queue,
@@ -236,8 +275,9 @@ impl Forwarder {
             Some((&cfg.tls.cert, &cfg.tls.key)),
             Duration::from_millis(cfg.idle_timeout_ms),
         )?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        let endpoint = client_endpoint()?;
         Ok(Forwarder {
+            incarnation: Incarnation::of(&queue),
             cfg,
             queue,
             client,
@@ -264,6 +304,7 @@ impl Forwarder {
             self.endpoint.clone(),
             unconfirmed.clone(),
             current.clone(),
+            self.incarnation,
             shutdown.clone(),
         ));
         let _stop_sweeper = AbortOnDrop(sweeper);
@@ -303,6 +344,11 @@ impl Forwarder {
                     tracing::warn!(sink = %target, error = %e, "sink connection ended");
                     // A sink that just restarted is worth a few tries before failing over:
                     // batches it may have committed are only recognised by it.
+                    // A session that timed out means the sink has been silent for a whole
+                    // idle timeout already: retrying it first would only add to the outage.
+                    if went_silent(&e) {
+                        here = here.max(self.cfg.failover_after);
+                    }
                     if here >= self.cfg.failover_after && sinks > 1 {
                         which += 1;
                         here = 0;
@@ -321,7 +367,9 @@ impl Forwarder {
             }
         }
         self.endpoint.close(0u32.into(), b"agent shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The close frame leaves at once; waiting out the draining period only delays a stop
+        // (by seconds when the sink is unreachable).
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
         tracing::debug!("forwarder stopped");
     }
 
@@ -337,19 +385,41 @@ impl Forwarder {
             .and_then(|mut a| a.next())
             .ok_or_else(|| ForwardError::Resolve(target.into()))?;
         let queue = &self.queue;
-        let session = connect(
+        let queue_id = queue.queue_id();
+        let connecting = connect(
             &self.endpoint,
             self.client.clone(),
             addr,
             &self.cfg.server_name,
-            &queue.queue_id(),
+            Duration::from_millis(self.cfg.connect_timeout_ms),
+            &queue_id,
+            self.incarnation,
             |journal| {
                 Ok(tokio::task::block_in_place(|| {
                     queue.resolve_marks(journal)
                 })?)
             },
-        )
-        .await?;
+        );
+        // Nothing is in flight yet: a stop need not wait for an unreachable sink.
+        let session = tokio::select! {
+            s = connecting => s,
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        let session = match session {
+            Err(ForwardError::Forked(reason)) => {
+                // Two copies of one queue: each record of ours with a seq the other copy
+                // already sent would be dropped as a duplicate. A new id makes all of ours
+                // new (records from before the copy may then arrive twice: once per copy).
+                let new_id = tokio::task::block_in_place(|| self.queue.new_identity())?;
+                tracing::error!(
+                    old_id = %queue_id, %new_id, %reason,
+                    "another copy of this queue (a cloned or restored data directory?) is \
+                     known to the sink; switched to a new queue id so nothing is lost"
+                );
+                return Err(ForwardError::Forked(reason));
+            }
+            other => other?,
+        };
         let Session {
             conn,
             mut send,
@@ -556,6 +626,7 @@ async fn sweep(
     endpoint: quinn::Endpoint,
     unconfirmed: Arc<Mutex<HashSet<String>>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    incarnation: Incarnation,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -588,7 +659,9 @@ async fn sweep(
                 client.clone(),
                 addr,
                 &cfg.server_name,
+                Duration::from_millis(cfg.connect_timeout_ms),
                 &queue_id,
+                incarnation,
                 marks,
             );
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
@@ -684,6 +757,28 @@ fn encode_batch(
     let mut buf = BytesMut::new();
     wire::encode_frame(&frame, &mut buf);
     Ok(Some((buf, last)))
+}
+
+/// Whether a session ended because the sink sent nothing for a whole idle timeout.
+fn went_silent(e: &ForwardError) -> bool {
+    use quinn::{ConnectionError::TimedOut, ReadError, ReadExactError, WriteError};
+    matches!(
+        e,
+        ForwardError::Connection(TimedOut)
+            | ForwardError::Frame(FrameError::Read(ReadExactError::ReadError(
+                ReadError::ConnectionLost(TimedOut)
+            )))
+            | ForwardError::Frame(FrameError::Write(WriteError::ConnectionLost(TimedOut)))
+    )
+}
+
+/// A client endpoint that reaches IPv4 and IPv6 sinks: dual-stack `[::]:0` where the host
+/// has IPv6, `0.0.0.0:0` where it has none (an IPv4-only socket cannot reach `[::1]`).
+pub fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))).or_else(|e| {
+        tracing::debug!(error = %e, "no IPv6 socket; sinks are reached over IPv4 only");
+        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+    })
 }
 
 /// Exponential back-off with jitter: between half and all of `min * 2^(n-1)`, capped.

@@ -281,7 +281,7 @@ impl Queue {
     /// Opens (or creates) the queue in `dir` and starts its writer thread. A file that is
     /// corrupt is moved aside and replaced by a fresh queue.
     pub fn open(dir: &Path, cfg: &QueueConfig) -> Result<Queue, QueueError> {
-        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
+        crate::fsmode::data_dir(dir).map_err(|source| QueueError::Io {
             path: dir.into(),
             source,
         })?;
@@ -547,6 +547,10 @@ impl Queue {
 }
 
 fn open_database(path: &Path) -> Result<Database, QueueError> {
+    crate::fsmode::private_file(path).map_err(|source| QueueError::Io {
+        path: path.into(),
+        source,
+    })?;
     Database::builder()
         // redb's default cache is 1 GiB; the queue is written once and read once, so a
         // small cache keeps the agent's RSS low without costing throughput.

@@ -22,6 +22,12 @@
 //! - **Bounded per agent.** Queue ids are checked (length, charset) before they get here,
 //!   and an agent may hold at most `max_queues_per_agent` of them; at the cap a settled one
 //!   (everything confirmed and drained) is forgotten, else the new one is refused.
+//! - **One process per queue.** A `Resolve` from a new agent process is accepted only if
+//!   that process inherited every seq held here (`inherited_upto >= hwm`: a restart);
+//!   otherwise another copy of the data directory sent them and the newcomer is refused as
+//!   forked (it takes a new queue id). Batches from a process another one took over from
+//!   are refused. So two copies of a queue never have each other's records dropped as
+//!   duplicates.
 //! - **Ownership before output.** An ack can be lost when a sink dies; the agent then sends
 //!   the batch to another sink. So an entry is drained only after the agent *confirmed* it
 //!   (`Confirm` frame, or `Resolve.confirm_upto`): the agent confirms only seqs it recorded
@@ -41,6 +47,8 @@
 //!   confirmed as ours)`
 //! - `quarantine`: `u64` id → `(unix ms, reason, bytes)`: an undecodable entry (its bytes
 //!   as stored) or a rejected batch (its first 64 KiB)
+//! - `instances`: `(agent id, queue id)` → the agent process (`Resolve.instance`) whose
+//!   batches are accepted for that queue
 //! - `cursor`: output name → output-defined bytes
 //! - `meta`: `format_version`, `journal_id`
 //!
@@ -70,6 +78,8 @@ pub(crate) const MARKS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinit
 /// Entries that could not be drained and batches that were rejected.
 pub(crate) const QUARANTINE: TableDefinition<u64, (u64, &str, &[u8])> =
     TableDefinition::new("quarantine");
+/// `(agent, queue)` → the agent process (`Resolve.instance`) the queue's batches come from.
+const INSTANCES: TableDefinition<(&str, &str), u64> = TableDefinition::new("instances");
 /// Output positions; shared with the drainer.
 pub(crate) const CURSOR: TableDefinition<&str, &[u8]> = TableDefinition::new("cursor");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -143,6 +153,8 @@ struct Submit {
     last: u64,
     /// Why the batch must be rejected, if it must.
     invalid: Option<String>,
+    /// The agent process that sent it (`Resolve.instance` of its stream).
+    instance: u64,
     done: oneshot::Sender<Result<Outcome, String>>,
 }
 
@@ -181,7 +193,8 @@ enum Command {
         queue_id: String,
         confirm_upto: u64,
         delivered_upto: u64,
-        done: oneshot::Sender<Result<u64, String>>,
+        incarnation: (u64, u64),
+        done: oneshot::Sender<Result<u64, crate::wire::Refusal>>,
     },
     /// Storage failed elsewhere (the drainer): close and reopen the file.
     Reopen,
@@ -214,6 +227,7 @@ impl Store {
 }
 
 fn open_database(path: &Path, check: bool) -> Result<Database, JournalError> {
+    crate::fsmode::private_file(path).map_err(|e| JournalError::Io(path.into(), e))?;
     // Entries are read once, right after they were written (still in the OS page cache), so
     // redb's own cache can stay small; its 1 GiB default would show as RSS.
     Database::builder()
@@ -285,7 +299,7 @@ impl Journal {
     /// Opens (or creates) `journal.redb` in `dir` and starts the writer thread. A corrupt
     /// file is set aside and what decodes of it salvaged into a new one.
     pub fn open_with(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
+        crate::fsmode::data_dir(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
         let path = dir.join(FILE_NAME);
         let (database, loaded) = match open_file(&path, true) {
             Ok(x) => x,
@@ -355,26 +369,32 @@ impl Journal {
     }
 
     /// Starts a stream for (agent, queue): applies the agent's confirmation and its
-    /// delivered-elsewhere mark, and returns the high-water mark to put in `Resolved`.
+    /// delivered-elsewhere mark, and returns the high-water mark to put in `Resolved`; or
+    /// the refusal to send (`REFUSED_FORKED` when another copy of the queue sent seqs this
+    /// agent process never inherited).
     pub async fn resolve(
         &self,
         agent_id: &str,
         queue_id: &str,
-        confirm_upto: u64,
-        delivered_upto: u64,
-    ) -> Result<u64, String> {
+        r: &crate::wire::Resolve,
+    ) -> Result<u64, crate::wire::Refusal> {
+        let closed = || crate::wire::Refusal {
+            reason: "journal closed".into(),
+            code: 0,
+        };
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Command::Resolve {
                 agent_id: agent_id.into(),
                 queue_id: queue_id.into(),
-                confirm_upto,
-                delivered_upto,
+                confirm_upto: r.confirm_upto,
+                delivered_upto: r.delivered_upto,
+                incarnation: (r.instance, r.inherited_upto),
                 done,
             })
             .await
-            .map_err(|_| "journal closed".to_string())?;
-        rx.await.map_err(|_| "journal closed".to_string())?
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     /// Records the agent's confirmation that seqs up to `upto` belong to this sink.
@@ -403,6 +423,7 @@ impl Journal {
         queue_id: &str,
         batch: bytes::Bytes,
         info: &BatchInfo,
+        instance: u64,
     ) -> Result<oneshot::Receiver<Result<Outcome, String>>, JournalError> {
         let (done, rx) = oneshot::channel();
         let s = Submit {
@@ -413,6 +434,7 @@ impl Journal {
             first: info.first,
             last: info.last,
             invalid: info.invalid.map(|i| i.to_string()),
+            instance,
             done,
         };
         self.tx
@@ -546,6 +568,8 @@ struct Mark {
     hwm: u64,
     /// Highest seq the agent confirmed as ours.
     confirmed: u64,
+    /// The agent process whose batches are accepted (0: not known; see `INSTANCES`).
+    instance: u64,
 }
 
 /// agent → queue → marks: looked up by `&str` without building a key.
@@ -598,10 +622,26 @@ fn init(db: &Database) -> Result<Loaded, JournalError> {
         for e in t.iter().map_err(self::db)? {
             let (k, v) = e.map_err(self::db)?;
             let ((agent, queue), (hwm, confirmed)) = (k.value(), v.value());
-            marks
-                .entry(agent.to_string())
-                .or_default()
-                .insert(queue.to_string(), Mark { hwm, confirmed });
+            marks.entry(agent.to_string()).or_default().insert(
+                queue.to_string(),
+                Mark {
+                    hwm,
+                    confirmed,
+                    instance: 0,
+                },
+            );
+        }
+        for e in txn
+            .open_table(INSTANCES)
+            .map_err(self::db)?
+            .iter()
+            .map_err(self::db)?
+        {
+            let (k, v) = e.map_err(self::db)?;
+            let (agent, queue) = k.value();
+            if let Some(m) = marks.get_mut(agent).and_then(|q| q.get_mut(queue)) {
+                m.instance = v.value();
+            }
         }
         out = Loaded { next, marks, id };
     }
@@ -730,6 +770,7 @@ impl Writer {
                 let mut j = txn.open_table(JOURNAL).map_err(db)?;
                 let mut m = txn.open_table(MARKS).map_err(db)?;
                 let mut q = txn.open_table(QUARANTINE).map_err(db)?;
+                let mut inst = txn.open_table(INSTANCES).map_err(db)?;
                 let mut buf = Vec::new();
                 for cmd in &mut batch {
                     let answer = match cmd {
@@ -755,17 +796,26 @@ impl Writer {
                             queue_id,
                             confirm_upto,
                             delivered_upto,
+                            incarnation,
                             ..
                         } => Some(
-                            self.resolve(
+                            match self.resolve(
                                 agent_id,
                                 queue_id,
                                 *confirm_upto,
                                 *delivered_upto,
+                                *incarnation,
                                 (&mut j, &mut m, &mut q),
+                                &mut inst,
                                 &mut buf,
-                            )?
-                            .map(Outcome::Stored),
+                            )? {
+                                Ok(h) => Ok(Outcome::Stored(h)),
+                                // Carried as `Rejected` to the answer below.
+                                Err(r) if r.code == crate::wire::REFUSED_FORKED => {
+                                    Ok(Outcome::Rejected(r.reason))
+                                }
+                                Err(r) => Err(r.reason),
+                            },
                         ),
                     };
                     answers.push(answer);
@@ -801,10 +851,14 @@ impl Writer {
                             let _ = s.done.send(a);
                         }
                         (Command::Resolve { done, .. }, Some(a)) => {
-                            let _ = done.send(a.map(|o| match o {
-                                Outcome::Stored(h) => h,
-                                Outcome::Rejected(_) => 0,
-                            }));
+                            let _ = done.send(match a {
+                                Ok(Outcome::Stored(h)) => Ok(h),
+                                Ok(Outcome::Rejected(reason)) => Err(crate::wire::Refusal {
+                                    reason,
+                                    code: crate::wire::REFUSED_FORKED,
+                                }),
+                                Err(reason) => Err(crate::wire::Refusal { reason, code: 0 }),
+                            });
                         }
                         _ => {}
                     }
@@ -838,6 +892,14 @@ impl Writer {
         let Some(mut mark) = self.mark(&s.agent_id, &s.queue_id) else {
             return Ok(Some(Err("batch before Resolve".into())));
         };
+        if s.instance != 0 && mark.instance != 0 && s.instance != mark.instance {
+            // Another process of this queue resolved since this stream began (a copy of
+            // the data directory): its seqs and ours overlap. The stream ends; its next
+            // `Resolve` tells whether this process is the copy.
+            return Ok(Some(Err(
+                "another process of this queue took it over; resolve again".into(),
+            )));
+        }
         if s.from > mark.hwm.saturating_add(1) {
             return Ok(Some(Err(format!(
                 "batch starts at seq {} but this journal holds seqs of the queue only up to {}: \
@@ -881,23 +943,29 @@ impl Writer {
     }
 
     /// Applies a `Resolve` inside the transaction; the high-water mark, or why the stream
-    /// is refused.
+    /// is refused (a `Rejected` outcome: this process is a copy of the queue's).
+    #[allow(clippy::too_many_arguments)]
     fn resolve(
         &mut self,
         agent: &str,
         queue: &str,
         confirm_upto: u64,
         delivered_upto: u64,
+        (instance, inherited_upto): (u64, u64),
         (j, m, q): Tables<'_, '_>,
+        inst: &mut InstancesTable<'_>,
         buf: &mut Vec<u8>,
-    ) -> Result<Result<u64, String>, JournalError> {
+    ) -> Result<Result<u64, crate::wire::Refusal>, JournalError> {
         if self.mark(agent, queue).is_none() {
             let held = self.marks.get(agent).map_or(0, |q| q.len());
             if held >= self.opts.max_queues_per_agent && !self.evict_settled(agent, j, m)? {
-                return Ok(Err(format!(
-                    "agent {agent} already holds {held} queue ids at this sink \
-                     (max_queues_per_agent), none of them settled"
-                )));
+                return Ok(Err(crate::wire::Refusal {
+                    reason: format!(
+                        "agent {agent} already holds {held} queue ids at this sink \
+                         (max_queues_per_agent), none of them settled"
+                    ),
+                    code: 0,
+                }));
             }
             self.marks
                 .entry(agent.to_string())
@@ -905,6 +973,30 @@ impl Writer {
                 .insert(queue.to_string(), Mark::default());
         }
         let mut mark = self.mark(agent, queue).unwrap_or_default();
+        if instance != 0 && mark.instance != instance {
+            // A new process of this queue. A restart inherited everything its predecessors
+            // committed, so everything they sent here; holding more means the seqs came
+            // from another copy of the data directory, and this one's records with the
+            // same seqs would be dropped as duplicates.
+            if mark.instance != 0 && mark.hwm > inherited_upto {
+                tracing::error!(
+                    %agent, %queue, held = mark.hwm, inherited_upto,
+                    "two copies of one agent queue (a cloned or restored data directory?): \
+                     the newcomer is told to take a new queue id"
+                );
+                return Ok(Err(crate::wire::Refusal {
+                    reason: format!(
+                        "this sink holds seqs of queue {queue} up to {} but this agent process \
+                         inherited only up to {inherited_upto}: another copy of its data \
+                         directory sent them; take a new queue id",
+                        mark.hwm
+                    ),
+                    code: crate::wire::REFUSED_FORKED,
+                }));
+            }
+            inst.insert((agent, queue), instance).map_err(db)?;
+            mark.instance = instance;
+        }
         let ours = mark.confirmed.max(confirm_upto);
         // Unconfirmed records up to what the agent delivered elsewhere are not ours: drop
         // them, keep the rest. Nothing below `delivered_upto` is ever sent here again.
@@ -1005,6 +1097,8 @@ impl Writer {
             return Ok(false);
         };
         m.remove((agent, victim.as_str())).map_err(db)?;
+        // Its instance row stays until the queue id comes back (rare): bounded by the queue
+        // ids the agent ever had, and read only for queues with marks.
         queues.remove(&victim);
         tracing::info!(%agent, queue = %victim, "forgot a settled queue id to make room for a new one");
         Ok(true)
@@ -1055,6 +1149,7 @@ impl Writer {
 
 type JournalTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 type MarksTable<'t> = redb::Table<'t, (&'static str, &'static str), (u64, u64)>;
+type InstancesTable<'t> = redb::Table<'t, (&'static str, &'static str), u64>;
 type QuarantineTable<'t> = redb::Table<'t, u64, (u64, &'static str, &'static [u8])>;
 /// The journal, marks and quarantine tables of one write transaction.
 type Tables<'a, 't> = (
@@ -1070,7 +1165,10 @@ fn refuse(cmd: Command, reason: &str) {
             let _ = s.done.send(Err(reason.to_string()));
         }
         Command::Resolve { done, .. } => {
-            let _ = done.send(Err(reason.to_string()));
+            let _ = done.send(Err(crate::wire::Refusal {
+                reason: reason.to_string(),
+                code: 0,
+            }));
         }
         Command::Confirm { .. } | Command::Reopen => {}
     }
@@ -1079,6 +1177,22 @@ fn refuse(cmd: Command, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Journal::resolve` for an agent that does not tell its process (no fork check).
+    async fn resolve_t(
+        j: &Journal,
+        agent: &str,
+        queue: &str,
+        c: u64,
+        d: u64,
+    ) -> Result<u64, String> {
+        let r = crate::wire::Resolve {
+            confirm_upto: c,
+            delivered_upto: d,
+            ..Default::default()
+        };
+        j.resolve(agent, queue, &r).await.map_err(|r| r.reason)
+    }
     use crate::wire::{Header, scan_batch};
 
     fn encode(from: u64, to: u64) -> bytes::Bytes {
@@ -1101,11 +1215,75 @@ mod tests {
     async fn try_put(j: &Journal, agent: &str, from: u64, to: u64) -> Result<Outcome, String> {
         let batch = encode(from, to);
         let info = scan_batch(&batch).unwrap();
-        j.submit(agent, "q", batch, &info)
+        j.submit(agent, "q", batch, &info, 0)
             .await
             .unwrap()
             .await
             .unwrap()
+    }
+
+    /// Issue 12, defect 3 (the journal's part): a restarted agent process (it inherited
+    /// every seq the sink holds) is accepted; a copy of the data directory that did not
+    /// inherit them is refused as forked, and batches from a process that another one
+    /// took over from are refused. A process that does not tell its instance is not checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_of_a_queue_is_refused_as_forked_and_a_restart_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let resolve = |instance: u64, inherited_upto: u64| crate::wire::Resolve {
+            instance,
+            inherited_upto,
+            ..Default::default()
+        };
+        let submit = |from: u64, to: u64, instance: u64| {
+            let j = j.clone();
+            async move {
+                let batch = encode(from, to);
+                let info = scan_batch(&batch).unwrap();
+                j.submit("a", "q", batch, &info, instance)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(j.resolve("a", "q", &resolve(1, 0)).await, Ok(0));
+        assert_eq!(submit(1, 10, 1).await, Ok(Outcome::Stored(10)));
+        // Process 2 restarted from the file that held seq 10: a successor.
+        assert_eq!(j.resolve("a", "q", &resolve(2, 10)).await, Ok(10));
+        assert!(
+            submit(11, 12, 1).await.is_err(),
+            "the old process's stream is taken over"
+        );
+        assert_eq!(submit(11, 20, 2).await, Ok(Outcome::Stored(20)));
+        // Process 3 runs from a copy taken at seq 10: the sink holds 20 it never had.
+        let refused = j.resolve("a", "q", &resolve(3, 10)).await.unwrap_err();
+        assert_eq!(
+            refused.code,
+            crate::wire::REFUSED_FORKED,
+            "{}",
+            refused.reason
+        );
+        // Process 2 goes on; the instance survives a reopen of the file.
+        drop(j);
+        // The writer thread lets go of the file once it sees the last handle gone.
+        let mut reopened = Journal::open(dir.path());
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = Journal::open(dir.path());
+        }
+        let j = reopened.unwrap();
+        assert_eq!(j.resolve("a", "q", &resolve(2, 10)).await, Ok(20));
+        let refused = j.resolve("a", "q", &resolve(3, 10)).await.unwrap_err();
+        assert_eq!(refused.code, crate::wire::REFUSED_FORKED);
+        assert_eq!(
+            resolve_t(&j, "a", "q", 0, 0).await,
+            Ok(20),
+            "unchecked: instance 0"
+        );
     }
 
     async fn put(j: &Journal, agent: &str, from: u64, to: u64) {
@@ -1128,15 +1306,15 @@ mod tests {
     async fn resolve_discards_what_went_elsewhere_and_outputs_only_confirmed() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
-        j.resolve("b", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "b", "q", 0, 0).await.unwrap();
         put(&j, "a", 1, 6).await;
         put(&j, "a", 7, 10).await;
         assert!(
             drainable_seqs(&j).is_empty(),
             "nothing is output before the agent confirms"
         );
-        let hwm = j.resolve("a", "q", 4, 8).await.unwrap();
+        let hwm = resolve_t(&j, "a", "q", 4, 8).await.unwrap();
         assert_eq!(hwm, 10, "9 and 10 are still held here");
         assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4]);
         // Seqs 5..=8 are gone for good: a confirm up to 10 outputs only 9 and 10 more.
@@ -1151,8 +1329,8 @@ mod tests {
     async fn overlapping_resend_outputs_each_seq_once() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
-        j.resolve("b", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "b", "q", 0, 0).await.unwrap();
         put(&j, "a", 1, 6).await;
         put(&j, "a", 4, 8).await;
         put(&j, "a", 2, 5).await; // entirely old: not journaled at all
@@ -1169,7 +1347,7 @@ mod tests {
     async fn failed_commit_leaves_no_gap_in_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
         j.fail_next_commit();
         assert!(try_put(&j, "a", 1, 3).await.is_err(), "the commit failed");
         // Wait out the writer's reopen (it refuses everything meanwhile).
@@ -1188,7 +1366,7 @@ mod tests {
         assert_eq!(try_put(&j, "a", 1, 3).await, Ok(Outcome::Stored(3)));
         assert_eq!(try_put(&j, "a", 4, 6).await, Ok(Outcome::Stored(6)));
         j.confirm("a", "q", 6).await.unwrap();
-        assert_eq!(j.resolve("a", "q", 6, 6).await, Ok(6));
+        assert_eq!(resolve_t(&j, "a", "q", 6, 6).await, Ok(6));
         assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4, 5, 6]);
     }
 
@@ -1199,8 +1377,8 @@ mod tests {
     async fn undecodable_journal_entry_is_quarantined_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
-        j.resolve("bad", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "bad", "q", 0, 0).await.unwrap();
         // A record whose `source` is not UTF-8, as a v1 sink journaled it unchecked.
         let mut rec = Vec::new();
         prost::encoding::uint64::encode(1, &1u64, &mut rec);
@@ -1228,7 +1406,7 @@ mod tests {
         put(&j, "a", 1, 2).await;
         j.confirm("a", "q", 2).await.unwrap();
         // Resolve scans the entries of (bad, q) and must not fail on them.
-        assert_eq!(j.resolve("bad", "q", 1, 0).await, Ok(1));
+        assert_eq!(resolve_t(&j, "bad", "q", 1, 0).await, Ok(1));
         let round = j.read_drainable(usize::MAX).unwrap();
         let seqs: Vec<u64> = round
             .entries
@@ -1253,7 +1431,7 @@ mod tests {
     async fn invalid_batch_is_rejected_and_the_queue_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
         let mut bad = Batch {
             batch_id: 1,
             records: vec![Record {
@@ -1275,7 +1453,7 @@ mod tests {
         assert!(info.invalid.is_some());
         for _ in 0..2 {
             let out = j
-                .submit("a", "q", bad.clone(), &info)
+                .submit("a", "q", bad.clone(), &info, 0)
                 .await
                 .unwrap()
                 .await
@@ -1284,7 +1462,7 @@ mod tests {
         }
         put(&j, "a", 2, 3).await;
         j.confirm("a", "q", 3).await.unwrap();
-        assert_eq!(j.resolve("a", "q", 3, 3).await, Ok(3));
+        assert_eq!(resolve_t(&j, "a", "q", 3, 3).await, Ok(3));
         assert_eq!(drainable_seqs(&j), vec![2, 3]);
         assert_eq!(j.quarantined().unwrap(), 1);
     }
@@ -1295,17 +1473,17 @@ mod tests {
     async fn slash_in_agent_name_does_not_share_marks() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.resolve("edge-1/x", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "edge-1/x", "q", 0, 0).await.unwrap();
         let batch = encode(1, 50);
         let info = scan_batch(&batch).unwrap();
-        j.submit("edge-1/x", "q", batch, &info)
+        j.submit("edge-1/x", "q", batch, &info, 0)
             .await
             .unwrap()
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(j.resolve("edge-1", "x/q", 0, 0).await, Ok(0));
-        assert_eq!(j.resolve("edge-1/x", "q", 0, 0).await, Ok(50));
+        assert_eq!(resolve_t(&j, "edge-1", "x/q", 0, 0).await, Ok(0));
+        assert_eq!(resolve_t(&j, "edge-1/x", "q", 0, 0).await, Ok(50));
     }
 
     /// Issue 12, defect 17: a version-1 journal (string keys) is migrated on open.
@@ -1344,7 +1522,7 @@ mod tests {
         })
         .unwrap();
         // The confirmed mark carried over: nothing up to 30 is taken again.
-        assert_eq!(j.resolve("edge-1", "0123abcd", 0, 0).await, Ok(30));
+        assert_eq!(resolve_t(&j, "edge-1", "0123abcd", 0, 0).await, Ok(30));
     }
 
     /// Issue 12, defect 16: queue ids per agent are capped; a settled one makes room.
@@ -1358,14 +1536,14 @@ mod tests {
             },
         )
         .unwrap();
-        j.resolve("a", "q", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
         put(&j, "a", 1, 5).await; // unconfirmed: q is not settled
         for q in ["q1", "q2"] {
-            j.resolve("a", q, 0, 0).await.unwrap();
+            resolve_t(&j, "a", q, 0, 0).await.unwrap();
         }
         // q1 and q2 hold nothing: settled, so a fourth id evicts one of them.
-        j.resolve("a", "q3", 0, 0).await.unwrap();
-        j.resolve("a", "q4", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q3", 0, 0).await.unwrap();
+        resolve_t(&j, "a", "q4", 0, 0).await.unwrap();
         // Now give every held id something unconfirmed: nothing can make room.
         let held: Vec<String> = j
             .with_db(|d| {
@@ -1383,17 +1561,17 @@ mod tests {
         for q in held.iter().filter(|q| *q != "q") {
             let batch = encode(1, 1);
             let info = scan_batch(&batch).unwrap();
-            j.submit("a", q, batch, &info)
+            j.submit("a", q, batch, &info, 0)
                 .await
                 .unwrap()
                 .await
                 .unwrap()
                 .unwrap();
         }
-        let refused = j.resolve("a", "q5", 0, 0).await.unwrap_err();
+        let refused = resolve_t(&j, "a", "q5", 0, 0).await.unwrap_err();
         assert!(refused.contains("max_queues_per_agent"), "{refused}");
         // Another agent is not affected.
-        assert_eq!(j.resolve("b", "q5", 0, 0).await, Ok(0));
+        assert_eq!(resolve_t(&j, "b", "q5", 0, 0).await, Ok(0));
     }
 
     /// Issue 12, defect 12: a journal whose bytes were altered failed (or panicked) at
@@ -1404,7 +1582,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::open(dir.path()).unwrap();
-            j.resolve("a", "q", 0, 0).await.unwrap();
+            resolve_t(&j, "a", "q", 0, 0).await.unwrap();
             for n in 0..50 {
                 put(&j, "a", n * 10 + 1, n * 10 + 10).await;
             }
@@ -1427,7 +1605,7 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1, "the bad file is kept aside");
         // It serves: a resolve and a batch go through.
-        let hwm = j.resolve("a", "q", 0, 0).await.unwrap();
+        let hwm = resolve_t(&j, "a", "q", 0, 0).await.unwrap();
         let out = try_put(&j, "a", hwm + 1, hwm + 5).await;
         assert_eq!(out, Ok(Outcome::Stored(hwm + 5)));
     }

@@ -103,6 +103,8 @@ impl Sink {
                     outputs.push(Box::new(JsonlOutput::open(
                         &j.dir,
                         j.max_file_bytes,
+                        crate::fsmode::parse_mode(&j.file_mode)
+                            .unwrap_or(crate::fsmode::PRIVATE_FILE),
                         position_of,
                     )?));
                 }
@@ -440,12 +442,19 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Ctx) -> Result<(), Str
 
 /// Tells the agent why its stream ends (best effort) and closes our side.
 async fn refuse_stream(send: &mut quinn::SendStream, reason: &str) {
-    let refusal = SinkFrame {
-        kind: Some(sink_frame::Kind::Refusal(wire::Refusal {
-            reason: reason.into(),
-        })),
+    let refusal = wire::Refusal {
+        reason: reason.into(),
+        code: 0,
     };
-    let _ = wire::write_frame(send, &refusal).await;
+    refuse_stream_with(send, refusal).await;
+}
+
+/// [`refuse_stream`] with a refusal code the agent acts on.
+async fn refuse_stream_with(send: &mut quinn::SendStream, refusal: wire::Refusal) {
+    let frame = SinkFrame {
+        kind: Some(sink_frame::Kind::Refusal(refusal)),
+    };
+    let _ = wire::write_frame(send, &frame).await;
     let _ = send.finish();
 }
 
@@ -537,21 +546,15 @@ async fn serve_stream(
         }) => r,
         other => return Err(format!("expected resolve, got {other:?}")),
     };
-    let hwm = match journal
-        .resolve(
-            agent,
-            &queue_id,
-            resolve.confirm_upto,
-            resolve.delivered_upto,
-        )
-        .await
-    {
+    let hwm = match journal.resolve(agent, &queue_id, &resolve).await {
         Ok(h) => h,
-        Err(reason) => {
-            refuse_stream(&mut send, &reason).await;
+        Err(refusal) => {
+            let reason = refusal.reason.clone();
+            refuse_stream_with(&mut send, refusal).await;
             return Err(reason);
         }
     };
+    let instance = resolve.instance;
     let resolved = SinkFrame {
         kind: Some(sink_frame::Kind::Resolved(wire::Resolved {
             high_water_mark: hwm,
@@ -637,7 +640,7 @@ async fn serve_stream(
                 .counter("sink.bytes")
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
             let done = journal
-                .submit(agent, &queue_id, raw, &info)
+                .submit(agent, &queue_id, raw, &info, instance)
                 .await
                 .map_err(|e| e.to_string())?;
             if pending_tx

@@ -101,17 +101,19 @@ pub struct JsonlOutput {
     committed: (u64, u64),
     file: File,
     buf: Vec<u8>,
+    mode: u32,
 }
 
 impl JsonlOutput {
     /// Opens the output at a committed position (`None` for a fresh start), discarding
-    /// anything written after that position.
+    /// anything written after that position; files get `mode`.
     pub fn open(
         dir: &Path,
         max_file_bytes: u64,
+        mode: u32,
         position_of: impl Fn(&str) -> Option<Vec<u8>>,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::fsmode::output_dir(dir, mode)?;
         // The canonical path names the position, however the config spelled it.
         let dir = dir.canonicalize()?;
         let existing: Vec<u64> = std::fs::read_dir(&dir)?
@@ -140,11 +142,7 @@ impl JsonlOutput {
             offset = 0;
             path = jsonl_path(&dir, index);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        let file = crate::fsmode::create_file(&path, mode, false)?;
         if file.metadata()?.len() > offset {
             tracing::info!(path = %path.display(), offset, "truncating output to its last committed position");
             file.set_len(offset)?;
@@ -158,6 +156,7 @@ impl JsonlOutput {
             committed: (index, offset),
             file,
             buf: Vec::new(),
+            mode,
         };
         out.seek_end()?;
         Ok(out)
@@ -172,11 +171,8 @@ impl JsonlOutput {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.index += 1;
         self.offset = 0;
-        self.file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(jsonl_path(&self.dir, self.index))?;
+        self.file =
+            crate::fsmode::create_file(&jsonl_path(&self.dir, self.index), self.mode, true)?;
         // Make the new directory entry durable too.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();

@@ -23,6 +23,7 @@ struct Ctx {
     source: String,
     topic: String,
     codec: Codec,
+    max_line: usize,
     pipeline: Arc<Pipeline>,
     received: Arc<AtomicU64>,
 }
@@ -34,6 +35,7 @@ impl Ctx {
         Ctx {
             topic: cfg.topic.clone().unwrap_or_else(|| pipeline.name.clone()),
             codec: cfg.codec,
+            max_line: cfg.max_line_bytes,
             source,
             pipeline,
             received,
@@ -46,7 +48,7 @@ impl Ctx {
 
     async fn emit(&self, records: Vec<Record>, shutdown: &CancellationToken) -> bool {
         let n = records.len() as u64;
-        let (records, rejected) = codec::decode_all(self.codec, records);
+        let (records, rejected) = codec::decode_lines(self.codec, self.max_line, records);
         match self
             .pipeline
             .emit_until_accepted(records, rejected, shutdown)

@@ -184,6 +184,7 @@ impl Stage {
             Failure::Memory,
             Failure::Trap,
             Failure::Invalid,
+            Failure::Output,
         ] {
             counters.counter(&format!("{prefix}.{}", kind.as_str()));
         }

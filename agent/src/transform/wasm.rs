@@ -31,8 +31,11 @@ pub const WORLD: &str = "dataweaver:transform/transform@0.1.0";
 /// How often the epoch ticks: the resolution of the per-call time limit.
 const TICK: Duration = Duration::from_millis(5);
 
-/// Log lines a module may write per call before the host drops them (counted).
-const LOG_LINES_PER_CALL: u32 = 64;
+/// Log lines a module may write per second, over all its instances (a token bucket);
+/// lines above it are dropped and counted.
+const LOG_LINES_PER_SECOND: f64 = 50.0;
+/// Lines a module may write at once after a quiet spell (the bucket's size).
+const LOG_LINES_BURST: f64 = 100.0;
 /// Longest log line kept from a module.
 const LOG_LINE_BYTES: usize = 1024;
 
@@ -98,6 +101,9 @@ pub struct Settings {
     pub max_stack_bytes: usize,
     /// Records per guest call.
     pub batch_max_records: usize,
+    /// Output bytes per guest call at most (payloads, keys, headers, topics, sources);
+    /// over it the batch fails into the dead letters.
+    pub output_max_bytes: usize,
     /// Header stamped on every output record with `name@version`, if set.
     pub version_header: Option<String>,
     /// WASI granted to the module, if any.
@@ -114,6 +120,7 @@ impl Settings {
             deadline: Duration::from_millis(c.deadline_ms),
             max_stack_bytes: c.max_stack_bytes,
             batch_max_records: c.batch_max_records,
+            output_max_bytes: c.output_max_bytes as usize,
             version_header: c.version_header.clone(),
             wasi: c.wasi.clone(),
         }
@@ -157,8 +164,60 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     module: Arc<str>,
-    log_left: u32,
-    log_dropped: u64,
+    logs: Arc<Mutex<LogBucket>>,
+}
+
+/// A module's log budget: a token bucket refilled at [`LOG_LINES_PER_SECOND`], shared by
+/// its instances so a replaced (trapped) instance does not start with a fresh budget.
+#[derive(Debug)]
+struct LogBucket {
+    tokens: f64,
+    at: std::time::Instant,
+    dropped: u64,
+}
+
+impl LogBucket {
+    fn new() -> LogBucket {
+        LogBucket {
+            tokens: LOG_LINES_BURST,
+            at: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may be written now; if so, also how many were dropped before it.
+    fn take(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * LOG_LINES_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(LOG_LINES_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.dropped))
+    }
+}
+
+/// `s` with control characters (and Unicode line breaks) escaped, so a guest cannot
+/// end a log line and forge another, or send terminal escapes.
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl WasiView for State {
@@ -174,13 +233,18 @@ impl dataweaver::transform::types::Host for State {}
 
 impl dataweaver::transform::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
-        if self.log_left == 0 {
-            self.log_dropped += 1;
-            return;
-        }
-        self.log_left -= 1;
-        let message = bounded(message, LOG_LINE_BYTES);
+        let taken = self.logs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(dropped) = taken else { return };
         let m = &*self.module;
+        if dropped > 0 {
+            tracing::warn!(
+                module = m,
+                dropped,
+                "module log lines over the rate limit dropped"
+            );
+        }
+        let message = bounded(message, LOG_LINE_BYTES);
+        let message = escape_controls(&message);
         match level {
             Level::Trace => tracing::trace!(module = m, "{message}"),
             Level::Debug => tracing::debug!(module = m, "{message}"),
@@ -191,8 +255,9 @@ impl dataweaver::transform::host::Host for State {
     }
 }
 
-/// Memory cap over all of an instance's memories (a component may hold several core
-/// instances), remembering that it was hit so the dead-letter reason can say so.
+/// Memory cap over all of an instance's memories and tables (a component may hold
+/// several core instances), remembering that it was hit so the dead-letter reason can
+/// say so.
 struct Limiter {
     max: usize,
     used: usize,
@@ -202,19 +267,18 @@ struct Limiter {
 /// Core instances, memories and tables one component may create: generous for real
 /// guests (CPython's component has about a dozen instances), small enough that they
 /// cannot be multiplied to get around the memory cap.
-const MAX_INSTANCES: usize = 200;
+const MAX_INSTANCES: usize = 100;
 const MAX_MEMORIES: usize = 32;
-const MAX_TABLES: usize = 200;
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+const MAX_TABLES: usize = 100;
+/// Elements per table: real guests' function tables hold thousands.
+const MAX_TABLE_ELEMENTS: usize = 1 << 18;
+/// Host bytes per table element (wasmtime stores a pointer per element).
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.used - current.min(self.used) + desired;
+impl Limiter {
+    /// Accounts a memory or table going from `current` to `desired` bytes, or traps.
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
         if total > self.max {
             self.hit = true;
             // An error (not `Ok(false)`) traps at once: guests that ignore a failed
@@ -227,14 +291,32 @@ impl wasmtime::ResourceLimiter for Limiter {
         self.used = total;
         Ok(true)
     }
+}
 
-    fn table_growing(
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        self.grow(current, desired)
+    }
+
+    // Called at table creation too (from 0), so every table's elements count.
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
     fn instances(&self) -> usize {
@@ -260,6 +342,7 @@ pub struct Module {
     pub hash: String,
     engine: Engine,
     pre: TransformPre<State>,
+    logs: Arc<Mutex<LogBucket>>,
 }
 
 impl std::fmt::Debug for Module {
@@ -336,6 +419,7 @@ impl Module {
             settings,
             engine,
             pre,
+            logs: Arc::new(Mutex::new(LogBucket::new())),
         });
         // Instantiate and init once now, so a bad module or config is refused at load.
         Instance::new(module.clone())?;
@@ -390,10 +474,10 @@ fn compile_cached(
 fn write_cache(dir: &Path, path: &Path, art: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
+    crate::fsmode::data_dir(dir)?;
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = crate::fsmode::create_file(&tmp, crate::fsmode::PRIVATE_FILE, true)?;
     f.write_all(ring::digest::digest(&ring::digest::SHA256, art).as_ref())?;
     f.write_all(art)?;
     f.sync_all()?;
@@ -419,6 +503,8 @@ pub enum Failure {
     Trap,
     /// Returned an error index outside the batch: a broken module.
     Invalid,
+    /// Returned more than `output_max_bytes`.
+    Output,
 }
 
 impl Failure {
@@ -429,6 +515,7 @@ impl Failure {
             Failure::Memory => "memory",
             Failure::Trap => "trap",
             Failure::Invalid => "invalid",
+            Failure::Output => "output",
         }
     }
 }
@@ -483,8 +570,7 @@ impl Instance {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             module: Arc::from(module.label()),
-            log_left: LOG_LINES_PER_CALL,
-            log_dropped: 0,
+            logs: module.logs.clone(),
         };
         let mut store = Store::new(&module.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -517,19 +603,26 @@ impl Instance {
         let s = &self.module.settings;
         let n = batch.len();
         let events: Vec<Event> = batch.into_iter().map(to_event).collect();
-        self.store.data_mut().log_left = LOG_LINES_PER_CALL;
         self.store.data_mut().limiter.hit = false;
         self.store.set_epoch_deadline(ticks(s.deadline));
         let res = self
             .bindings
             .dataweaver_transform_transformer()
             .call_process(&mut self.store, &events);
-        let dropped = std::mem::take(&mut self.store.data_mut().log_dropped);
-        if dropped > 0 {
-            tracing::warn!(module = %self.module.label(), dropped, "module log lines over the per-call limit dropped");
-        }
         match res {
             Ok(out) => {
+                let size: usize = out.events.iter().map(event_bytes).sum();
+                if size > s.output_max_bytes {
+                    let reason = format!(
+                        "output of {size} bytes for a batch of {n} exceeds output_max_bytes ({})",
+                        s.output_max_bytes
+                    );
+                    return Err((
+                        Failure::Output,
+                        reason,
+                        events.into_iter().map(from_event).collect(),
+                    ));
+                }
                 if let Some(bad) = out.errors.iter().find(|e| e.index as usize >= n) {
                     let reason = format!(
                         "returned an error for record {} of a batch of {n}",
@@ -612,6 +705,12 @@ fn ticks(d: Duration) -> u64 {
     (d.as_millis() / TICK.as_millis()).max(1) as u64 + 1
 }
 
+/// Bytes an output event carries (what the queue and the sink will hold).
+fn event_bytes(e: &Event) -> usize {
+    let headers: usize = e.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    e.payload.len() + e.key.as_ref().map_or(0, Vec::len) + e.source.len() + e.topic.len() + headers
+}
+
 fn to_event(r: Record) -> Event {
     Event {
         ts_ns: r.ts_ns,
@@ -635,5 +734,171 @@ fn from_event(e: Event) -> Record {
         key: e.key,
         headers: e.headers.into_iter().map(|h| (h.name, h.value)).collect(),
         payload: e.payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dataweaver::transform::host::Host as _;
+    use super::*;
+
+    fn passthrough(output_max_bytes: usize) -> Option<Arc<Module>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../transforms/prebuilt/passthrough_rust.wasm");
+        if !path.is_file() {
+            eprintln!("SKIPPING: {} not built", path.display());
+            return None;
+        }
+        let settings = Settings {
+            name: "p".into(),
+            config_json: "{}".into(),
+            memory_max_bytes: 64 << 20,
+            deadline: Duration::from_secs(10),
+            max_stack_bytes: 512 << 10,
+            batch_max_records: 1024,
+            output_max_bytes,
+            version_header: None,
+            wasi: None,
+        };
+        Some(Module::load(&path, settings, None).unwrap())
+    }
+
+    fn record(bytes: usize) -> Record {
+        Record {
+            ts_ns: 1,
+            source: "s".into(),
+            topic: "t".into(),
+            key: None,
+            headers: Vec::new(),
+            payload: vec![b'a'; bytes],
+        }
+    }
+
+    /// Issue 12, defect 18: tables were not counted in `memory_max_bytes` (99 tables of
+    /// 2^20 funcrefs reached 813 MiB RSS under a 2 MiB cap). Table elements now count as
+    /// host memory (a pointer each) against the same cap, and one table is smaller.
+    #[test]
+    fn tables_count_toward_the_memory_cap() {
+        let mut l = Limiter {
+            max: 2 << 20,
+            used: 0,
+            hit: false,
+        };
+        use wasmtime::ResourceLimiter as _;
+        // One table of 2^20 elements (8 MiB of pointers) under a 2 MiB cap.
+        assert!(
+            !matches!(l.table_growing(0, 1 << 20, None), Ok(true)),
+            "a table past the cap was allowed"
+        );
+        // Many small tables: together past the cap.
+        let mut l = Limiter {
+            max: 2 << 20,
+            used: 0,
+            hit: false,
+        };
+        let granted = (0..99)
+            .take_while(|_| matches!(l.table_growing(0, 1 << 16, None), Ok(true)))
+            .count();
+        assert!(granted < 99, "99 tables of 2^16 elements fit under 2 MiB");
+        assert!(l.hit, "the dead-letter reason names the memory cap");
+        // Memory and tables share the budget.
+        let mut l = Limiter {
+            max: 2 << 20,
+            used: 0,
+            hit: false,
+        };
+        assert!(matches!(l.memory_growing(0, 1 << 20, None), Ok(true)));
+        assert!(matches!(l.table_growing(0, 1 << 16, None), Ok(true)));
+        assert!(l.memory_growing(1 << 20, 2 << 20, None).is_err());
+    }
+
+    /// Issue 12, defect 18: a call's output was unbounded (5 ten-byte records became
+    /// 3.7 GB at the sink). Over `output_max_bytes` the batch fails (into the dead
+    /// letters), the records handed back for that.
+    #[test]
+    fn output_over_output_max_bytes_fails_the_batch() {
+        let Some(module) = passthrough(1000) else {
+            return;
+        };
+        let mut inst = Instance::new(module).unwrap();
+        let ok = inst.process(vec![record(100), record(100)]).unwrap();
+        assert_eq!(ok.records.len(), 2);
+        match inst.process((0..5).map(|_| record(300)).collect()) {
+            Err((Failure::Output, reason, back)) => {
+                assert!(reason.contains("output_max_bytes"), "{reason}");
+                assert_eq!(back.len(), 5);
+            }
+            Err((f, r, _)) => panic!("wrong failure {f:?}: {r}"),
+            Ok(p) => panic!("{} records over the cap passed", p.records.len()),
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 12, defect 19: guest logs were limited per call (64 lines), not per second,
+    /// so a module called often flooded the log; and a line with a newline forged agent
+    /// log lines. Now a module has a per-second budget over all its calls and instances,
+    /// and control characters are escaped.
+    #[test]
+    fn guest_logs_are_rate_limited_per_module_and_cannot_forge_lines() {
+        let Some(module) = passthrough(16 << 20) else {
+            return;
+        };
+        let out = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer({
+                let out = out.clone();
+                move || out.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let start = std::time::Instant::now();
+        tracing::subscriber::with_default(sub, || {
+            let mut inst = Instance::new(module.clone()).unwrap();
+            for _ in 0..20 {
+                inst.process(vec![record(1)]).unwrap();
+                for _ in 0..64 {
+                    inst.store.data_mut().log(
+                        Level::Info,
+                        "hi\n2026-01-01T00:00:00Z  INFO dataweaver: FORGED\x1b[2J".into(),
+                    );
+                }
+            }
+            // A fresh instance of the same module shares the budget; after a pause a
+            // few lines pass again, the first with the count of those dropped.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut again = Instance::new(module.clone()).unwrap();
+            for _ in 0..64 {
+                again.store.data_mut().log(Level::Info, "more".into());
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = lines.iter().filter(|l| l.contains("hi\\n")).count();
+        assert!(kept > 0, "{text}");
+        let budget = LOG_LINES_BURST + LOG_LINES_PER_SECOND * start.elapsed().as_secs_f64();
+        let more = lines.iter().filter(|l| l.contains("more")).count();
+        assert!(more > 0, "{text}");
+        assert!(
+            (kept + more) as f64 <= budget + 1.0,
+            "{kept} + {more} lines kept of 1344, budget {budget}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("2026-01-01")),
+            "a forged line: {text}"
+        );
+        assert!(!text.contains('\x1b'), "terminal escape passed through");
+        assert!(text.contains("over the rate limit dropped"), "{text}");
     }
 }

@@ -159,9 +159,16 @@ pub struct ModuleOffer {
     #[prost(string, tag = "5")]
     pub key: String,
     /// NDJSON test records for the self-check (empty: the agent's recent records).
-    /// An offer without a module orders a return to the configured module.
     #[prost(bytes = "vec", tag = "6")]
     pub vectors: Vec<u8>,
+    /// Monotonic per pipeline (part of what is signed): agents refuse a seq not above
+    /// every one they took, so an old offer cannot be replayed.
+    #[prost(uint64, tag = "7")]
+    pub seq: u64,
+    /// An operator's signed rollback order: to this module, or with an empty module to
+    /// the agent's configured one.
+    #[prost(bool, tag = "8")]
+    pub rollback: bool,
 }
 
 /// What an agent did with an offer, or a rollback it made on its own.
@@ -202,6 +209,9 @@ pub struct AdminRequest {
     /// Only these agents (push); empty: every agent running the pipeline.
     #[prost(string, repeated, tag = "4")]
     pub agents: Vec<String>,
+    /// Status: the page after this row key ([`AdminReply::next`]).
+    #[prost(string, tag = "5")]
+    pub after: String,
 }
 
 /// The sink's answer to an admin request.
@@ -216,6 +226,15 @@ pub struct AdminReply {
     /// Per agent and pipeline (status).
     #[prost(message, repeated, tag = "3")]
     pub agents: Vec<AgentStatus>,
+    /// Status: more rows follow; ask again with `after` set to this.
+    #[prost(string, tag = "4")]
+    pub next: String,
+    /// Rollback plan: what a rollback order must sign (a module hash or `configured`).
+    #[prost(string, tag = "5")]
+    pub target: String,
+    /// Rollback plan: the version a rollback returns to.
+    #[prost(string, tag = "6")]
+    pub target_version: String,
 }
 
 /// One agent's pipeline as the sink last heard of it.
@@ -270,6 +289,14 @@ pub struct Resolve {
     /// Every seq up to this one was delivered (through this sink or another).
     #[prost(uint64, tag = "2")]
     pub delivered_upto: u64,
+    /// Random per agent process: a queue's streams from another process are a restart (or
+    /// a copy of its data directory). 0: not told (no fork check).
+    #[prost(uint64, tag = "3")]
+    pub instance: u64,
+    /// The queue's last committed seq when this process opened it: a successor inherited
+    /// everything its predecessors sent, so a sink holding more is talking to a copy.
+    #[prost(uint64, tag = "4")]
+    pub inherited_upto: u64,
 }
 
 /// The sink's answer to `Resolve`.
@@ -308,7 +335,15 @@ pub struct Refusal {
     /// Human-readable reason.
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// What the agent should do about it: 0 retry later, [`REFUSED_FORKED`] take a new
+    /// queue id.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
 }
+
+/// `Refusal.code`: another copy of this queue (a cloned or restored data directory) sent
+/// seqs this one never inherited; its records would be dropped as duplicates here.
+pub const REFUSED_FORKED: u32 = 1;
 
 /// Records with ascending seqs.
 #[derive(Clone, PartialEq, Message)]

@@ -94,6 +94,7 @@ async fn data_stream(
         agent_frame::Kind::Resolve(wire::Resolve {
             confirm_upto: 0,
             delivered_upto: 0,
+            ..Default::default()
         }),
     )
     .await;

@@ -161,8 +161,15 @@ fn salvage_tables(d: &Database, out: &mut Salvaged) -> Result<(), JournalError> 
             for e in t.iter().map_err(db)? {
                 let (k, v) = e.map_err(db)?;
                 let ((a, q), (hwm, confirmed)) = (k.value(), v.value());
-                out.marks
-                    .push((a.to_string(), q.to_string(), Mark { hwm, confirmed }));
+                out.marks.push((
+                    a.to_string(),
+                    q.to_string(),
+                    Mark {
+                        hwm,
+                        confirmed,
+                        instance: 0,
+                    },
+                ));
             }
         }
         Ok(())
