@@ -663,8 +663,8 @@ impl Default for SinkLimits {
     fn default() -> Self {
         SinkLimits {
             max_connections: 1024,
-            max_connections_per_agent: 8,
-            max_streams_per_agent: 16,
+            max_connections_per_agent: 16,
+            max_streams_per_agent: 32,
             max_streams: 4096,
             max_queues_per_agent: 64,
         }
