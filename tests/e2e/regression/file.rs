@@ -398,3 +398,29 @@ fn overlong_line_is_a_counted_choice_not_a_silent_split() {
     let reason = dead[0]["dead_letter_reason"].as_str().unwrap_or("");
     assert!(reason.contains("max_line_bytes"), "{reason}");
 }
+
+/// Issue 12, defect 4 (the fallback): with `watch = false` (or where events are not
+/// available) polling alone still finds new files, follows a rename and reads on.
+#[test]
+fn polling_fallback_reads_new_and_renamed_files_without_events() {
+    let w = World::new();
+    let admin = tcp_port();
+    file_agent(
+        &w,
+        admin,
+        "include = [\"in/*.log\"]\nwatch = false\npoll_interval_ms = 50",
+    );
+    let _sink = w.sink();
+    let _agent = w.agent_as_configured();
+    wait_admin(admin);
+    let live = w.path("in/app.log");
+    let mut out = LineWriter::new(&live, 80);
+    out.write(500);
+    wait_for_output(&w.output_dir(), 500, WAIT);
+    std::fs::rename(&live, w.path("in/app.log.1")).unwrap();
+    out.write(500);
+    out.reopen(&live);
+    out.write(500);
+    let lines = wait_for_output(&w.output_dir(), 1500, WAIT);
+    assert_exactly_once(&lines, 1500);
+}
