@@ -1035,13 +1035,8 @@ impl AgentConfig {
                 }
                 nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
                 nonzero(&format!("{key}.max_open_files"), fc.max_open_files)?;
-                for (name, ms) in [
-                    ("poll_interval_ms", fc.poll_interval_ms),
-                    ("rescan_interval_ms", fc.rescan_interval_ms),
-                ] {
-                    if ms == 0 || ms > 86_400_000 {
-                        return Err((format!("{key}.{name}"), "1 ms to 1 day".into()));
-                    }
+                if !(1..=86_400_000).contains(&fc.rescan_interval_ms) {
+                    return Err((format!("{key}.rescan_interval_ms"), "1 ms to 1 day".into()));
                 }
             }
         }
