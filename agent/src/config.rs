@@ -581,12 +581,28 @@ pub struct FileSourceConfig {
     /// Where a new file starts.
     #[serde(default)]
     pub read_from: ReadFrom,
-    /// How often to look for new files and appended data when idle.
+    /// How often to look for new files and appended data when change events are not
+    /// available (`watch = false`, or a directory that cannot be watched).
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
-    /// Longer lines are split into records of this size.
+    /// Watch the globs' directories for changes (inotify, FSEvents, ReadDirectoryChangesW):
+    /// new files and lines are seen at once. Default true; polling is the fallback.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// While watching works, a full rescan this often catches what events missed.
+    #[serde(default = "default_rescan_ms")]
+    pub rescan_interval_ms: u64,
+    /// Most files open at once (and at most half the fd limit); idle ones are closed and
+    /// reopened by identity when they change.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Longest record; what happens to a longer line is `long_lines`.
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
+    /// A line over `max_line_bytes`: `split` into records of that size, `truncate` to it, or
+    /// `dead_letter` it (default `split`, under `codec = "json"` `dead_letter`). Counted as
+    /// `long_lines`.
+    pub long_lines: Option<LongLines>,
     /// Bytes read per step (and so per queue append).
     #[serde(default = "default_read_bytes")]
     pub read_chunk_bytes: usize,
@@ -595,6 +611,18 @@ pub struct FileSourceConfig {
     /// How each line is interpreted.
     #[serde(default)]
     pub codec: Codec,
+}
+
+/// What the file source does with a line longer than `max_line_bytes`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LongLines {
+    /// Cut it into records of `max_line_bytes`.
+    Split,
+    /// Keep its first `max_line_bytes` as the record; drop the rest of the line.
+    Truncate,
+    /// Dead-letter its first `max_line_bytes` with the reason; no record.
+    DeadLetter,
 }
 
 /// How a source interprets each record's bytes.
@@ -799,6 +827,12 @@ fn default_commit_bytes() -> usize {
 }
 fn default_poll_ms() -> u64 {
     250
+}
+fn default_rescan_ms() -> u64 {
+    10_000
+}
+fn default_max_open_files() -> usize {
+    512
 }
 fn default_max_line() -> usize {
     1 << 20
@@ -1084,6 +1118,10 @@ impl AgentConfig {
                     ));
                 }
                 nonzero(&format!("{key}.read_chunk_bytes"), fc.read_chunk_bytes)?;
+                nonzero(&format!("{key}.max_open_files"), fc.max_open_files)?;
+                if !(1..=86_400_000).contains(&fc.rescan_interval_ms) {
+                    return Err((format!("{key}.rescan_interval_ms"), "1 ms to 1 day".into()));
+                }
             }
         }
         in_ranges(self.bounds())
