@@ -28,8 +28,9 @@
 //!   Its records stay in the set-aside file for `queue export --file`.
 //! - **Checkpoints outlive a corrupt file.** The fresh queue takes the checkpoints still
 //!   readable in the set-aside file (committed with their records, so they are exact); what
-//!   cannot be read comes from a side copy (`queue-checkpoints.cbor`) the writer rewrites
-//!   atomically when idle and at most once a second under load. The queue's own table always
+//!   cannot be read comes from a side copy (`queue-checkpoints.cbor`) that a thread of its
+//!   own rewrites atomically at most once a second (the writer only updates a map in memory,
+//!   once per commit that moved a checkpoint). The queue's own table always
 //!   wins while the file is sound; the side copy is read only after a file was set aside, and
 //!   its lag (≤ 1 s) can only repeat lines, never skip them.
 //! - **Checksums.** Each chunk carries a CRC-32 of its bytes, verified on every read (one

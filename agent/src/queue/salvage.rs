@@ -222,9 +222,7 @@ pub(crate) fn recover_checkpoints(
 
 /// Writes the checkpoints' side copy atomically: a temporary file (0600), fsync, rename,
 /// fsync of the directory. `[version][crc32 of the rest, LE][CBOR map]`.
-pub(crate) fn write_mirror(path: &Path, cps: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
-    let mut body = Vec::new();
-    ciborium::into_writer(cps, &mut body).map_err(std::io::Error::other)?;
+fn write_mirror_bytes(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("cbor.tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -235,8 +233,8 @@ pub(crate) fn write_mirror(path: &Path, cps: &BTreeMap<String, Vec<u8>>) -> std:
     }
     let mut f = opts.open(&tmp)?;
     f.write_all(&[MIRROR_VERSION])?;
-    f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
-    f.write_all(&body)?;
+    f.write_all(&crc32fast::hash(body).to_le_bytes())?;
+    f.write_all(body)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
@@ -264,4 +262,140 @@ pub(crate) fn read_mirror(path: &Path) -> std::io::Result<BTreeMap<String, Vec<u
         return Err(bad("checksum mismatch"));
     }
     ciborium::from_reader(body).map_err(|e| bad(&e.to_string()))
+}
+
+/// The state the side-copy thread writes from.
+#[derive(Default)]
+struct MirrorState {
+    checkpoints: BTreeMap<String, Vec<u8>>,
+    dirty: bool,
+    stop: bool,
+}
+
+/// Keeps the checkpoints' side copy: the queue writer updates the map in place (no copy,
+/// no I/O on its thread); a thread of its own rewrites the file at most once per `every`.
+pub(crate) struct Mirror {
+    shared: std::sync::Arc<(std::sync::Mutex<MirrorState>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mirror {
+    /// Starts the thread, writing `checkpoints` first (the queue's table is the truth).
+    pub(crate) fn start(
+        path: PathBuf,
+        checkpoints: BTreeMap<String, Vec<u8>>,
+        every: std::time::Duration,
+    ) -> Mirror {
+        let shared = std::sync::Arc::new((
+            std::sync::Mutex::new(MirrorState {
+                dirty: !checkpoints.is_empty(),
+                checkpoints,
+                stop: false,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("queue-mirror".into())
+            .spawn(move || mirror_loop(&path, &s, every))
+            .map_err(|e| tracing::warn!(error = %e, "no checkpoint side copy: thread not started"))
+            .ok();
+        Mirror { shared, thread }
+    }
+
+    /// Applies committed checkpoint changes (an empty value deletes).
+    pub(crate) fn update(&self, changes: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        let Ok(mut st) = self.shared.0.lock() else {
+            return;
+        };
+        for (k, v) in changes {
+            st.dirty = true;
+            if v.is_empty() {
+                st.checkpoints.remove(&k);
+            } else {
+                st.checkpoints.insert(k, v);
+            }
+        }
+        if st.dirty {
+            self.shared.1.notify_one();
+        }
+    }
+
+    /// Replaces the whole map (after the queue file was reopened).
+    pub(crate) fn replace(&self, checkpoints: BTreeMap<String, Vec<u8>>) {
+        if let Ok(mut st) = self.shared.0.lock() {
+            st.checkpoints = checkpoints;
+            st.dirty = true;
+            self.shared.1.notify_one();
+        }
+    }
+}
+
+impl Drop for Mirror {
+    /// Writes what is pending and stops the thread.
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.shared.0.lock() {
+            st.stop = true;
+            self.shared.1.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn mirror_loop(
+    path: &Path,
+    shared: &(std::sync::Mutex<MirrorState>, std::sync::Condvar),
+    every: std::time::Duration,
+) {
+    let (lock, cv) = shared;
+    let mut last: Option<std::time::Instant> = None;
+    let mut failing = false;
+    loop {
+        let Ok(mut st) = lock.lock() else { return };
+        while !st.dirty && !st.stop {
+            st = match cv.wait(st) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+        }
+        // At most once per `every`, unless stopping.
+        while let Some(wait) = last
+            .map(|t| every.saturating_sub(t.elapsed()))
+            .filter(|w| !w.is_zero() && !st.stop)
+        {
+            st = match cv.wait_timeout(st, wait) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+        if !st.dirty {
+            return; // stopping with nothing pending
+        }
+        let mut body = Vec::new();
+        let encoded = ciborium::into_writer(&st.checkpoints, &mut body);
+        st.dirty = false;
+        let stop = st.stop;
+        drop(st);
+        last = Some(std::time::Instant::now());
+        let written = encoded
+            .map_err(std::io::Error::other)
+            .and_then(|()| write_mirror_bytes(path, &body));
+        match written {
+            Ok(()) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the checkpoints' side copy; retrying");
+                }
+                failing = true;
+                if let Ok(mut st) = lock.lock() {
+                    st.dirty = true;
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
 }

@@ -2,11 +2,10 @@
 //! after ack, taking bad chunks out, the checkpoints' side copy, and recovery from storage
 //! failures.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -41,8 +40,8 @@ fn free_disk_bytes(_path: &std::path::Path) -> Option<u64> {
 /// chunk only to use part of it.
 const CHUNK_MAX_RECORDS: usize = 1024;
 const CHUNK_MAX_BYTES: usize = 1 << 20;
-/// Under load, the checkpoints' side copy is rewritten at most this often (when idle, at
-/// once): its lag is what a corrupt queue file can make a source read twice.
+/// The checkpoints' side copy is rewritten at most this often: its lag is what a corrupt
+/// queue file can make a source read twice.
 const MIRROR_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Writer {
@@ -64,12 +63,8 @@ pub(crate) struct Writer {
     linger: Duration,
     /// `drop_newest` drops every append until the queue is below its low-water mark.
     dropping: bool,
-    /// The committed checkpoints, for the side copy.
-    checkpoints: BTreeMap<String, Vec<u8>>,
-    mirror: PathBuf,
-    mirror_dirty: bool,
-    mirror_written: Instant,
-    mirror_failing: bool,
+    /// The checkpoints' side copy.
+    mirror: salvage::Mirror,
 }
 
 /// What the admission step decided for one append.
@@ -92,11 +87,7 @@ impl Writer {
     ) -> Self {
         Writer {
             // Whatever the side copy holds, the queue's table is the truth: rewrite it.
-            mirror_dirty: !l.checkpoints.is_empty(),
-            checkpoints: l.checkpoints,
-            mirror,
-            mirror_written: Instant::now(),
-            mirror_failing: false,
+            mirror: salvage::Mirror::start(mirror, l.checkpoints, MIRROR_EVERY),
             dropping: false,
             shared,
             rx,
@@ -118,17 +109,8 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let mut stop = false;
         while !stop {
-            let first = match self.rx.try_recv() {
-                Ok(cmd) => cmd,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle: the side copy costs nothing now.
-                    self.write_mirror();
-                    match self.rx.blocking_recv() {
-                        Some(cmd) => cmd,
-                        None => break,
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            let Some(first) = self.rx.blocking_recv() else {
+                break;
             };
             let mut batch = Vec::new();
             let mut bad = Vec::new();
@@ -158,32 +140,9 @@ impl Writer {
                     self.commit(Vec::new());
                 }
             }
-            if self.mirror_written.elapsed() >= MIRROR_EVERY {
-                self.write_mirror();
-            }
         }
-        self.write_mirror();
+        // Dropping the writer writes the side copy's last changes.
         tracing::debug!("queue writer stopped");
-    }
-
-    /// Rewrites the checkpoints' side copy if they changed since it was last written.
-    fn write_mirror(&mut self) {
-        if !self.mirror_dirty {
-            return;
-        }
-        self.mirror_written = Instant::now();
-        match salvage::write_mirror(&self.mirror, &self.checkpoints) {
-            Ok(()) => {
-                self.mirror_dirty = false;
-                self.mirror_failing = false;
-            }
-            Err(e) => {
-                if !self.mirror_failing {
-                    tracing::warn!(path = %self.mirror.display(), error = %e, "cannot write the checkpoints' side copy; retrying");
-                }
-                self.mirror_failing = true;
-            }
-        }
     }
 
     /// Takes the chunk at `first` out of the queue: its unsent records go to the
@@ -391,6 +350,7 @@ impl Writer {
                     self.shared.committed.send_replace(w.next_seq - 1);
                 }
                 let mut seq = start_seq;
+                let mut changes = Vec::new();
                 for (a, v) in batch.into_iter().zip(verdicts) {
                     let Append {
                         records,
@@ -402,12 +362,7 @@ impl Writer {
                     let reply = match v {
                         Verdict::Store { keep } => {
                             if let Some(cp) = checkpoint {
-                                self.mirror_dirty = true;
-                                if cp.value.is_empty() {
-                                    self.checkpoints.remove(&cp.key);
-                                } else {
-                                    self.checkpoints.insert(cp.key, cp.value);
-                                }
+                                changes.push((cp.key, cp.value));
                             }
                             seq += keep as u64;
                             Ok(Appended {
@@ -423,6 +378,9 @@ impl Writer {
                         }))),
                     };
                     let _ = done.send(reply);
+                }
+                if !changes.is_empty() {
+                    self.mirror.update(changes);
                 }
                 true
             }
@@ -661,7 +619,7 @@ impl Writer {
         drop(guard.take());
         let (d, l) = open_file(&self.shared.path)?;
         *guard = Some(d);
-        self.checkpoints = l.checkpoints;
+        self.mirror.replace(l.checkpoints);
         self.next_seq = l.next_seq;
         self.bytes = l.bytes;
         self.next_dead = l.next_dead;

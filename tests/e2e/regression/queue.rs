@@ -188,6 +188,15 @@ fn unreadable_queue_file_keeps_the_file_checkpoints() {
         log.contains("side copy"),
         "the checkpoints came from the side copy"
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let side = std::fs::metadata(w.path("agent/data/queue-checkpoints.cbor")).unwrap();
+        assert_eq!(
+            side.permissions().mode() & 0o777,
+            0o600,
+            "side copy is private"
+        );
+    }
 }
 
 /// Issue 12, defect 11: a flipped byte inside a queued record's data was delivered as an
