@@ -236,6 +236,18 @@ impl View for AgentView {
                 "Records lost in corrupt queue chunks",
                 st.corrupt_dropped,
             );
+            counter(
+                &mut reg,
+                "queue_corrupt_dead_lettered",
+                "Records of queue chunks that failed their checksum, dead-lettered",
+                st.corrupt_dead,
+            );
+            counter(
+                &mut reg,
+                "queue_files_set_aside",
+                "Corrupt queue files set aside before this queue started",
+                st.set_aside,
+            );
         }
         let f = &self.forward;
         gauge(

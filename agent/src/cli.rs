@@ -112,11 +112,16 @@ enum QueueCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Write every queued record, then every dead letter, as NDJSON to stdout.
+    /// Write every queued record, then every dead letter, as NDJSON to stdout; what could
+    /// not be read is listed on stderr (exit 1).
     Export {
         /// The agent's data directory.
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        dir: Option<PathBuf>,
+        /// A queue file set aside as corrupt (`queue.redb.corrupt-*`): salvage what still
+        /// decodes, without changing it.
         #[arg(long)]
-        dir: PathBuf,
+        file: Option<PathBuf>,
     },
 }
 
@@ -638,15 +643,23 @@ fn queue_command(command: QueueCommand) -> anyhow::Result<ExitCode> {
             println!("dropped_newest: {}", st.dropped_newest);
             println!("dropped_oldest: {}", st.dropped_oldest);
             println!("corrupt lost:   {}", st.corrupt_dropped);
+            println!("corrupt dead:   {}", st.corrupt_dead);
+            println!("set aside:      {}", st.set_aside);
             Ok(ExitCode::SUCCESS)
         }
-        QueueCommand::Export { dir } => {
+        QueueCommand::Export { dir, file } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let n = queue::export(&dir, &mut out)?;
+            let report = queue::export(dir.as_deref(), file.as_deref(), &mut out)?;
             std::io::Write::flush(&mut out)?;
-            eprintln!("exported {n} records");
-            Ok(ExitCode::SUCCESS)
+            eprintln!("exported {} records", report.records);
+            if report.problems.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &report.problems {
+                eprintln!("could not export: {p}");
+            }
+            Ok(ExitCode::FAILURE)
         }
     }
 }

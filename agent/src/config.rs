@@ -267,7 +267,8 @@ pub enum WhenFull {
     #[default]
     Block,
     /// Accept and count, but drop the new records. Keeps sources flowing; loses the newest
-    /// data while the queue is full.
+    /// data while the queue is full: it keeps what fits, then drops until the queue is
+    /// below 90 % of `max_bytes`, so what is kept has no holes.
     DropNewest,
     /// Make room by deleting the oldest unsent records, counted. Keeps the freshest data;
     /// loses the oldest.

@@ -22,19 +22,40 @@
 //!   into an error state; the writer refuses appends with [`QueueError::Unavailable`], closes
 //!   and reopens the file with back-off, and carries on. A commit either happened or not,
 //!   so a source that was refused retries and loses nothing.
-//! - **Corrupt file at start.** It is moved aside (`queue.redb.corrupt-<unix time>`), logged
-//!   loudly, and a fresh queue starts: an agent must not crash-loop on a bad file.
+//! - **Corrupt file at start.** Any failure or panic of redb while opening it (see
+//!   [`salvage`]) sets it aside (`queue.redb.corrupt-<unix time>`, 0600), logged loudly and
+//!   counted (`set_aside`); a fresh queue starts: an agent must not crash-loop on a bad file.
+//!   Its records stay in the set-aside file for `queue export --file`.
+//! - **Checkpoints outlive a corrupt file.** The fresh queue takes the checkpoints still
+//!   readable in the set-aside file (committed with their records, so they are exact); what
+//!   cannot be read comes from a side copy (`queue-checkpoints.cbor`) that a thread of its
+//!   own rewrites atomically at most once a second (the writer only updates a map in memory,
+//!   once per commit that moved a checkpoint). The queue's own table always
+//!   wins while the file is sound; the side copy is read only after a file was set aside, and
+//!   its lag (≤ 1 s) can only repeat lines, never skip them.
+//! - **Checksums.** Each chunk carries a CRC-32 of its bytes, verified on every read (one
+//!   checksum per chunk, not per record). A chunk that fails it is never sent: its records go
+//!   to the dead-letter table with the reason (or, if they no longer decode, are counted as
+//!   lost in `corrupt_dropped`).
+//! - **`drop_newest` keeps a contiguous prefix.** An append keeps the records that fit and
+//!   drops the rest; from then on `drop_newest` appends are dropped whole until the queue is
+//!   below [`LOW_WATER_PERCENT`] of its limit, so what is kept has no holes.
 //!
-//! # On-disk layout (format version 1; do not change without bumping [`FORMAT_VERSION`])
-//! - `chunks`: `u64` first seq → `[version: u8 = 1][count: u32 LE][CBOR array of Record]`
+//! # On-disk layout (format version 2; do not change without bumping [`FORMAT_VERSION`])
+//! - `chunks`: `u64` first seq → `[version: u8 = 2][count: u32 LE][crc32: u32 LE][CBOR array
+//!   of Record]`, the CRC-32 (IEEE) over every byte but its own four. Version 1 files (chunks
+//!   `[1][count][CBOR]`, no checksum) are read as they are and upgraded to version 2 when
+//!   opened; their old chunks keep being read without a checksum.
 //! - `meta`: `format_version`, `next_seq`, `next_dead`, `dropped_newest`, `dropped_oldest`,
-//!   `owner:<sink id>` (u64 LE each), `queue_id` (UTF-8)
+//!   `corrupt_dropped`, `corrupt_dead`, `set_aside`, `owner:<sink id>` (u64 LE each),
+//!   `queue_id` (UTF-8)
 //! - `checkpoints`: source key → source-defined bytes
 //! - `dead_letters`: `u64` id → CBOR [`DeadLetter`]
 
+mod salvage;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,9 +68,22 @@ use crate::config::QueueConfig;
 pub use crate::config::WhenFull;
 use crate::record::Record;
 
+pub use salvage::{MIRROR_NAME, set_aside};
+
 /// On-disk format version written to the `meta` table.
-pub const FORMAT_VERSION: u64 = 1;
-const CHUNK_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u64 = 2;
+/// The oldest format version this build reads (and upgrades).
+const OLDEST_FORMAT: u64 = 1;
+/// Chunks written by format version 1: no checksum.
+const CHUNK_V1: u8 = 1;
+const CHUNK_VERSION: u8 = 2;
+/// Bytes before a chunk's CBOR body: version, count, and (version 2) the checksum.
+const CHUNK_V1_HEADER: usize = 5;
+const CHUNK_HEADER: usize = 9;
+
+/// Once `drop_newest` has dropped records, it keeps dropping until the queue is below this
+/// share of its limit, so the records kept are one run without holes.
+pub const LOW_WATER_PERCENT: u64 = 90;
 
 const CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("chunks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -80,6 +114,9 @@ pub enum QueueError {
         /// Decoder message.
         message: String,
     },
+    /// redb panicked on the file's content (see [`salvage`]): it cannot be used.
+    #[error("queue file is unreadable: {0}")]
+    Unreadable(String),
     /// The queue is at `max_bytes` and the pipeline's policy is `block`: nothing was
     /// stored, and the append comes back whole so the caller can retry it.
     #[error("queue is full ({} records refused)", .0.records.len())]
@@ -194,6 +231,11 @@ impl Append {
 
 pub(crate) enum Command {
     Append(Append),
+    /// Take a bad chunk out of the queue (see [`Queue::drop_corrupt_chunk`]).
+    Quarantine {
+        first: u64,
+        done: oneshot::Sender<Result<u64, QueueError>>,
+    },
     /// Acks are published through `Shared::acked`; this only wakes an idle writer.
     Wake,
     Shutdown,
@@ -262,6 +304,11 @@ pub struct Stats {
     pub dropped_oldest: u64,
     /// Records lost in chunks that no longer decoded (dropped so delivery could go on).
     pub corrupt_dropped: u64,
+    /// Records of chunks that failed their checksum, moved to the dead-letter table.
+    pub corrupt_dead: u64,
+    /// Corrupt queue files set aside before this one started (0 or 1: counted in the
+    /// fresh file).
+    pub set_aside: u64,
     /// The queue's id.
     pub queue_id: String,
 }
@@ -275,6 +322,8 @@ pub(crate) struct Loaded {
     pub next_dead: u64,
     pub dropped_newest: u64,
     pub dropped_oldest: u64,
+    /// The stored source checkpoints, for the side copy.
+    pub checkpoints: BTreeMap<String, Vec<u8>>,
 }
 
 impl Queue {
@@ -286,17 +335,26 @@ impl Queue {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        let mirror = dir.join(MIRROR_NAME);
         let (database, loaded) = match open_file(&path) {
             Ok(ok) => ok,
             Err(e) if is_corruption(&e) => {
                 let aside = set_aside(&path)?;
+                let (cps, from) = salvage::recover_checkpoints(&aside, &mirror);
                 tracing::error!(
                     error = %e,
                     moved_to = %aside.display(),
+                    checkpoints = cps.len(),
+                    checkpoints_from = %from,
                     "QUEUE FILE IS CORRUPT: moved it aside and starting with an empty queue; \
-                     records in it were not delivered (inspect it with `dataweaver queue check`)"
+                     its undelivered records were not sent (salvage them with \
+                     `dataweaver queue export --file {}`)",
+                    aside.display()
                 );
-                open_file(&path)?
+                let (d, mut loaded) = open_file(&path)?;
+                seed_fresh(&d, &cps)?;
+                loaded.checkpoints = cps;
+                (d, loaded)
             }
             Err(e) => return Err(e),
         };
@@ -316,7 +374,7 @@ impl Queue {
             durable_acked: watch::channel(acked).0,
         });
         let (tx, rx) = mpsc::channel(1024);
-        let w = writer::Writer::new(shared.clone(), rx, cfg, &loaded, acked);
+        let w = writer::Writer::new(shared.clone(), rx, cfg, loaded, acked, mirror);
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || w.run())
@@ -508,26 +566,16 @@ impl Queue {
         })
     }
 
-    /// Removes a chunk that does not decode, so delivery goes on past it; counts the
-    /// records its header claimed (`corrupt_dropped` in the meta table). Blocking.
+    /// Removes a chunk that does not decode or fails its checksum, so delivery goes on past
+    /// it: its unsent records that still decode go to the dead-letter table with the
+    /// reason, the others are counted as lost (`corrupt_dropped`). Returns how many were
+    /// lost. Blocking (from a runtime thread, inside `block_in_place`).
     pub fn drop_corrupt_chunk(&self, first: u64) -> Result<u64, QueueError> {
-        self.shared.with_db(|d| {
-            let txn = d.begin_write().map_err(db)?;
-            let lost;
-            {
-                let mut chunks = txn.open_table(CHUNKS).map_err(db)?;
-                let removed = chunks.remove(first).map_err(db)?;
-                lost = removed.map_or(0, |v| {
-                    chunk_header(first, v.value()).map_or(0, |(n, _)| n as u64)
-                });
-                let mut meta = txn.open_table(META).map_err(db)?;
-                let total = meta_u64(&meta, "corrupt_dropped")?.unwrap_or(0) + lost;
-                meta.insert("corrupt_dropped", &total.to_le_bytes()[..])
-                    .map_err(db)?;
-            }
-            txn.commit().map_err(db)?;
-            Ok(lost)
-        })
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Quarantine { first, done })
+            .map_err(|_| QueueError::Closed)?;
+        rx.blocking_recv().map_err(|_| QueueError::Closed)?
     }
 
     /// Depth, bytes and counters. Blocking.
@@ -559,53 +607,122 @@ fn open_database(path: &Path) -> Result<Database, QueueError> {
         .map_err(db)
 }
 
-/// Opens the file and reads (or creates) its metadata.
+/// Opens the file and reads (or creates) its metadata. A panic of redb on a bad file comes
+/// back as [`QueueError::Unreadable`].
 pub(crate) fn open_file(path: &Path) -> Result<(Database, Loaded), QueueError> {
-    let d = open_database(path)?;
-    let loaded = init_meta(&d)?;
-    Ok((d, loaded))
+    let d = salvage::guarded("opening the queue file", || open_database(path))?;
+    match salvage::guarded("reading the queue file", || init_meta(&d)) {
+        Ok(loaded) => Ok((d, loaded)),
+        // After a panic redb's state is unknown and closing could panic again, or write to
+        // the bad file: leak the handle (once, for a file about to be set aside).
+        Err(e @ QueueError::Unreadable(_)) => {
+            std::mem::forget(d);
+            Err(e)
+        }
+        Err(e) => {
+            let _ = salvage::guarded("closing the queue file", || {
+                drop(d);
+                Ok(())
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Writes what a fresh queue carries over from a file that was set aside: the recovered
+/// checkpoints and the `set_aside` count.
+fn seed_fresh(d: &Database, cps: &BTreeMap<String, Vec<u8>>) -> Result<(), QueueError> {
+    let txn = d.begin_write().map_err(db)?;
+    {
+        let mut table = txn.open_table(CHECKPOINTS).map_err(db)?;
+        for (k, v) in cps {
+            table.insert(k.as_str(), v.as_slice()).map_err(db)?;
+        }
+        let mut meta = txn.open_table(META).map_err(db)?;
+        let n = meta_u64(&meta, "set_aside")?.unwrap_or(0) + 1;
+        meta.insert("set_aside", &n.to_le_bytes()[..]).map_err(db)?;
+    }
+    txn.commit().map_err(db)
 }
 
 /// Errors that mean the file's content is bad, as opposed to the file being busy, missing
 /// permissions or written by a newer version.
 fn is_corruption(e: &QueueError) -> bool {
-    // Only content errors: a locked, unreadable or newer-format file is left alone (the
-    // agent refuses to start and says why) rather than abandoned with its records.
+    use std::io::ErrorKind as K;
+    // Everything redb or the decoder says about the file's bytes is corruption, panics
+    // included; what is about the machine (a lock held by another agent, permissions, a
+    // full disk) or a newer format is not: the agent refuses to start and says why rather
+    // than abandon a sound file with its records.
+    let env_io = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            K::PermissionDenied
+                | K::ReadOnlyFilesystem
+                | K::StorageFull
+                | K::QuotaExceeded
+                | K::WouldBlock
+                | K::Interrupted
+                | K::OutOfMemory
+                | K::NotFound
+        )
+    };
     match e {
-        QueueError::Corrupt { .. } | QueueError::Storage(redb::Error::Corrupted(_)) => true,
-        // redb reports a file that is not a database at all ("magic number mismatch") so.
-        QueueError::Storage(redb::Error::Io(io)) => io.kind() == std::io::ErrorKind::InvalidData,
+        QueueError::Storage(
+            redb::Error::DatabaseAlreadyOpen
+            | redb::Error::LockProtocolMismatch
+            | redb::Error::PreviousIo,
+        ) => false,
+        QueueError::Storage(redb::Error::Io(io)) => !env_io(io),
+        QueueError::Storage(_) | QueueError::Corrupt { .. } | QueueError::Unreadable(_) => true,
         _ => false,
     }
 }
 
-/// Renames a bad queue file to `queue.redb.corrupt-<unix seconds>`.
-pub fn set_aside(path: &Path) -> Result<PathBuf, QueueError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let aside = path.with_extension(format!("redb.corrupt-{secs}"));
-    std::fs::rename(path, &aside).map_err(|source| QueueError::Io {
-        path: path.into(),
-        source,
-    })?;
-    Ok(aside)
-}
-
+/// The records count and the CBOR body of a chunk, from its header alone (no checksum).
 pub(crate) fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
-    if v.len() < 5 || v[0] != CHUNK_VERSION {
-        return Err(QueueError::Corrupt {
+    let header = match v.first() {
+        Some(&CHUNK_VERSION) => CHUNK_HEADER,
+        Some(&CHUNK_V1) => CHUNK_V1_HEADER,
+        _ => 0,
+    };
+    match (v.get(1..5), v.get(header..)) {
+        (Some(&[a, b, c, d]), Some(body)) if header > 0 => {
+            Ok((u32::from_le_bytes([a, b, c, d]), body))
+        }
+        _ => Err(QueueError::Corrupt {
             seq: first,
             message: "bad chunk header".into(),
-        });
+        }),
     }
-    let count = u32::from_le_bytes([v[1], v[2], v[3], v[4]]);
-    Ok((count, &v[5..]))
 }
 
-fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
+/// The CRC-32 of a version 2 chunk: every byte but the checksum's own.
+pub(crate) fn chunk_crc(v: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(v.get(..5).unwrap_or(v));
+    h.update(v.get(CHUNK_HEADER..).unwrap_or(&[]));
+    h.finalize()
+}
+
+/// Prefix of the message of a checksum failure (the forwarder and `check` show it).
+const CHECKSUM_MISMATCH: &str = "checksum mismatch";
+
+/// Verifies a chunk's checksum (version 2) and returns its count and body.
+fn verified(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
     let (count, body) = chunk_header(first, v)?;
+    if let (Some(&CHUNK_VERSION), Some(&[a, b, c, d])) = (v.first(), v.get(5..9))
+        && chunk_crc(v) != u32::from_le_bytes([a, b, c, d])
+    {
+        return Err(QueueError::Corrupt {
+            seq: first,
+            message: format!("{CHECKSUM_MISMATCH}: the stored bytes were altered"),
+        });
+    }
+    Ok((count, body))
+}
+
+/// Decodes a chunk body, checking the count against its header.
+fn decode_body(first: u64, count: u32, body: &[u8]) -> Result<Vec<Record>, QueueError> {
     let records: Vec<Record> = ciborium::from_reader(body).map_err(|e| QueueError::Corrupt {
         seq: first,
         message: e.to_string(),
@@ -617,6 +734,11 @@ fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
         });
     }
     Ok(records)
+}
+
+fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
+    let (count, body) = verified(first, v)?;
+    decode_body(first, count, body)
 }
 
 fn read_records(
@@ -694,6 +816,8 @@ fn stats_of(d: &Database, acked: u64) -> Result<Stats, QueueError> {
         dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),
         dropped_oldest: meta_u64(&meta, "dropped_oldest")?.unwrap_or(0),
         corrupt_dropped: meta_u64(&meta, "corrupt_dropped")?.unwrap_or(0),
+        corrupt_dead: meta_u64(&meta, "corrupt_dead")?.unwrap_or(0),
+        set_aside: meta_u64(&meta, "set_aside")?.unwrap_or(0),
         queue_id: meta
             .get("queue_id")
             .map_err(db)?
@@ -709,11 +833,13 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
     {
         let mut meta = txn.open_table(META).map_err(db)?;
         match meta_u64(&meta, "format_version")? {
-            None => {
+            Some(FORMAT_VERSION) => {}
+            // A new file, or version 1: its chunks (no checksum) stay readable as they are;
+            // from now on chunks are written with one.
+            None | Some(OLDEST_FORMAT) => {
                 meta.insert("format_version", &FORMAT_VERSION.to_le_bytes()[..])
                     .map_err(db)?;
             }
-            Some(v) if v == FORMAT_VERSION => {}
             Some(found) => return Err(QueueError::Format { found }),
         }
         let stored = meta
@@ -735,7 +861,18 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
         for e in chunks.iter().map_err(db)? {
             bytes += e.map_err(db)?.1.value().len() as u64;
         }
+        let mut checkpoints = BTreeMap::new();
+        for e in txn
+            .open_table(CHECKPOINTS)
+            .map_err(db)?
+            .iter()
+            .map_err(db)?
+        {
+            let (k, v) = e.map_err(db)?;
+            checkpoints.insert(k.value().to_string(), v.value().to_vec());
+        }
         loaded = Loaded {
+            checkpoints,
             queue_id,
             next_seq: meta_u64(&meta, "next_seq")?.unwrap_or(1).max(1),
             first_chunk: chunks.first().map_err(db)?.map(|(k, _)| k.value()),
@@ -744,7 +881,6 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
             dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),
             dropped_oldest: meta_u64(&meta, "dropped_oldest")?.unwrap_or(0),
         };
-        txn.open_table(CHECKPOINTS).map_err(db)?;
         txn.open_table(DEAD).map_err(db)?;
     }
     txn.commit().map_err(db)?;
@@ -769,8 +905,8 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-/// Verifies a queue file offline: redb's integrity check, then every chunk decoded.
-pub fn check(dir: &Path) -> Result<CheckReport, QueueError> {
+/// The queue file of a data directory, which must exist.
+fn existing(dir: &Path) -> Result<PathBuf, QueueError> {
     let path = dir.join(FILE_NAME);
     if !path.exists() {
         return Err(QueueError::Io {
@@ -778,27 +914,50 @@ pub fn check(dir: &Path) -> Result<CheckReport, QueueError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no queue file"),
         });
     }
+    Ok(path)
+}
+
+/// Verifies a queue file offline: redb's integrity check, then every chunk decoded.
+pub fn check(dir: &Path) -> Result<CheckReport, QueueError> {
+    let path = existing(dir)?;
     let mut report = CheckReport::default();
-    let mut d = match Database::builder().set_cache_size(2 << 20).open(&path) {
+    let opened = salvage::guarded("opening the file", || {
+        Database::builder()
+            .set_cache_size(2 << 20)
+            .open(&path)
+            .map_err(db)
+    });
+    let mut d = match opened {
         Ok(d) => d,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(db(redb::DatabaseError::DatabaseAlreadyOpen));
-        }
+        Err(e @ QueueError::Storage(redb::Error::DatabaseAlreadyOpen)) => return Err(e),
         Err(e) => {
             report.problems.push(format!("cannot open: {e}"));
             return Ok(report);
         }
     };
-    match d.check_integrity() {
+    let checked = salvage::guarded("checking integrity", || d.check_integrity().map_err(db));
+    match checked {
         Ok(true) => {}
         Ok(false) => report
             .problems
             .push("redb integrity check repaired the file".into()),
         Err(e) => {
             report.problems.push(format!("integrity check failed: {e}"));
+            if matches!(e, QueueError::Unreadable(_)) {
+                // redb panicked: its state is unknown, do not let it close (write) the file.
+                std::mem::forget(d);
+            }
             return Ok(report);
         }
     }
+    let read = salvage::guarded("reading the file", || check_tables(&d, &mut report));
+    if let Err(e) = read {
+        report.problems.push(e.to_string());
+    }
+    Ok(report)
+}
+
+fn check_tables(d: &Database, report: &mut CheckReport) -> Result<(), QueueError> {
     let txn = d.begin_read().map_err(db)?;
     match txn.open_table(CHUNKS) {
         Ok(chunks) => {
@@ -824,71 +983,178 @@ pub fn check(dir: &Path) -> Result<CheckReport, QueueError> {
     }
     if let Ok(meta) = txn.open_table(META) {
         match meta_u64(&meta, "format_version")? {
-            Some(FORMAT_VERSION) => {}
+            Some(OLDEST_FORMAT..=FORMAT_VERSION) => {}
             other => report.problems.push(format!(
-                "format_version is {other:?}, expected {FORMAT_VERSION}"
+                "format_version is {other:?}, expected {OLDEST_FORMAT} to {FORMAT_VERSION}"
             )),
         }
     } else {
         report.problems.push("no meta table".into());
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Stats of a queue file that no agent has open. Blocking.
 pub fn offline_stats(dir: &Path) -> Result<Stats, QueueError> {
-    let d = Database::builder()
-        .set_cache_size(2 << 20)
-        .open(dir.join(FILE_NAME))
-        .map_err(db)?;
-    stats_of(&d, 0)
+    let path = existing(dir)?;
+    let d = salvage::guarded("opening the file", || {
+        Database::builder()
+            .set_cache_size(2 << 20)
+            .open(&path)
+            .map_err(db)
+    })?;
+    salvage::guarded("reading the file", || stats_of(&d, 0))
 }
 
-/// Writes every queued record (and then every dead letter) of an offline queue as NDJSON.
-pub fn export(dir: &Path, out: &mut dyn std::io::Write) -> Result<u64, QueueError> {
+/// What [`export`] wrote and what it could not read.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    /// Records and dead letters written.
+    pub records: u64,
+    /// What could not be read or decoded; empty when everything was exported.
+    pub problems: Vec<String>,
+}
+
+/// Writes every queued record (and then every dead letter) of an offline queue as NDJSON:
+/// the data directory's queue file, or `file` (a file that was set aside), which is only
+/// read (a file that needs repair is repaired in a temporary copy). Best effort: what still
+/// decodes is written, and the report says what could not be.
+pub fn export(
+    dir: Option<&Path>,
+    file: Option<&Path>,
+    out: &mut dyn std::io::Write,
+) -> Result<ExportReport, QueueError> {
+    let (path, opened) = match (file, dir) {
+        (Some(f), _) => (f.to_path_buf(), salvage::Salvage::open(f)),
+        (None, Some(d)) => {
+            let path = existing(d)?;
+            let opened = salvage::Salvage::open_in_place(&path);
+            (path, opened)
+        }
+        (None, None) => return Err(QueueError::unavailable("no queue file given")),
+    };
+    let mut report = ExportReport::default();
+    let source = match opened {
+        Ok(s) => s,
+        Err(e @ QueueError::Storage(redb::Error::DatabaseAlreadyOpen)) => return Err(e),
+        Err(e) => {
+            report.problems.push(format!("cannot open: {e}"));
+            return Ok(report);
+        }
+    };
+    let txn = match source.begin_read() {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(format!("cannot read: {e}"));
+            return Ok(report);
+        }
+    };
+    // Each table on its own: one unreadable table must not hide the others.
+    let mut sink = ExportSink {
+        out,
+        report,
+        write_err: None,
+    };
+    if let Err(e) = salvage::guarded("reading the queued records", || {
+        export_chunks(&txn, &mut sink)
+    }) {
+        sink.report.problems.push(format!("queued records: {e}"));
+    }
+    if let Err(e) = salvage::guarded("reading the dead letters", || export_dead(&txn, &mut sink)) {
+        sink.report.problems.push(format!("dead letters: {e}"));
+    }
+    match sink.write_err {
+        Some(source) => Err(QueueError::Io { path, source }),
+        None => Ok(sink.report),
+    }
+}
+
+/// Where `queue export` writes, and what it has written so far.
+struct ExportSink<'a> {
+    out: &'a mut dyn std::io::Write,
+    report: ExportReport,
+    /// Set when writing failed: export stops there.
+    write_err: Option<std::io::Error>,
+}
+
+impl ExportSink<'_> {
+    /// Writes one line; false once writing has failed.
+    fn line(&mut self, seq: Option<u64>, r: &Record, reason: Option<&str>) -> bool {
+        if self.write_err.is_some() {
+            return false;
+        }
+        match writeln!(self.out, "{}", export_line(seq, r, reason)) {
+            Ok(()) => {
+                self.report.records += 1;
+                true
+            }
+            Err(e) => {
+                self.write_err = Some(e);
+                false
+            }
+        }
+    }
+}
+
+/// One NDJSON line of `queue export`.
+fn export_line(seq: Option<u64>, r: &Record, reason: Option<&str>) -> serde_json::Value {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let d = Database::builder()
-        .set_cache_size(2 << 20)
-        .open(dir.join(FILE_NAME))
-        .map_err(db)?;
-    let txn = d.begin_read().map_err(db)?;
+    let text = std::str::from_utf8(&r.payload).ok();
+    serde_json::json!({
+        "seq": seq,
+        "ts_ns": r.ts_ns,
+        "source": r.source,
+        "topic": r.topic,
+        "key": r.key.as_ref().map(|k| b64.encode(k)),
+        "headers": r.headers.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "payload": text,
+        "payload_base64": text.is_none().then(|| b64.encode(&r.payload)),
+        "dead_letter_reason": reason,
+    })
+}
+
+fn export_chunks(txn: &redb::ReadTransaction, sink: &mut ExportSink) -> Result<(), QueueError> {
     let chunks = txn.open_table(CHUNKS).map_err(db)?;
-    let mut n = 0;
-    let io = |e: std::io::Error| QueueError::Io {
-        path: dir.into(),
-        source: e,
-    };
-    let line = |seq: Option<u64>, r: &Record, reason: Option<&str>| {
-        let text = std::str::from_utf8(&r.payload).ok();
-        serde_json::json!({
-            "seq": seq,
-            "ts_ns": r.ts_ns,
-            "source": r.source,
-            "topic": r.topic,
-            "key": r.key.as_ref().map(|k| b64.encode(k)),
-            "headers": r.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            "payload": text,
-            "payload_base64": text.is_none().then(|| b64.encode(&r.payload)),
-            "dead_letter_reason": reason,
-        })
-    };
     for e in chunks.iter().map_err(db)? {
         let (k, v) = e.map_err(db)?;
-        for (i, r) in decode_chunk(k.value(), v.value())?.iter().enumerate() {
-            writeln!(out, "{}", line(Some(k.value() + i as u64), r, None)).map_err(io)?;
-            n += 1;
+        let first = k.value();
+        match decode_chunk(first, v.value()) {
+            Ok(records) => {
+                for (i, r) in records.iter().enumerate() {
+                    if !sink.line(Some(first + i as u64), r, None) {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => {
+                let n = chunk_header(first, v.value()).map_or(0, |(n, _)| n);
+                sink.report
+                    .problems
+                    .push(format!("{e} ({n} records not exported)"));
+            }
         }
     }
+    Ok(())
+}
+
+fn export_dead(txn: &redb::ReadTransaction, sink: &mut ExportSink) -> Result<(), QueueError> {
     let dead = txn.open_table(DEAD).map_err(db)?;
     for e in dead.iter().map_err(db)? {
-        let (_, v) = e.map_err(db)?;
-        if let Ok(dl) = ciborium::from_reader::<DeadLetter, _>(v.value()) {
-            writeln!(out, "{}", line(None, &dl.record, Some(&dl.reason))).map_err(io)?;
-            n += 1;
+        let (k, v) = e.map_err(db)?;
+        match ciborium::from_reader::<DeadLetter, _>(v.value()) {
+            Ok(dl) => {
+                if !sink.line(None, &dl.record, Some(&dl.reason)) {
+                    return Ok(());
+                }
+            }
+            Err(e) => sink
+                .report
+                .problems
+                .push(format!("dead letter {}: {e}", k.value())),
         }
     }
-    Ok(n)
+    Ok(())
 }
 
 #[cfg(test)]

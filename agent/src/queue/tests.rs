@@ -147,7 +147,7 @@ async fn dead_letters_are_stored_with_reason_and_exported() {
     q.close().await;
     drop(q);
     let mut out = Vec::new();
-    assert_eq!(export(dir.path(), &mut out).unwrap(), 2);
+    assert_eq!(export(Some(dir.path()), None, &mut out).unwrap().records, 2);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.contains("\"payload\":\"line 1\"") && text.contains("invalid JSON: eof"),
@@ -188,7 +188,7 @@ async fn a_corrupt_chunk_is_dropped_and_reading_goes_on() {
         let txn = d.begin_write().unwrap();
         txn.open_table(CHUNKS)
             .unwrap()
-            .insert(1, &[CHUNK_VERSION, 0, 4, 0, 0, 0xff, 0xff][..])
+            .insert(1, &[CHUNK_V1, 0, 4, 0, 0, 0xff, 0xff][..])
             .unwrap();
         txn.commit().unwrap();
     }
@@ -197,8 +197,145 @@ async fn a_corrupt_chunk_is_dropped_and_reading_goes_on() {
         q.read(1, 10, usize::MAX),
         Err(QueueError::Corrupt { seq: 1, .. })
     ));
-    assert_eq!(q.drop_corrupt_chunk(1).unwrap(), 1024);
+    let lost = tokio::task::block_in_place(|| q.drop_corrupt_chunk(1)).unwrap();
+    assert_eq!(lost, 1024);
+    assert_eq!(q.stats().unwrap().corrupt_dropped, 1024);
     let rest = q.read(1, 10, usize::MAX).unwrap();
     assert_eq!(rest[0].0, 1025, "reading resumes after the bad chunk");
     q.close().await;
+}
+
+/// Appends records `*offered..*offered + n` under `drop_newest`; returns where they began.
+async fn offer(q: &Queue, offered: &mut usize, n: usize) -> (usize, Appended) {
+    let from = *offered;
+    *offered += n;
+    let a = q
+        .append_with(batch(from, n), Vec::new(), None, WhenFull::DropNewest)
+        .await
+        .unwrap();
+    assert_eq!(a.count + a.dropped, n);
+    (from, a)
+}
+
+/// Issue 12, defect 7: under `drop_newest` a large append was refused whole and later
+/// small ones squeezed into the room left, so the kept records had holes. Now a pipeline
+/// keeps the part of an append that fits, then drops everything until the queue is below
+/// its low-water mark: what is kept is one contiguous prefix plus what came after recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_keeps_a_contiguous_prefix_without_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), &small(50_000)).unwrap();
+    let (mut kept, mut offered, mut dropped) = (Vec::new(), 0, 0);
+    // Single records alternate with large appends, well past max_bytes.
+    for i in 0..40 {
+        let (from, a) = offer(&q, &mut offered, if i % 2 == 0 { 1 } else { 37 }).await;
+        kept.extend(from..from + a.count);
+        dropped += a.dropped;
+    }
+    let k = kept.len();
+    assert!(k > 0 && dropped > 0, "kept {k}, dropped {dropped}");
+    assert_eq!(kept, (0..k).collect::<Vec<_>>(), "one contiguous prefix");
+    // Room for a record or two is not enough to take records again: the low-water mark is.
+    q.ack(1);
+    q.append(Vec::new(), None).await.unwrap();
+    let (_, a) = offer(&q, &mut offered, 1).await;
+    assert_eq!(a.count, 0, "still dropping above the low-water mark");
+    dropped += 1;
+    // The sink takes everything: the queue empties and records are kept again.
+    q.ack(q.last_committed());
+    q.append(Vec::new(), None).await.unwrap();
+    let resumed = offered;
+    for i in 0..6 {
+        let (from, a) = offer(&q, &mut offered, if i % 2 == 0 { 37 } else { 1 }).await;
+        kept.extend(from..from + a.count);
+        dropped += a.dropped;
+    }
+    assert_eq!(
+        kept[k..],
+        (resumed..offered).collect::<Vec<_>>(),
+        "all kept after recovery"
+    );
+    assert_eq!(q.stats().unwrap().dropped_newest, dropped as u64);
+    q.close().await;
+}
+
+/// Rewrites the stored chunk at `first` with `f`.
+fn patch_chunk(dir: &Path, first: u64, f: impl FnOnce(&mut Vec<u8>)) {
+    let d = Database::create(dir.join(FILE_NAME)).unwrap();
+    let txn = d.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(CHUNKS).unwrap();
+        let mut v = t.get(first).unwrap().unwrap().value().to_vec();
+        f(&mut v);
+        t.insert(first, v.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// Issue 12, defect 11 (unit): a chunk whose bytes were altered fails its checksum on read;
+/// its unsent records go to the dead-letter table with the reason, none is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_failing_its_checksum_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    q.append((0..10).map(rec).collect(), None).await.unwrap();
+    q.close().await;
+    drop(q);
+    patch_chunk(dir.path(), 1, |v| {
+        let at = v.windows(6).position(|w| w == b"line 5").unwrap();
+        v[at + 5] = b'6'; // still valid CBOR: only the checksum can tell
+    });
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    q.ack(2); // records 1 and 2 were delivered before the byte flipped
+    match q.read(1, 100, usize::MAX) {
+        Err(QueueError::Corrupt { seq: 1, message }) => assert!(message.contains("checksum")),
+        other => panic!("expected a checksum failure, got {other:?}"),
+    }
+    let lost = tokio::task::block_in_place(|| q.drop_corrupt_chunk(1)).unwrap();
+    assert_eq!(lost, 0, "the records still decode: dead-lettered, not lost");
+    let st = q.stats().unwrap();
+    assert_eq!((st.dead_letters, st.corrupt_dead, st.bytes), (8, 8, 0));
+    assert!(q.read(1, 100, usize::MAX).unwrap().is_empty());
+    q.close().await;
+    drop(q);
+    let mut out = Vec::new();
+    export(Some(dir.path()), None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.matches("checksum mismatch").count(), 8, "{text}");
+}
+
+/// A version 1 file (chunks without a checksum) is still read, and upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_files_are_read_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let d = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = d.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format_version", &1u64.to_le_bytes()[..])
+                .unwrap();
+            meta.insert("next_seq", &3u64.to_le_bytes()[..]).unwrap();
+            meta.insert("queue_id", &b"old"[..]).unwrap();
+            let mut v = vec![CHUNK_V1, 2, 0, 0, 0];
+            ciborium::into_writer(&vec![rec(0), rec(1)], &mut v).unwrap();
+            txn.open_table(CHUNKS)
+                .unwrap()
+                .insert(1, v.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    assert_eq!(q.queue_id(), "old");
+    let got = q.read(1, 10, usize::MAX).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].1.payload, b"line 1");
+    assert_eq!(q.append(vec![rec(2)], None).await.unwrap().first_seq, 3);
+    assert_eq!(q.read(1, 10, usize::MAX).unwrap().len(), 3);
+    q.close().await;
+    drop(q);
+    let report = check(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.records, 3);
 }

@@ -1,6 +1,8 @@
 //! The queue's single writer thread: group commit, admission under `max_bytes`, deletion
-//! after ack, and recovery from storage failures.
+//! after ack, taking bad chunks out, the checkpoints' side copy, and recovery from storage
+//! failures.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,8 +11,9 @@ use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Appended, CHECKPOINTS, CHUNK_VERSION, CHUNKS, Command, DEAD, Loaded, META, QueueError,
-    Refused, Shared, WhenFull, chunk_header, db, open_file,
+    Append, Appended, CHECKPOINTS, CHUNK_HEADER, CHUNK_VERSION, CHUNKS, Command, DEAD, DeadLetter,
+    LOW_WATER_PERCENT, Loaded, META, QueueError, Refused, Shared, WhenFull, chunk_crc,
+    chunk_header, db, meta_u64, open_file, salvage, verified,
 };
 use crate::config::QueueConfig;
 use crate::record::Record;
@@ -37,6 +40,9 @@ fn free_disk_bytes(_path: &std::path::Path) -> Option<u64> {
 /// chunk only to use part of it.
 const CHUNK_MAX_RECORDS: usize = 1024;
 const CHUNK_MAX_BYTES: usize = 1 << 20;
+/// The checkpoints' side copy is rewritten at most this often: its lag is what a corrupt
+/// queue file can make a source read twice.
+const MIRROR_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -55,12 +61,18 @@ pub(crate) struct Writer {
     max_records: usize,
     max_bytes: usize,
     linger: Duration,
+    /// `drop_newest` drops every append until the queue is below its low-water mark.
+    dropping: bool,
+    /// The checkpoints' side copy.
+    mirror: salvage::Mirror,
 }
 
 /// What the admission step decided for one append.
 enum Verdict {
-    Store,
-    DropRecords,
+    /// Store the first `keep` records, drop the rest (`drop_newest`).
+    Store {
+        keep: usize,
+    },
     Refuse,
 }
 
@@ -69,10 +81,14 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Command>,
         cfg: &QueueConfig,
-        l: &Loaded,
+        l: Loaded,
         acked: u64,
+        mirror: PathBuf,
     ) -> Self {
         Writer {
+            // Whatever the side copy holds, the queue's table is the truth: rewrite it.
+            mirror: salvage::Mirror::start(mirror, l.checkpoints, MIRROR_EVERY),
+            dropping: false,
             shared,
             rx,
             next_seq: l.next_seq,
@@ -97,19 +113,23 @@ impl Writer {
                 break;
             };
             let mut batch = Vec::new();
+            let mut bad = Vec::new();
             let (mut n, mut bytes) = (0usize, 0usize);
-            stop |= take(first, &mut batch, &mut n, &mut bytes);
+            stop |= take(first, &mut batch, &mut bad, &mut n, &mut bytes);
             // Gather what queued up while the previous commit was syncing.
             let mut lingered = self.linger.is_zero();
             while !stop && n < self.max_records && bytes < self.max_bytes {
                 match self.rx.try_recv() {
-                    Ok(cmd) => stop |= take(cmd, &mut batch, &mut n, &mut bytes),
+                    Ok(cmd) => stop |= take(cmd, &mut batch, &mut bad, &mut n, &mut bytes),
                     Err(_) if !lingered => {
                         std::thread::sleep(self.linger);
                         lingered = true;
                     }
                     Err(_) => break,
                 }
+            }
+            for (first, done) in bad {
+                let _ = done.send(self.quarantine(first));
             }
             if !self.commit(batch) {
                 stop |= self.recover();
@@ -121,7 +141,87 @@ impl Writer {
                 }
             }
         }
+        // Dropping the writer writes the side copy's last changes.
         tracing::debug!("queue writer stopped");
+    }
+
+    /// Takes the chunk at `first` out of the queue: its unsent records go to the
+    /// dead-letter table with the reason if they still decode, else they are counted as
+    /// lost. Returns the lost count.
+    fn quarantine(&mut self, first: u64) -> Result<u64, QueueError> {
+        let shared = self.shared.clone();
+        shared.with_db(|d| self.quarantine_in(d, first))
+    }
+
+    fn quarantine_in(&mut self, d: &redb::Database, first: u64) -> Result<u64, QueueError> {
+        let acked = self.shared.acked.load(Ordering::Acquire);
+        let txn = d.begin_write().map_err(db)?;
+        let (len, lost, dead, reason);
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(db)?;
+            let Some(v) = chunks
+                .remove(first)
+                .map_err(db)?
+                .map(|v| v.value().to_vec())
+            else {
+                return Ok(0);
+            };
+            len = v.len() as u64;
+            let unsent = |n: u64| (first + n).saturating_sub(first.max(acked + 1));
+            reason = match verified(first, &v) {
+                Err(e) => format!("queue chunk at seq {first}: {e}"),
+                Ok(_) => format!("queue chunk at seq {first} does not decode"),
+            };
+            let records = chunk_header(first, &v).ok().and_then(|(_, body)| {
+                ciborium::from_reader::<Vec<crate::record::Record>, _>(body).ok()
+            });
+            let ts_ns = crate::record::now_ns();
+            let mut table = txn.open_table(DEAD).map_err(db)?;
+            let mut id = self.next_dead;
+            match records {
+                Some(recs) => {
+                    let skip = recs.len() as u64 - unsent(recs.len() as u64);
+                    let mut buf = Vec::new();
+                    for record in recs.into_iter().skip(skip as usize) {
+                        let dl = DeadLetter {
+                            ts_ns,
+                            pipeline: String::new(),
+                            reason: reason.clone(),
+                            record,
+                        };
+                        buf.clear();
+                        ciborium::into_writer(&dl, &mut buf).map_err(|e| QueueError::Corrupt {
+                            seq: first,
+                            message: e.to_string(),
+                        })?;
+                        table.insert(id, buf.as_slice()).map_err(db)?;
+                        id += 1;
+                    }
+                    lost = 0;
+                }
+                None => lost = unsent(chunk_header(first, &v).map_or(0, |(n, _)| n as u64)),
+            }
+            dead = id - self.next_dead;
+            let mut meta = txn.open_table(META).map_err(db)?;
+            for (key, add) in [("corrupt_dropped", lost), ("corrupt_dead", dead)] {
+                if add > 0 {
+                    let total = meta_u64(&meta, key)?.unwrap_or(0) + add;
+                    meta.insert(key, &total.to_le_bytes()[..]).map_err(db)?;
+                }
+            }
+            meta.insert("next_dead", &id.to_le_bytes()[..])
+                .map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        self.next_dead += dead;
+        self.bytes = self.bytes.saturating_sub(len);
+        if dead > 0 {
+            tracing::error!(first_seq = first, records = dead, %reason, "a queue chunk failed its checksum or decoding: its records were dead-lettered, not sent");
+        }
+        if lost > 0 {
+            tracing::error!(first_seq = first, lost, %reason, "a queue chunk does not decode: its records are lost");
+        }
+        Ok(lost)
     }
 
     /// Commits one group; false if storage failed (the batch was refused).
@@ -166,19 +266,30 @@ impl Writer {
         let limit = self
             .max_queue_bytes
             .min(self.soft_limit.unwrap_or(u64::MAX));
+        if self.dropping && self.bytes < limit / 100 * LOW_WATER_PERCENT {
+            tracing::info!(
+                dropped_total = self.dropped_newest,
+                "queue below its low-water mark: drop_newest keeps records again"
+            );
+            self.dropping = false;
+        }
         let mut verdicts = Vec::with_capacity(batch.len());
         for a in &batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
             let disk_ok = disk_room.is_none_or(|room| room >= 2 * size);
             let fits =
                 a.records.is_empty() || (disk_ok && (projected + size <= limit || projected == 0));
-            if let Some(room) = disk_room.as_mut().filter(|_| fits) {
-                *room = room.saturating_sub(2 * size);
-            }
+            let all = a.records.len();
             let v = match (fits, a.when_full) {
+                // Once dropping, a pipeline drops whole appends until the queue has drained
+                // below the low-water mark: what is kept has no holes.
+                (_, WhenFull::DropNewest) if self.dropping && all > 0 => Verdict::Store { keep: 0 },
                 (true, _) => {
                     projected += size;
-                    Verdict::Store
+                    if let Some(room) = disk_room.as_mut() {
+                        *room = room.saturating_sub(2 * size);
+                    }
+                    Verdict::Store { keep: all }
                 }
                 (false, WhenFull::DropOldest) => {
                     projected += size;
@@ -186,9 +297,31 @@ impl Writer {
                     if !disk_ok {
                         disk_short += 2 * size;
                     }
-                    Verdict::Store
+                    Verdict::Store { keep: all }
                 }
-                (false, WhenFull::DropNewest) => Verdict::DropRecords,
+                (false, WhenFull::DropNewest) => {
+                    // Keep the part that fits, so the kept records end where the room did.
+                    let (mut keep, mut kept) = (0, 0u64);
+                    for r in &a.records {
+                        let next = kept + r.approx_size() as u64;
+                        let room_ok = disk_room.is_none_or(|room| room >= 2 * next);
+                        if !room_ok || projected + next > limit {
+                            break;
+                        }
+                        kept = next;
+                        keep += 1;
+                    }
+                    projected += kept;
+                    if let Some(room) = disk_room.as_mut() {
+                        *room = room.saturating_sub(2 * kept);
+                    }
+                    tracing::warn!(
+                        dropped_total = self.dropped_newest + (all - keep) as u64,
+                        "queue full: dropping new records (drop_newest) until it is below {LOW_WATER_PERCENT} % of its limit"
+                    );
+                    self.dropping = true;
+                    Verdict::Store { keep }
+                }
                 (false, WhenFull::Block) => Verdict::Refuse,
             };
             verdicts.push(v);
@@ -217,6 +350,7 @@ impl Writer {
                     self.shared.committed.send_replace(w.next_seq - 1);
                 }
                 let mut seq = start_seq;
+                let mut changes = Vec::new();
                 for (a, v) in batch.into_iter().zip(verdicts) {
                     let Append {
                         records,
@@ -226,20 +360,17 @@ impl Writer {
                         ..
                     } = a;
                     let reply = match v {
-                        Verdict::Store => {
-                            let count = records.len();
-                            seq += count as u64;
+                        Verdict::Store { keep } => {
+                            if let Some(cp) = checkpoint {
+                                changes.push((cp.key, cp.value));
+                            }
+                            seq += keep as u64;
                             Ok(Appended {
-                                first_seq: seq - count as u64,
-                                count,
-                                dropped: 0,
+                                first_seq: seq - keep as u64,
+                                count: keep,
+                                dropped: records.len() - keep,
                             })
                         }
-                        Verdict::DropRecords => Ok(Appended {
-                            first_seq: seq,
-                            count: 0,
-                            dropped: records.len(),
-                        }),
                         Verdict::Refuse => Err(QueueError::Full(Box::new(Refused {
                             records,
                             dead,
@@ -247,6 +378,9 @@ impl Writer {
                         }))),
                     };
                     let _ = done.send(reply);
+                }
+                if !changes.is_empty() {
+                    self.mirror.update(changes);
                 }
                 true
             }
@@ -349,8 +483,9 @@ impl Writer {
         let mut buf = Vec::new();
         for (a, v) in batch.iter().zip(verdicts) {
             match v {
-                Verdict::Store => {
-                    for r in &a.records {
+                Verdict::Store { keep } => {
+                    w.dropped_newest += (a.records.len() - keep) as u64;
+                    for r in a.records.iter().take(*keep) {
                         pending_bytes += r.approx_size();
                         pending.push(r);
                         if pending.len() >= CHUNK_MAX_RECORDS || pending_bytes >= CHUNK_MAX_BYTES {
@@ -361,7 +496,6 @@ impl Writer {
                         }
                     }
                 }
-                Verdict::DropRecords => w.dropped_newest += a.records.len() as u64,
                 Verdict::Refuse => {}
             }
         }
@@ -448,6 +582,11 @@ impl Writer {
                             refused,
                         }));
                     }
+                    Ok(Command::Quarantine { done, .. }) => {
+                        let _ = done.send(Err(QueueError::unavailable(
+                            "storage is failing; retry later",
+                        )));
+                    }
                     Ok(Command::Wake) => {}
                     Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
                         return true;
@@ -480,6 +619,7 @@ impl Writer {
         drop(guard.take());
         let (d, l) = open_file(&self.shared.path)?;
         *guard = Some(d);
+        self.mirror.replace(l.checkpoints);
         self.next_seq = l.next_seq;
         self.bytes = l.bytes;
         self.next_dead = l.next_dead;
@@ -502,9 +642,22 @@ struct Written {
     dropped_oldest: u64,
 }
 
+/// A chunk to take out, and who waits for it.
+type Quarantine = (u64, oneshot::Sender<Result<u64, QueueError>>);
+
 /// Adds a command to the batch; true on shutdown.
-fn take(cmd: Command, batch: &mut Vec<Append>, n: &mut usize, bytes: &mut usize) -> bool {
+fn take(
+    cmd: Command,
+    batch: &mut Vec<Append>,
+    bad: &mut Vec<Quarantine>,
+    n: &mut usize,
+    bytes: &mut usize,
+) -> bool {
     match cmd {
+        Command::Quarantine { first, done } => {
+            bad.push((first, done));
+            false
+        }
         Command::Append(a) => {
             *n += a.records.len();
             *bytes += a.records.iter().map(Record::approx_size).sum::<usize>();
@@ -526,10 +679,14 @@ fn put_chunk(
     buf.clear();
     buf.push(CHUNK_VERSION);
     buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; CHUNK_HEADER - 5]);
     ciborium::into_writer(&records, &mut *buf).map_err(|e| QueueError::Corrupt {
         seq: first,
         message: e.to_string(),
     })?;
+    // One checksum per chunk (not per record): read back before anything is sent.
+    let crc = chunk_crc(buf);
+    buf[5..CHUNK_HEADER].copy_from_slice(&crc.to_le_bytes());
     table.insert(first, buf.as_slice()).map_err(db)?;
     Ok(buf.len() as u64)
 }
