@@ -510,10 +510,11 @@ impl Forwarder {
                 }) {
                     Err(QueueError::Corrupt { seq, message }) => {
                         // Undecodable bytes cannot be delivered; stalling on them would
-                        // stop everything behind them. Drop the chunk, loudly, and go on.
+                        // stop everything behind them. Set the chunk aside (what still decodes
+                        // becomes dead letters), loudly, and go on.
                         let lost =
                             tokio::task::block_in_place(|| self.queue.drop_corrupt_chunk(seq))?;
-                        tracing::error!(first_seq = seq, records = lost, %message, "dropped a corrupt queue chunk");
+                        tracing::error!(first_seq = seq, lost, %message, "corrupt queue chunk set aside: its readable records are dead letters");
                         continue;
                     }
                     other => other?,
