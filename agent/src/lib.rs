@@ -20,6 +20,8 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod queue;
 pub mod record;

@@ -600,7 +600,7 @@ pub(crate) fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueEr
     Ok((count, &v[5..]))
 }
 
-fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
+pub(crate) fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
     let (count, body) = chunk_header(first, v)?;
     let records: Vec<Record> = ciborium::from_reader(body).map_err(|e| QueueError::Corrupt {
         seq: first,
