@@ -15,7 +15,12 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list)
 fi
 target_dir="${FUZZ_TARGET_DIR:-$PWD/target}"
-scratch="${FUZZ_SCRATCH:-$(mktemp -d)}"
+if [ -n "${FUZZ_SCRATCH:-}" ]; then
+  scratch="$FUZZ_SCRATCH"
+else
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+fi
 export RUSTC_BOOTSTRAP=1
 # One build for all targets. No AddressSanitizer: the decoders are safe Rust, and ASan
 # would double the build and halve the speed; overflow checks and debug assertions stay.
