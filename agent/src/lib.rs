@@ -22,6 +22,8 @@ pub mod control;
 pub mod counters;
 pub mod forward;
 pub mod fsmode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod queue;
 pub mod record;

@@ -48,7 +48,7 @@ struct Stored {
 
 /// A managed stage's persisted state. CBOR; do not reorder.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct State {
+pub(crate) struct State {
     /// The pushed module in use (`None`: the configured one).
     active: Option<Stored>,
     /// The one before it (`None`: the configured one).
@@ -113,7 +113,7 @@ impl Control {
             .checkpoint(&format!("transform:{pipeline}"))
             .ok()
             .flatten()
-            .and_then(|v| ciborium::from_reader(&v[..]).ok())
+            .and_then(|v| decode_state(&v))
             .unwrap_or_default()
     }
 
@@ -552,6 +552,11 @@ impl Control {
         reader.abort();
         result
     }
+}
+
+/// A stored [`State`]; `None` if it does not decode (the configured module runs then).
+pub(crate) fn decode_state(value: &[u8]) -> Option<State> {
+    ciborium::from_reader(value).ok()
 }
 
 fn remember_rejected(state: &mut State, hash: String) {

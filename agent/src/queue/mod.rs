@@ -736,7 +736,8 @@ fn decode_body(first: u64, count: u32, body: &[u8]) -> Result<Vec<Record>, Queue
     Ok(records)
 }
 
-fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
+/// Decodes a stored chunk after checking its checksum (version 2) or header (version 1).
+pub(crate) fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
     let (count, body) = verified(first, v)?;
     decode_body(first, count, body)
 }
