@@ -1,6 +1,6 @@
 //! A module offer as the agent checks it before compiling anything: the offer message
 //! (also as the sink receives it inside an admin push), its key, its signature over the
-//! module's hash, pipeline and version, and its self-check vectors (NDJSON).
+//! module's hash, pipeline, version, sequence and vectors (or a rollback order), and its self-check vectors (NDJSON).
 #![no_main]
 
 use dataweaver::control;
@@ -13,13 +13,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = AdminRequest::decode(data)
         && let Some(o) = req.offer
     {
-        let _ = control::verify(&o.key, &o.module, &o.pipeline, &o.version, &o.signature);
+        let _ = control::verify_offer(&o);
     }
     let Ok(o) = ModuleOffer::decode(data) else {
         return;
     };
     let _ = control::parse_public_key(&o.key);
-    let _ = control::verify(&o.key, &o.module, &o.pipeline, &o.version, &o.signature);
+    let _ = control::verify_offer(&o);
     for line in String::from_utf8_lossy(&o.vectors).lines() {
         if !line.trim().is_empty() {
             let r = tryout::parse_line(line);

@@ -1,7 +1,7 @@
 //! What an agent (and the operator's `transform` client) decodes from a sink: one frame
 //! body as a `SinkFrame` (`Welcome`, `Ack`, `Refusal`, `Resolved`, `Offer`, `AdminReply`).
 //! An offer goes on through the agent's checks that run before any module is compiled:
-//! the signature (`control::verify`) and the self-check vectors (NDJSON).
+//! the signature (`control::verify_offer`) and the self-check vectors (NDJSON).
 #![no_main]
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let again = SinkFrame::decode(frame.encode_to_vec().as_slice()).expect("re-decode");
     assert_eq!(again, frame);
     if let Some(sink_frame::Kind::Offer(o)) = frame.kind {
-        let _ = control::verify(&o.key, &o.module, &o.pipeline, &o.version, &o.signature);
+        let _ = control::verify_offer(&o);
         for line in String::from_utf8_lossy(&o.vectors).lines() {
             if !line.trim().is_empty() {
                 let _ = tryout::parse_line(line);
