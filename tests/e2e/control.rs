@@ -10,11 +10,11 @@ use crate::util::*;
 
 /// A world with an admin certificate, two signing keys (`ops` trusted, `rogue` not) and
 /// an agent whose pipeline `app` runs the Rust pass-through as v1.
-struct Ops {
-    w: World,
+pub(crate) struct Ops {
+    pub(crate) w: World,
 }
 
-fn setup(extra_control: &str) -> Option<Ops> {
+pub(crate) fn setup(extra_control: &str) -> Option<Ops> {
     let (Some(v1), Some(_)) = (guest("passthrough_rust"), guest("passthrough_c")) else {
         return None;
     };
@@ -107,7 +107,7 @@ impl Ops {
     }
 
     /// `transform sign` of `module` for `version` with the trusted key, into `out`.
-    fn sign(&self, module: &Path, version: &str, out: &Path) {
+    pub(crate) fn sign(&self, module: &Path, version: &str, out: &Path) {
         dw(&[
             "transform",
             "sign",
@@ -124,7 +124,7 @@ impl Ops {
         ]);
     }
 
-    fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         let mut args: Vec<String> = vec!["transform".into(), "status".into()];
         args.extend(self.admin_args());
         dw(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -143,7 +143,7 @@ impl Ops {
     }
 
     /// Waits until `transform status` shows `text` for the agent.
-    fn wait_status(&self, text: &str) -> String {
+    pub(crate) fn wait_status(&self, text: &str) -> String {
         let start = Instant::now();
         loop {
             let s = self.status();

@@ -101,18 +101,7 @@ const STATUS_PAGE_ROWS: usize = 256;
 /// may be larger).
 const STATUS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// `s` cut to at most `max` bytes on a character boundary, with a mark that it was cut.
-fn capped(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
-}
+use crate::transform::wasm::bounded as capped;
 
 /// A connected agent's control stream.
 struct AgentConn {

@@ -688,8 +688,8 @@ fn describe(store: &Store<State>, e: &wasmtime::Error, s: &Settings) -> String {
     )
 }
 
-/// `s` cut to at most `max` bytes (on a character boundary).
-fn bounded(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes (on a character boundary), with a mark that it was cut.
+pub(crate) fn bounded(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

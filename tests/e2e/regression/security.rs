@@ -14,56 +14,9 @@ use dataweaver::wire::{self, AdminRequest};
 
 use crate::util::*;
 
-/// An operator's world: admin certificate, a trusted key `ops` and an untrusted `rogue`,
-/// an agent whose pipeline `app` runs the Rust pass-through.
-struct Ops {
-    w: World,
-}
-
-fn setup() -> Option<Ops> {
-    let (Some(v1), Some(_)) = (guest("passthrough_rust"), guest("passthrough_c")) else {
-        return None;
-    };
-    let w = World::new();
-    let certs = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        certs.to_str()?,
-        "--name",
-        "admin",
-    ]);
-    let keys = w.path("keys");
-    let k = keys.to_str()?;
-    let trusted = dw(&["transform", "keygen", "--dir", k, "--name", "ops"]);
-    dw(&["transform", "keygen", "--dir", k, "--name", "rogue"]);
-    let public = trusted.lines().last()?.trim().to_string();
-    std::fs::create_dir_all(w.path("input")).unwrap();
-    agent_config_pipelines(
-        &w,
-        &format!(
-            r#"[control]
-trusted_keys = ["{public}"]
-
-[[pipelines]]
-name = "app"
-
-[[pipelines.sources]]
-type = "file"
-include = ["input/*.log"]
-poll_interval_ms = 20
-
-[[pipelines.transforms]]
-name = "t"
-module = "{}"
-version_header = "x-version"
-"#,
-            v1.display()
-        ),
-    );
-    Some(Ops { w })
-}
+// The operator's world of the control tests: an admin certificate, a trusted key `ops`
+// and an untrusted `rogue`, an agent whose pipeline `app` runs the Rust pass-through.
+use crate::control::{Ops, setup};
 
 impl Ops {
     fn admin(&self, cmd: &str, extra: &[&str]) -> std::process::Output {
@@ -84,28 +37,6 @@ impl Ops {
             .to_string()
     }
 
-    fn status(&self) -> String {
-        let out = self.admin("status", &[]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits until `transform status` shows `text`.
-    fn wait_status(&self, text: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.status();
-            if s.contains(text) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "status never showed `{text}`:\n{s}\n{}",
-                std::fs::read_to_string(self.w.path("agent.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     fn target(&self) -> AdminTarget {
         let certs = self.w.certs();
         AdminTarget {
@@ -115,23 +46,6 @@ impl Ops {
             cert: certs.join("admin.pem"),
             key: certs.join("admin.key"),
         }
-    }
-
-    fn sign(&self, module: &Path, version: &str, out: &Path) {
-        dw(&[
-            "transform",
-            "sign",
-            "--module",
-            module.to_str().unwrap(),
-            "--pipeline",
-            "app",
-            "--version",
-            version,
-            "--key",
-            &self.key("ops"),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
     }
 
     fn push_signed(&self, module: &Path, version: &str, sig: &Path) -> std::process::Output {
@@ -164,7 +78,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// offer is refused and the agent keeps running the newer one.
 #[test]
 fn replayed_older_signed_offer_is_refused_after_a_newer_one() {
-    let Some(ops) = setup() else { return };
+    let Some(ops) = setup("") else { return };
     let w = &ops.w;
     let (v1, v2) = (
         guest("passthrough_c").unwrap(),
@@ -203,7 +117,7 @@ fn replayed_older_signed_offer_is_refused_after_a_newer_one() {
 /// that signed none of the pipeline's pushes).
 #[test]
 fn rollback_must_be_signed_by_a_trusted_key() {
-    let Some(ops) = setup() else { return };
+    let Some(ops) = setup("") else { return };
     let w = &ops.w;
     let (v2, v3) = (
         guest("passthrough_c").unwrap(),
@@ -487,7 +401,7 @@ fn certs_issue_never_replaces_the_ca_and_fixes_key_modes() {
 /// sending, naming the limit.
 #[test]
 fn oversized_module_push_names_the_frame_limit() {
-    let Some(ops) = setup() else { return };
+    let Some(ops) = setup("") else { return };
     let w = &ops.w;
     let _sink = w.sink();
     let big = w.path("big.wasm");
