@@ -140,3 +140,25 @@ mod tests {
         assert!(parse_mode("0999").is_err());
     }
 }
+
+/// Renames a corrupt data file to `<name>.corrupt-<unix seconds>` beside it (`-N` added if
+/// that name is taken), owner-only, so it can be salvaged later and is never opened again.
+pub fn set_aside(path: &Path) -> io::Result<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut aside = path.with_extension(format!("{ext}.corrupt-{secs}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = path.with_extension(format!("{ext}.corrupt-{secs}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &aside)?;
+    private_file(&aside)?;
+    Ok(aside)
+}

@@ -73,27 +73,10 @@ pub(crate) fn guarded<R>(
 /// Renames a bad queue file to `queue.redb.corrupt-<unix seconds>` beside it (with `-N`
 /// added if that name is taken), readable by its owner only.
 pub fn set_aside(path: &Path) -> Result<PathBuf, QueueError> {
-    let io = |source| QueueError::Io {
+    crate::fsmode::set_aside(path).map_err(|source| QueueError::Io {
         path: path.into(),
         source,
-    };
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut aside = path.with_extension(format!("redb.corrupt-{secs}"));
-    let mut n = 1;
-    while aside.exists() {
-        aside = path.with_extension(format!("redb.corrupt-{secs}-{n}"));
-        n += 1;
-    }
-    std::fs::rename(path, &aside).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    Ok(aside)
+    })
 }
 
 /// A possibly corrupt queue file opened for reading, never written: read-only if it was

@@ -12,20 +12,9 @@ use super::{
     V1_CONFIRMED, V1_HWM, catch, db, decode_entry, merge_v1_mark, open_file, quarantine_put,
 };
 
-/// Renames a bad journal file to `journal.redb.corrupt-<unix seconds>`.
+/// Renames a bad journal file to `journal.redb.corrupt-<unix seconds>`, owner-only.
 fn set_aside(path: &Path) -> Result<PathBuf, JournalError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut aside = path.with_extension(format!("redb.corrupt-{secs}"));
-    let mut n = 1;
-    while aside.exists() {
-        aside = path.with_extension(format!("redb.corrupt-{secs}-{n}"));
-        n += 1;
-    }
-    std::fs::rename(path, &aside).map_err(|e| JournalError::Io(path.into(), e))?;
-    Ok(aside)
+    crate::fsmode::set_aside(path).map_err(|e| JournalError::Io(path.into(), e))
 }
 
 /// What could still be read from a corrupt file.
