@@ -312,7 +312,17 @@ fn sink_full_disk_recovers_and_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (code, body) = http_get(admin, "/ready");
+    // A small commit (a `Resolve`, the drainer's deletions) may still fit and clear the
+    // flag for a moment; batches keep failing while the filler is there, so within a few
+    // seconds `/ready` must say so.
+    let polled = std::time::Instant::now();
+    let (code, body) = loop {
+        let (code, body) = http_get(admin, "/ready");
+        if code == 503 || polled.elapsed() > Duration::from_secs(10) {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(code, 503, "sink unready while its journal fails: {body}");
     assert!(body.contains("journal storage is failing"), "{body}");
     std::fs::remove_file(w.path("sink/data/filler")).unwrap();
