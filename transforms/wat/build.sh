@@ -21,3 +21,4 @@ component bomb dataweaver:transform/transform@0.1.0
 component needs_secrets needs-secrets
 component wrong_world wrong-world
 component init_loop dataweaver:transform/transform@0.1.0
+component alias dataweaver:transform/transform@0.1.0

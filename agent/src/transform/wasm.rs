@@ -39,6 +39,30 @@ const LOG_LINES_BURST: f64 = 100.0;
 /// Longest log line kept from a module.
 const LOG_LINE_BYTES: usize = 1024;
 
+/// How many times `output_max_bytes` the host may copy out of one call. wasmtime counts
+/// the host's own structs too (about 140 bytes per record beside its bytes), so a legal
+/// output of small records needs room above the cap; the exact cap is checked after.
+const COPY_BUDGET_FACTOR: usize = 8;
+
+/// The start of wasmtime's message when a call's copy budget ("hostcall fuel") runs out;
+/// its error type is private. `output_made_of_one_shared_buffer_stops_at_the_copy_budget`
+/// fails if a wasmtime upgrade changes it.
+const COPY_BUDGET_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
+
+/// Bytes the host may copy out of one guest call: records whose payloads all point at one
+/// buffer in the guest's memory cost the guest nothing, and would make the host copy each.
+fn copy_budget(output_max_bytes: usize) -> usize {
+    output_max_bytes
+        .saturating_mul(COPY_BUDGET_FACTOR)
+        .saturating_add(1 << 20)
+}
+
+/// Whether a call failed because its output ran over [`copy_budget`].
+fn over_copy_budget(e: &wasmtime::Error) -> bool {
+    e.chain()
+        .any(|c| c.to_string().starts_with(COPY_BUDGET_EXHAUSTED))
+}
+
 /// Why a module could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -574,6 +598,7 @@ impl Instance {
         };
         let mut store = Store::new(&module.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(copy_budget(s.output_max_bytes));
         store.set_epoch_deadline(ticks(s.deadline));
         let bindings = module
             .pre
@@ -658,6 +683,8 @@ impl Instance {
             Err(e) => {
                 let kind = if self.store.data().limiter.hit {
                     Failure::Memory
+                } else if over_copy_budget(&e) {
+                    Failure::Output
                 } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                     Failure::Deadline
                 } else {
@@ -675,6 +702,13 @@ impl Instance {
 fn describe(store: &Store<State>, e: &wasmtime::Error, s: &Settings) -> String {
     if store.data().limiter.hit {
         return format!("memory limit of {} bytes reached", s.memory_max_bytes);
+    }
+    if over_copy_budget(e) {
+        return format!(
+            "output exceeds output_max_bytes ({}): the host stopped copying it at {} bytes",
+            s.output_max_bytes,
+            copy_budget(s.output_max_bytes)
+        );
     }
     if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return format!(
@@ -743,8 +777,13 @@ mod tests {
     use super::*;
 
     fn passthrough(output_max_bytes: usize) -> Option<Arc<Module>> {
+        prebuilt("passthrough_rust", output_max_bytes)
+    }
+
+    /// `transforms/prebuilt/<name>.wasm` with test settings, if it is there.
+    fn prebuilt(name: &str, output_max_bytes: usize) -> Option<Arc<Module>> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../transforms/prebuilt/passthrough_rust.wasm");
+            .join(format!("../transforms/prebuilt/{name}.wasm"));
         if !path.is_file() {
             eprintln!("SKIPPING: {} not built", path.display());
             return None;
@@ -830,6 +869,32 @@ mod tests {
             }
             Err((f, r, _)) => panic!("wrong failure {f:?}: {r}"),
             Ok(p) => panic!("{} records over the cap passed", p.records.len()),
+        }
+    }
+
+    /// Issue 12, defect 18: the output cap was checked after wasmtime had copied the whole
+    /// output into the host, so the host's memory was bounded only by wasmtime's default
+    /// 128 MiB per call. A guest whose 2,000 records all point at one 32 KiB buffer
+    /// (`transforms/wat/alias.wat`, 0.2 MiB of guest memory) had the host copy 62.5 MiB
+    /// before the cap refused it. The copy now stops at the call's budget (8 × 64 KiB +
+    /// 1 MiB here) and the batch fails as over `output_max_bytes`, the records handed back.
+    #[test]
+    fn output_made_of_one_shared_buffer_stops_at_the_copy_budget() {
+        let Some(module) = prebuilt("alias", 64 << 10) else {
+            return;
+        };
+        let mut inst = Instance::new(module).unwrap();
+        match inst.process(vec![record(10)]) {
+            Err((Failure::Output, reason, back)) => {
+                assert!(reason.contains("output_max_bytes (65536)"), "{reason}");
+                assert!(
+                    reason.contains("stopped copying it at 1572864 bytes"),
+                    "{reason}"
+                );
+                assert_eq!(back.len(), 1);
+            }
+            Err((f, r, _)) => panic!("wrong failure {f:?}: {r}"),
+            Ok(p) => panic!("{} records of a shared buffer passed", p.records.len()),
         }
     }
 
