@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import zlib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(ROOT)
@@ -88,9 +89,17 @@ def batch(first):
 MODULE = b"\0asm\x01\0\0\0"
 
 
+VECTORS = b'{"payload":{"a":1},"key":"k","headers":{"h":"v"}}\nplain\n'
+SEQ = 1_767_225_600_000
+
+
 def signed_offer(pipeline="app", version="v2"):
+    # The v2 message of control::signed_message: module hash, pipeline, version, seq and
+    # the vectors' hash.
     digest = hashlib.sha256(MODULE).hexdigest()
-    message = f"dataweaver-module-v1\n{digest}\n{pipeline}\n{version}".encode()
+    vectors = hashlib.sha256(VECTORS).hexdigest()
+    message = (f"dataweaver-module-v2\n{digest}\n{pipeline}\n{version}\n{SEQ}\n{vectors}"
+               .encode())
     try:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         from cryptography.hazmat.primitives import serialization
@@ -102,13 +111,13 @@ def signed_offer(pipeline="app", version="v2"):
         sig, pub = bytes(64), bytes(32)
     key = "ed25519:" + base64.b64encode(pub).decode()
     return dict(pipeline=pipeline, version=version, module=MODULE, signature=sig, key=key,
-                vectors=b'{"payload":{"a":1},"key":"k","headers":{"h":"v"}}\nplain\n',
-                sha256=digest)
+                vectors=VECTORS, sha256=digest, vectors_sha256=vectors, seq=SEQ)
 
 
 def offer_msg(o):
     return msg(f_bytes(1, o["pipeline"]), f_bytes(2, o["version"]), f_bytes(3, o["module"]),
-               f_bytes(4, o["signature"]), f_bytes(5, o["key"]), f_bytes(6, o["vectors"]))
+               f_bytes(4, o["signature"]), f_bytes(5, o["key"]), f_bytes(6, o["vectors"]),
+               f_uint(7, o["seq"]))
 
 
 def frame(tag, body):
@@ -152,7 +161,7 @@ put("module_offer", "offer", offer_msg(OFFER))
 put("module_offer", "admin-push", PUSH)
 put("signature_file", "sig", (json.dumps({
     "pipeline": OFFER["pipeline"], "version": OFFER["version"], "sha256": OFFER["sha256"],
-    "key": OFFER["key"], "signature": base64.b64encode(OFFER["signature"]).decode(),
+    "seq": OFFER["seq"], "vectors_sha256": OFFER["vectors_sha256"], "key": OFFER["key"], "signature": base64.b64encode(OFFER["signature"]).decode(),
 }, indent=2) + "\n").encode())
 
 
@@ -193,8 +202,16 @@ def queue_record(r):
 
 
 recs = [queue_record(r) for r in RECORDS]
-put("queue_record", "chunk", bytes([1]) + struct.pack("<I", len(recs)) + cbor(recs))
-put("queue_record", "chunk-one", bytes([1]) + struct.pack("<I", 1) + cbor(recs[1:2]))
+def chunk(rs):
+    # Format 2 (queue/mod.rs): [2][count u32 LE][crc32 u32 LE][CBOR], the CRC-32 over every
+    # byte but its own four.
+    head, body = bytes([2]) + struct.pack("<I", len(rs)), cbor(rs)
+    return head + struct.pack("<I", zlib.crc32(head + body)) + body
+
+
+put("queue_record", "chunk", chunk(recs))
+put("queue_record", "chunk-one", chunk(recs[1:2]))
+put("queue_record", "chunk-v1", bytes([1]) + struct.pack("<I", len(recs)) + cbor(recs))
 put("queue_record", "dead", cbor({"ts_ns": 1, "pipeline": "app",
                                   "reason": "invalid JSON: expected value at line 1 column 1",
                                   "record": recs[1]}))

@@ -14,7 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,22 +227,15 @@ fn spawn_http_load(
     })
 }
 
-/// One HTTP/1.1 exchange on loopback without panicking: `(status, response text)`.
+/// One HTTP/1.1 exchange on loopback that fails instead of panicking when it cannot connect.
 fn request(port: u16, req: &[u8]) -> std::io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     s.set_write_timeout(Some(Duration::from_secs(20)))?;
     s.write_all(req)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, text))
+    // A read cut short leaves status 0: the callers retry anything but a 200.
+    Ok(read_response(&mut s))
 }
 
 /// The agent's `queue_depth_records` gauge, if its admin endpoint answers.

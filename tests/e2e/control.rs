@@ -19,15 +19,7 @@ pub(crate) fn setup(extra_control: &str) -> Option<Ops> {
         return None;
     };
     let w = World::new();
-    let certs = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        certs.to_str()?,
-        "--name",
-        "admin",
-    ]);
+    w.issue("admin", &[]);
     let keys = w.path("keys");
     let trusted = dw(&[
         "transform",
@@ -428,15 +420,7 @@ fn wait_until_all_accounted(w: &World, n: usize, agent: &mut Proc) -> Vec<String
 fn a_push_for_one_agent_reaches_only_that_agent() {
     let Some(ops) = setup("") else { return };
     let w = &ops.w;
-    let certs = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        certs.to_str().unwrap(),
-        "--name",
-        "edge-2",
-    ]);
+    w.issue("edge-2", &[]);
     // A second agent: its own data directory, input and certificate.
     let one = std::fs::read_to_string(w.path("agent.toml")).unwrap();
     let two = one

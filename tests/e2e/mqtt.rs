@@ -458,19 +458,10 @@ fn offline(kind: Kind) {
 fn tls(kind: Kind) {
     let w = World::new();
     let c = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        c.to_str().unwrap(),
-        "--name",
+    w.issue(
         "broker",
-        "--sink",
-        "--host",
-        "localhost",
-        "--host",
-        "127.0.0.1",
-    ]);
+        &["--sink", "--host", "localhost", "--host", "127.0.0.1"],
+    );
     let l = Listener {
         tls: Some(c.clone()),
         user: None,

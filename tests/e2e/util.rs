@@ -63,6 +63,21 @@ impl World {
         self.path("certs")
     }
 
+    /// Issues certificate `name` in the world's CA, with `extra` flags (`--sink`, `--host`).
+    pub fn issue(&self, name: &str, extra: &[&str]) {
+        let c = self.certs();
+        let mut args = vec![
+            "certs",
+            "issue",
+            "--dir",
+            c.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        dw(&args);
+    }
+
     pub fn output_dir(&self) -> PathBuf {
         self.path("sink/out")
     }

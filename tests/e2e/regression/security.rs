@@ -187,15 +187,8 @@ fn rollback_must_be_signed_by_a_trusted_key() {
 #[test]
 fn agent_certificate_cannot_flood_the_control_store() {
     let w = World::new();
+    w.issue("admin", &[]);
     let certs = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        certs.to_str().unwrap(),
-        "--name",
-        "admin",
-    ]);
     let _sink = w.sink();
     let rt = runtime();
     let port = w.port;

@@ -12,19 +12,6 @@ use prost::Message;
 
 use crate::util::*;
 
-/// Issues an agent certificate `name` in the world's CA.
-fn issue(w: &World, name: &str) {
-    let c = w.certs();
-    dw(&[
-        "certs",
-        "issue",
-        "--dir",
-        c.to_str().unwrap(),
-        "--name",
-        name,
-    ]);
-}
-
 /// A QUIC connection to the world's sink as agent `name`, retried while the sink starts.
 async fn raw_connect(w: &World, name: &str) -> (quinn::Endpoint, quinn::Connection) {
     let c = w.certs();
@@ -144,7 +131,7 @@ fn sink_rss_kib(sink: &Proc) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_record_from_one_agent_does_not_stop_the_output_for_all() {
     let w = World::new();
-    issue(&w, "edge-2");
+    w.issue("edge-2", &[]);
     let mut sink = w.sink();
     let (_ep, conn) = raw_connect(&w, "edge-2").await;
     let (mut s, mut r) = data_stream(&conn, "hostile0queue").await.unwrap();
@@ -205,7 +192,7 @@ async fn huge_or_odd_queue_id_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_name_outside_the_safe_set_is_refused() {
     let w = World::new();
-    issue(&w, "edge-1@evil");
+    w.issue("edge-1@evil", &[]);
     let _sink = w.sink();
     let (_ep, good) = raw_connect(&w, "edge-1").await;
     assert!(data_stream(&good, "q1").await.is_ok());
@@ -221,7 +208,7 @@ async fn certificate_name_outside_the_safe_set_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_frames_and_connection_floods_from_one_agent_stay_bounded() {
     let w = World::new();
-    issue(&w, "edge-2");
+    w.issue("edge-2", &[]);
     let sink = w.sink();
     let (_ep, probe) = raw_connect(&w, "edge-2").await;
     probe.close(0u32.into(), b"ready");
