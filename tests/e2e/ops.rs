@@ -560,3 +560,22 @@ fn log_level_follows_the_config_across_a_reload() {
     }
     sigterm(&mut agent);
 }
+
+/// The committed queue file of format 2 (`tests/e2e/fixtures/queue-format-2`, written by
+/// the agent of commit 7431269) reads as it was recorded: the fixture that a new queue
+/// format must upgrade (issue 13) is valid, and today's reader agrees with it.
+#[test]
+fn queue_file_of_format_2_reads_as_recorded() {
+    let w = World::new();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/e2e/fixtures/queue-format-2");
+    let dir = w.path("old-queue");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["queue.redb", "queue-checkpoints.cbor"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    let out = dw(&["queue", "export", "--dir", dir.to_str().unwrap()]);
+    let expected = std::fs::read_to_string(fixture.join("expected.ndjson")).unwrap();
+    assert_eq!(out.lines().count(), 151, "150 records and a dead letter");
+    assert_eq!(out, expected);
+}
