@@ -490,6 +490,11 @@ pub struct NetSourceConfig {
     /// are dropped and counted (`<source>.dropped`). TCP ignores it (it pushes back instead).
     #[serde(default = "default_buffer_records")]
     pub buffer_records: usize,
+    /// TCP: open connections at most; more are closed at once and counted
+    /// (`<source>.connections_refused`), so idle or slow senders cannot take the file
+    /// descriptors the rest of the agent needs. UDP ignores it.
+    #[serde(default = "default_net_connections")]
+    pub max_connections: usize,
 }
 
 /// HTTP ingest.
@@ -806,6 +811,9 @@ fn default_http_body_timeout() -> u64 {
     30_000
 }
 fn default_http_connections() -> usize {
+    256
+}
+fn default_net_connections() -> usize {
     256
 }
 fn default_net_line() -> usize {
@@ -1405,6 +1413,7 @@ impl AgentConfig {
                     SourceConfig::Tcp(c) | SourceConfig::Udp(c) => b.extend([
                         (key("max_line_bytes"), c.max_line_bytes as u64, 1, record),
                         (key("buffer_records"), c.buffer_records as u64, 1, 1 << 24),
+                        (key("max_connections"), c.max_connections as u64, 1, 65_536),
                     ]),
                     SourceConfig::Stdin(c) => {
                         b.push((key("max_line_bytes"), c.max_line_bytes as u64, 1, record))

@@ -148,7 +148,7 @@ pub async fn run(cfg: HttpSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
 
 /// `wanted`, or less if the open-files limit would leave under [`RESERVED_FDS`] to the rest
 /// of the agent.
-fn connection_budget(source: &str, wanted: usize) -> usize {
+pub(crate) fn connection_budget(source: &str, wanted: usize) -> usize {
     let Some(limit) = open_files_limit() else {
         return wanted;
     };

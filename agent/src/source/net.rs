@@ -4,13 +4,15 @@
 //!
 //! Each record gets the peer address as the `peer` header. Neither protocol has an
 //! application-level acknowledgement, so a line counts as taken once it is read; while the
-//! queue refuses, a TCP connection holds its current lines and stops reading.
+//! queue refuses, a TCP connection holds its current lines and stops reading. TCP takes
+//! at most `max_connections` at once (lowered to fit the open-files limit, as HTTP does).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,15 +78,36 @@ pub async fn run_tcp(cfg: NetSourceConfig, pipeline: Arc<Pipeline>, shutdown: Ca
             return;
         }
     };
-    tracing::info!(source = %ctx.source, listen = %cfg.listen, "tcp source listening");
+    let max_connections = super::http::connection_budget(&ctx.source, cfg.max_connections);
+    tracing::info!(source = %ctx.source, listen = %cfg.listen, max_connections, "tcp source listening");
+    let refused = ctx
+        .pipeline
+        .counters
+        .counter(&format!("{}.connections_refused", ctx.source));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut last_refusal_log: Option<Instant> = None;
     let conns = TaskTracker::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over the limit the connection is closed at once (dropped): it costs
+                    // its descriptor only for this moment, and the sender sees a reset.
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        drop(stream);
+                        let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            last_refusal_log = Some(Instant::now());
+                            tracing::warn!(source = %ctx.source, max_connections, refused = n, "tcp connection limit reached; refusing new connections");
+                        }
+                        continue;
+                    };
                     let (ctx, stop, max) = (ctx.clone(), shutdown.clone(), cfg.max_line_bytes);
-                    conns.spawn(async move { connection(stream, peer.to_string(), ctx, max, stop).await });
+                    conns.spawn(async move {
+                        connection(stream, peer.to_string(), ctx, max, stop).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(source = %ctx.source, error = %e, "accept failed");
@@ -104,7 +127,8 @@ async fn connection(
     max_line: usize,
     shutdown: CancellationToken,
 ) {
-    let mut buf = vec![0u8; 256 << 10];
+    // 64 KiB per connection: `max_connections` of them stay small.
+    let mut buf = vec![0u8; 64 << 10];
     let mut carry = Vec::new();
     loop {
         let n = tokio::select! {

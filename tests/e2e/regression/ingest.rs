@@ -138,26 +138,16 @@ fn get_within(port: u16, path: &str, timeout: Duration) -> Option<u16> {
 fn slow_http_clients_do_not_exhaust_the_agents_files() {
     let w = World::new();
     let (port, admin) = (tcp_port(), tcp_port());
-    w.agent_config_raw(
-        &[w.port],
+    with_admin_and_files(
+        &w,
+        admin,
         &format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[pipelines]]\nname = \"app\"\n\n\
-             [[pipelines.sources]]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
-             header_read_timeout_ms = 1500\nbody_read_timeout_ms = 1500\nmax_connections = 64\n\n\
-             [[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 50\n"
+            "type = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+             header_read_timeout_ms = 1500\nbody_read_timeout_ms = 1500\nmax_connections = 64"
         ),
     );
-    std::fs::create_dir_all(w.path("input")).unwrap();
     let _sink = w.sink();
-    let _agent = agent_with_nofile(&w, 256);
-    let up = Instant::now();
-    while get_within(admin, "/health", Duration::from_secs(2)) != Some(200) {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "the agent never came up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _agent = agent_up_with_256_files(&w, admin);
     let mut slow = Vec::new();
     for i in 0..300 {
         let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -225,6 +215,34 @@ fn slow_http_clients_do_not_exhaust_the_agents_files() {
     );
     let out = wait_for_output(&w.output_dir(), 25, Duration::from_secs(20));
     assert_eq!(out.len(), 25, "the file's 20 lines and the 5 posted ones");
+}
+
+/// An agent config with its admin endpoint on `admin`, the `source` (TOML keys) and a
+/// file source on `input/*.log` in pipeline `app`.
+fn with_admin_and_files(w: &World, admin: u16, source: &str) {
+    w.agent_config_raw(
+        &[w.port],
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[pipelines]]\nname = \"app\"\n\n\
+             [[pipelines.sources]]\n{source}\n\n\
+             [[pipelines.sources]]\ntype = \"file\"\ninclude = [\"input/*.log\"]\npoll_interval_ms = 50\n"
+        ),
+    );
+    std::fs::create_dir_all(w.path("input")).unwrap();
+}
+
+/// An agent limited to 256 open files, once its admin endpoint on `admin` answers.
+fn agent_up_with_256_files(w: &World, admin: u16) -> Proc {
+    let agent = agent_with_nofile(w, 256);
+    let up = Instant::now();
+    while get_within(admin, "/health", Duration::from_secs(2)) != Some(200) {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "the agent never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent
 }
 
 /// Whether the server has closed `s` (EOF or reset); data is read and ignored.
@@ -470,4 +488,67 @@ fn json_codec_refuses_invalid_utf8_and_deep_nesting() {
         reasons.iter().any(|r| r.contains("nested deeper than 128")),
         "{reasons:?}"
     );
+}
+
+/// The tcp source had no connection limit (defect 21 was fixed for HTTP only): an agent
+/// limited to 256 open files held all of 300 idle connections, one descriptor each. Now
+/// at most `max_connections` are held, the rest are closed at once and counted, and the
+/// admin endpoint, file discovery and later senders go on working.
+#[test]
+fn idle_tcp_clients_do_not_exhaust_the_agents_files() {
+    let w = World::new();
+    let (port, admin) = (tcp_port(), tcp_port());
+    with_admin_and_files(
+        &w,
+        admin,
+        &format!("type = \"tcp\"\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 64"),
+    );
+    let _sink = w.sink();
+    let mut agent = agent_up_with_256_files(&w, admin);
+    let mut idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+    }
+    // The agent closes what is over its limit; the 64 it took stay open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open = idle.len();
+    while Instant::now() < deadline {
+        open = idle
+            .iter_mut()
+            .map(closed_by_peer)
+            .filter(|&closed| !closed)
+            .count();
+        if open <= 64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(open <= 64, "{open} of {} idle connections held", idle.len());
+    assert_eq!(
+        get_within(admin, "/health", Duration::from_secs(5)),
+        Some(200),
+        "the admin endpoint answers while idle clients are connected"
+    );
+    let mut lines = LineWriter::new(&w.path("input/app.log"), 60);
+    lines.write(20);
+    let out = wait_for_output(&w.output_dir(), 20, Duration::from_secs(20));
+    assert_eq!(out.len(), 20, "a new file is found and read");
+    // Once the idle clients leave, a sender gets in and its lines arrive.
+    idle.clear();
+    let mut sent = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sent && Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            sent = s.write_all(b"tcp one\ntcp two\n").is_ok();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent);
+    let out = wait_for_output(&w.output_dir(), 22, Duration::from_secs(20));
+    assert_eq!(out.len(), 22, "the file's 20 lines and the 2 sent over TCP");
+    sigterm(&mut agent);
+    let refused = counter_in_log(&w.path("agent.log"), "app/tcp.connections_refused");
+    assert!(refused >= 236, "refused connections are counted: {refused}");
 }
