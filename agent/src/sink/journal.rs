@@ -46,7 +46,8 @@
 //! - `marks`: `(agent id, queue id)` → `(highest durable seq, highest seq the agent
 //!   confirmed as ours)`
 //! - `quarantine`: `u64` id → `(unix ms, reason, bytes)`: an undecodable entry (its bytes
-//!   as stored) or a rejected batch (its first 64 KiB)
+//!   as stored) or a rejected batch (its first 64 KiB); the newest
+//!   [`QUARANTINE_MAX_ROWS`] are kept
 //! - `instances`: `(agent id, queue id)` → the agent process (`Resolve.instance`) whose
 //!   batches are accepted for that queue
 //! - `cursor`: output name → output-defined bytes
@@ -88,6 +89,8 @@ const V1_HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const V1_CONFIRMED: TableDefinition<&str, u64> = TableDefinition::new("confirmed");
 /// How much of a rejected batch the quarantine keeps (the agent keeps all of it).
 const REJECTED_KEEP: usize = 64 * 1024;
+/// Rows the quarantine keeps (at most 64 MiB of rejected batches); older ones are removed.
+pub const QUARANTINE_MAX_ROWS: u64 = 1000;
 
 /// Journal errors.
 #[derive(Debug, thiserror::Error)]
@@ -556,8 +559,15 @@ fn quarantine_put(
     reason: &str,
     bytes: &[u8],
 ) -> Result<(), JournalError> {
+    use redb::ReadableTableMetadata;
     let id = q.last().map_err(db)?.map_or(0, |(k, _)| k.value()) + 1;
     q.insert(id, (now_ms(), reason, bytes)).map_err(db)?;
+    // An agent that sends bad batches without end must not fill the sink's disk: the
+    // oldest notes go (each was logged when it was made, and the agent dead-letters the
+    // records themselves).
+    while q.len().map_err(db)? > QUARANTINE_MAX_ROWS {
+        q.pop_first().map_err(db)?;
+    }
     Ok(())
 }
 
@@ -1465,6 +1475,55 @@ mod tests {
         assert_eq!(resolve_t(&j, "a", "q", 3, 3).await, Ok(3));
         assert_eq!(drainable_seqs(&j), vec![2, 3]);
         assert_eq!(j.quarantined().unwrap(), 1);
+    }
+
+    /// The quarantine grew by a row (up to 64 KiB) per rejected batch without bound, so
+    /// one agent sending invalid batches could fill the sink's disk for everyone. It keeps
+    /// the newest [`QUARANTINE_MAX_ROWS`]; ids go on rising.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quarantine_of_rejected_batches_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+        let n = QUARANTINE_MAX_ROWS + 10;
+        for seq in 1..=n {
+            let bad = Batch {
+                batch_id: seq,
+                records: vec![Record {
+                    seq,
+                    source: "mark!".into(),
+                    ..Default::default()
+                }],
+                from_seq: seq,
+            }
+            .encode_to_vec();
+            // The source's first byte becomes one that is not UTF-8.
+            let mut bad = bad;
+            let at = bad.windows(5).position(|w| w == b"mark!").unwrap();
+            bad[at] = 0xff;
+            let bad = bytes::Bytes::from(bad);
+            let info = scan_batch(&bad).unwrap();
+            assert!(info.invalid.is_some());
+            let out = j
+                .submit("a", "q", bad, &info, 0)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(matches!(out, Ok(Outcome::Rejected(_))), "{out:?}");
+        }
+        assert_eq!(j.quarantined().unwrap(), QUARANTINE_MAX_ROWS);
+        let newest = j
+            .store
+            .with_db(|d| {
+                let txn = d.begin_read().map_err(db)?;
+                let q = txn.open_table(QUARANTINE).map_err(db)?;
+                let first = q.first().map_err(db)?.map(|(k, _)| k.value());
+                let last = q.last().map_err(db)?.map(|(k, _)| k.value());
+                Ok((first, last))
+            })
+            .unwrap();
+        assert_eq!(newest, (Some(11), Some(n)), "the oldest rows went");
     }
 
     /// Issue 12, defect 17: marks were keyed `"{agent}/{queue}"`, so agent `edge-1/x` with
