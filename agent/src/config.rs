@@ -691,6 +691,11 @@ pub struct SinkLimits {
     pub max_streams: usize,
     /// Queue ids one agent may hold marks for in the journal.
     pub max_queues_per_agent: usize,
+    /// Bytes of frames one agent's streams may hold at once, read and waiting for the
+    /// journal; beyond it the sink stops reading that agent (QUIC flow control pushes back).
+    pub max_frame_bytes_per_agent: u64,
+    /// The same for all agents together.
+    pub max_frame_bytes: u64,
 }
 
 impl Default for SinkLimits {
@@ -701,6 +706,8 @@ impl Default for SinkLimits {
             max_streams_per_agent: 32,
             max_streams: 4096,
             max_queues_per_agent: 64,
+            max_frame_bytes_per_agent: 256 << 20,
+            max_frame_bytes: 1 << 30,
         }
     }
 }
@@ -1480,6 +1487,18 @@ impl SinkConfig {
             ("max_queues_per_agent", l.max_queues_per_agent, 1 << 16),
         ] {
             b.push((format!("limits.{k}"), v as u64, 1, max));
+        }
+        // At least one frame of the largest size must fit, else a stream could wait forever.
+        for (k, v) in [
+            ("max_frame_bytes_per_agent", l.max_frame_bytes_per_agent),
+            ("max_frame_bytes", l.max_frame_bytes),
+        ] {
+            b.push((
+                format!("limits.{k}"),
+                v,
+                crate::wire::MAX_FRAME as u64,
+                1 << 40,
+            ));
         }
         for (i, o) in self.outputs.iter().enumerate() {
             if let OutputConfig::Jsonl(j) = o {

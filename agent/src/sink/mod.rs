@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -265,14 +265,49 @@ struct Ctx {
 struct Gate {
     limits: SinkLimits,
     state: Mutex<GateState>,
+    /// Frame bytes all agents may hold (`limits.max_frame_bytes`).
+    frames: Arc<Semaphore>,
 }
 
 #[derive(Default)]
 struct GateState {
     connections: usize,
     streams: usize,
-    /// agent → (connections, streams)
-    agents: HashMap<String, (usize, usize)>,
+    agents: HashMap<String, AgentCount>,
+}
+
+/// What one agent holds open.
+struct AgentCount {
+    connections: usize,
+    streams: usize,
+    /// Frame bytes its streams may still hold (`limits.max_frame_bytes_per_agent`).
+    frames: Arc<Semaphore>,
+}
+
+/// The memory a stream's frames may take: its agent's share and the sink's.
+struct FrameBudget {
+    agent: Arc<Semaphore>,
+    all: Arc<Semaphore>,
+}
+
+/// Budget held by one frame until it is acknowledged.
+type Held = Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>;
+
+impl FrameBudget {
+    /// Waits until `len` bytes fit the agent's share, then the sink's (`None`: closed).
+    async fn reserve(&self, len: usize) -> Held {
+        let n = u32::try_from(len.max(1)).ok()?;
+        let agent = self.agent.clone().acquire_many_owned(n).await.ok()?;
+        let all = self.all.clone().acquire_many_owned(n).await.ok()?;
+        Some((agent, all))
+    }
+}
+
+/// A byte budget as semaphore permits (tokio's maximum is far above any sane limit).
+fn permits(bytes: u64) -> usize {
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
 }
 
 /// A counted connection or stream; uncounted when dropped.
@@ -285,8 +320,35 @@ struct Permit {
 impl Gate {
     fn new(limits: SinkLimits) -> Gate {
         Gate {
+            frames: Arc::new(Semaphore::new(permits(limits.max_frame_bytes))),
             limits,
             state: Mutex::new(GateState::default()),
+        }
+    }
+
+    /// A new agent's counts.
+    fn agent_count(&self) -> AgentCount {
+        AgentCount {
+            connections: 0,
+            streams: 0,
+            frames: Arc::new(Semaphore::new(permits(
+                self.limits.max_frame_bytes_per_agent,
+            ))),
+        }
+    }
+
+    /// The frame budget of `agent`'s streams (while one is open, its share stays the same).
+    fn frame_budget(&self, agent: &str) -> FrameBudget {
+        let agent = self
+            .lock()
+            .agents
+            .get(agent)
+            .map(|a| a.frames.clone())
+            // Not reached: a stream's permit keeps its agent's entry.
+            .unwrap_or_else(|| self.agent_count().frames);
+        FrameBudget {
+            agent,
+            all: self.frames.clone(),
         }
     }
 
@@ -312,14 +374,17 @@ impl Gate {
     /// Counts a handshaken connection for `agent`; the reason if it has too many.
     fn agent_connection(self: &Arc<Self>, agent: &str) -> Result<Permit, String> {
         let mut st = self.lock();
-        let e = st.agents.entry(agent.to_string()).or_default();
-        if e.0 >= self.limits.max_connections_per_agent {
+        let e = st
+            .agents
+            .entry(agent.to_string())
+            .or_insert_with(|| self.agent_count());
+        if e.connections >= self.limits.max_connections_per_agent {
             return Err(format!(
                 "agent {agent} has {} connections open (limits.max_connections_per_agent)",
-                e.0
+                e.connections
             ));
         }
-        e.0 += 1;
+        e.connections += 1;
         Ok(Permit {
             gate: self.clone(),
             agent: Some(agent.to_string()),
@@ -333,14 +398,17 @@ impl Gate {
         if st.streams >= self.limits.max_streams {
             return Err("limits.max_streams reached".into());
         }
-        let e = st.agents.entry(agent.to_string()).or_default();
-        if e.1 >= self.limits.max_streams_per_agent {
+        let e = st
+            .agents
+            .entry(agent.to_string())
+            .or_insert_with(|| self.agent_count());
+        if e.streams >= self.limits.max_streams_per_agent {
             return Err(format!(
                 "agent {agent} has {} streams open (limits.max_streams_per_agent)",
-                e.1
+                e.streams
             ));
         }
-        e.1 += 1;
+        e.streams += 1;
         st.streams += 1;
         Ok(Permit {
             gate: self.clone(),
@@ -362,11 +430,11 @@ impl Drop for Permit {
                 let gone = match st.agents.get_mut(a) {
                     Some(e) => {
                         if self.stream {
-                            e.1 = e.1.saturating_sub(1);
+                            e.streams = e.streams.saturating_sub(1);
                         } else {
-                            e.0 = e.0.saturating_sub(1);
+                            e.connections = e.connections.saturating_sub(1);
                         }
-                        *e == (0, 0)
+                        e.connections == 0 && e.streams == 0
                     }
                     None => false,
                 };
@@ -565,10 +633,12 @@ async fn serve_stream(
         .map_err(|e| e.to_string())?;
     tracing::debug!(%agent, %queue_id, hwm, "stream welcomed");
 
+    // The frame's budget is held until its ack is out.
     type Pending = (
         u64,
         u64,
         tokio::sync::oneshot::Receiver<Result<Outcome, String>>,
+        Held,
     );
     // Acks go out in batch order from their own task, each after its commit. A refused
     // submit ends the stream at once: nothing after it may be journaled over the gap.
@@ -578,7 +648,7 @@ async fn serve_stream(
     let rejected = counters.counter("sink.batches_rejected");
     let acker = tokio::spawn(async move {
         let _cancel = acker_failed.clone().drop_guard();
-        while let Some((batch_id, last_seq, done)) = pending.recv().await {
+        while let Some((batch_id, last_seq, done, _held)) = pending.recv().await {
             let kind = match done.await {
                 Ok(Ok(Outcome::Stored(last_seq))) => {
                     sink_frame::Kind::Ack(wire::Ack { batch_id, last_seq })
@@ -605,15 +675,18 @@ async fn serve_stream(
         let _ = send.finish();
         Ok::<(), String>(())
     });
+    let budget = ctx.gate.frame_budget(agent);
     let result = async {
         loop {
             // Batches stay encoded: they are checked in one pass and journaled as they came
             // (decoding and re-encoding every record cost a fifth of the sink).
+            // A frame waits for room in its agent's and the sink's frame budget before it
+            // is read, so no agent can make the sink hold more than its share.
             let frame = tokio::select! {
-                f = wire::read_frame::<wire::AgentFrameRaw>(&mut recv) => f.map_err(|e| e.to_string())?,
+                f = wire::read_frame_reserving::<wire::AgentFrameRaw, _, _, _>(&mut recv, |n| budget.reserve(n)) => f.map_err(|e| e.to_string())?,
                 _ = failed.cancelled() => return Ok(()),
             };
-            let Some(frame) = frame else {
+            let Some((frame, held)) = frame else {
                 return Ok(());
             };
             if let Some(c) = frame.confirm {
@@ -644,7 +717,7 @@ async fn serve_stream(
                 .await
                 .map_err(|e| e.to_string())?;
             if pending_tx
-                .send((info.batch_id, info.last, done))
+                .send((info.batch_id, info.last, done, held))
                 .await
                 .is_err()
             {
@@ -779,4 +852,52 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(per_agent: u64, all: u64) -> Arc<Gate> {
+        Arc::new(Gate::new(SinkLimits {
+            max_frame_bytes_per_agent: per_agent,
+            max_frame_bytes: all,
+            ..SinkLimits::default()
+        }))
+    }
+
+    /// Frames held a stream's bytes with no bound beyond the streams' count (32 streams of
+    /// 16 MiB frames, each with up to 64 batches waiting for the journal, per agent). Now
+    /// an agent's frames wait once they hold its share, and another agent is not held up
+    /// by it; the share comes back when a frame is acknowledged (its budget dropped).
+    #[tokio::test]
+    async fn one_agent_cannot_hold_more_frame_bytes_than_its_share() {
+        let g = gate(1000, 1500);
+        let (_a, _b) = (g.stream("a").unwrap(), g.stream("b").unwrap());
+        let a = g.frame_budget("a");
+        let first = a.reserve(800).await.expect("fits");
+        let wait = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(wait, a.reserve(300)).await.is_err(),
+            "agent a is over its share: it waits"
+        );
+        let b = g.frame_budget("b");
+        let other = tokio::time::timeout(wait, b.reserve(600))
+            .await
+            .expect("agent b is not held up by a")
+            .expect("fits");
+        // The sink's total (1500) is now what bounds a: 800 + 600 held.
+        assert!(tokio::time::timeout(wait, a.reserve(200)).await.is_err());
+        drop(other);
+        let second = tokio::time::timeout(wait, a.reserve(200))
+            .await
+            .expect("room again once b's frame is acknowledged");
+        drop((first, second));
+        assert!(
+            tokio::time::timeout(wait, a.reserve(1000))
+                .await
+                .is_ok_and(|h| h.is_some()),
+            "the whole share is back"
+        );
+    }
 }

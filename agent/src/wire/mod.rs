@@ -561,6 +561,32 @@ pub async fn read_frame_max<M: Message + Default>(
     read_frame_by_kind(recv, |_| max).await
 }
 
+/// [`read_frame`] that waits for `reserve(len)` (a memory budget) once the frame's length
+/// is known and before its body is read; returns the frame with what `reserve` gave.
+pub async fn read_frame_reserving<M, P, F, Fut>(
+    recv: &mut quinn::RecvStream,
+    reserve: F,
+) -> Result<Option<(M, P)>, FrameError>
+where
+    M: Message + Default,
+    F: FnOnce(usize) -> Fut,
+    Fut: std::future::Future<Output = P>,
+{
+    let Some(len) = read_len(recv).await? else {
+        return Ok(None);
+    };
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let held = reserve(len).await;
+    let mut body = BytesMut::new();
+    read_into(recv, &mut body, len).await?;
+    Ok(Some((M::decode(body.freeze())?, held)))
+}
+
 /// Reads one frame whose size limit depends on its kind: `limit` gets the tag of the
 /// frame's first field (the oneof variant of `AgentFrame`/`SinkFrame`; 0 if unknown) and
 /// answers the limit. Used for the first frame of a stream, before its type is known.
@@ -568,13 +594,9 @@ pub async fn read_frame_by_kind<M: Message + Default>(
     recv: &mut quinn::RecvStream,
     limit: impl FnOnce(u32) -> usize,
 ) -> Result<Option<M>, FrameError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = (&len[..]).get_u32() as usize;
+    let Some(len) = read_len(recv).await? else {
+        return Ok(None);
+    };
     let mut body = BytesMut::new();
     // The first field's key (a varint of at most 5 bytes for a u32 tag) names the kind.
     read_into(recv, &mut body, len.min(5)).await?;
@@ -586,6 +608,16 @@ pub async fn read_frame_by_kind<M: Message + Default>(
     read_into(recv, &mut body, len).await?;
     // Decoding from `Bytes` lets payloads point into this one buffer.
     Ok(Some(M::decode(body.freeze())?))
+}
+
+/// A frame's 4-byte length prefix; `None` if the stream ended cleanly before it.
+async fn read_len(recv: &mut quinn::RecvStream) -> Result<Option<usize>, FrameError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => Ok(Some((&len[..]).get_u32() as usize)),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads until `body` holds `upto` bytes, growing it only as bytes arrive (at most doubling
