@@ -1487,7 +1487,7 @@ mod tests {
         resolve_t(&j, "a", "q", 0, 0).await.unwrap();
         let n = QUARANTINE_MAX_ROWS + 10;
         for seq in 1..=n {
-            let bad = Batch {
+            let mut bad = Batch {
                 batch_id: seq,
                 records: vec![Record {
                     seq,
@@ -1498,7 +1498,6 @@ mod tests {
             }
             .encode_to_vec();
             // The source's first byte becomes one that is not UTF-8.
-            let mut bad = bad;
             let at = bad.windows(5).position(|w| w == b"mark!").unwrap();
             bad[at] = 0xff;
             let bad = bytes::Bytes::from(bad);
