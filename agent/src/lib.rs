@@ -13,7 +13,8 @@
 //! and mutual TLS), [`config`] (TOML), [`pipeline`] (sources → transforms → queue),
 //! [`agent`] (starting and stopping it all in order), [`control`] (signed transform
 //! modules pushed through the sink), [`admin`] (metrics, health, readiness, status) and
-//! [`fsmode`] (owner-only data files).
+//! [`fsmode`] (owner-only data files), and [`store`] (the durable-store core under the
+//! queue and the journal: where a database lives, and the simulated disk of the crash tests).
 
 pub mod admin;
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod queue;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod tls;
 pub mod transform;
 pub mod wire;

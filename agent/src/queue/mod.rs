@@ -67,6 +67,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::QueueConfig;
 pub use crate::config::WhenFull;
 use crate::record::Record;
+use crate::store::{Medium, StoreError};
 
 pub use salvage::{MIRROR_NAME, set_aside};
 
@@ -145,6 +146,15 @@ pub enum QueueError {
 
 fn db<E: Into<redb::Error>>(e: E) -> QueueError {
     QueueError::Storage(e.into())
+}
+
+impl From<StoreError> for QueueError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Storage(e) => QueueError::Storage(e),
+            StoreError::Io { path, source } => QueueError::Io { path, source },
+        }
+    }
 }
 
 /// A source's position, stored atomically with the records it produced.
@@ -242,7 +252,7 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Shared {
-    path: PathBuf,
+    medium: Medium,
     /// `None` only while the writer reopens the file after a storage failure. Readers hold
     /// the read guard for the length of their read transaction.
     db: RwLock<Option<Database>>,
@@ -334,13 +344,30 @@ impl Queue {
             path: dir.into(),
             source,
         })?;
-        let path = dir.join(FILE_NAME);
-        let mirror = dir.join(MIRROR_NAME);
-        let (database, loaded) = match open_file(&path) {
-            Ok(ok) => ok,
-            Err(e) if is_corruption(&e) => {
-                let aside = set_aside(&path)?;
-                let (cps, from) = salvage::recover_checkpoints(&aside, &mirror);
+        Queue::open_on(
+            Medium::File(dir.join(FILE_NAME)),
+            Some(&dir.join(MIRROR_NAME)),
+            cfg,
+        )
+    }
+
+    /// Opens (or creates) the queue on `medium`, with its checkpoints' side copy at
+    /// `mirror` (none without), and starts its writer thread. A corrupt file is moved aside
+    /// and replaced by a fresh queue; a corrupt simulated disk is an error.
+    pub fn open_on(
+        medium: Medium,
+        mirror: Option<&Path>,
+        cfg: &QueueConfig,
+    ) -> Result<Queue, QueueError> {
+        let mirror = mirror.map(Path::to_path_buf);
+        let (database, loaded) = match (open_file(&medium), medium.path()) {
+            (Ok(ok), _) => ok,
+            (Err(e), Some(path)) if is_corruption(&e) => {
+                let aside = set_aside(path)?;
+                let side = mirror
+                    .clone()
+                    .unwrap_or_else(|| path.with_file_name(MIRROR_NAME));
+                let (cps, from) = salvage::recover_checkpoints(&aside, &side);
                 tracing::error!(
                     error = %e,
                     moved_to = %aside.display(),
@@ -351,12 +378,12 @@ impl Queue {
                      `dataweaver queue export --file {}`)",
                     aside.display()
                 );
-                let (d, mut loaded) = open_file(&path)?;
+                let (d, mut loaded) = open_file(&medium)?;
                 seed_fresh(&d, &cps)?;
                 loaded.checkpoints = cps;
                 (d, loaded)
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         };
         let acked = loaded
             .first_chunk
@@ -364,7 +391,7 @@ impl Queue {
             .saturating_sub(1);
         let (committed, _) = watch::channel(loaded.next_seq.saturating_sub(1));
         let shared = Arc::new(Shared {
-            path,
+            medium,
             db: RwLock::new(Some(database)),
             queue_id: RwLock::new(loaded.queue_id.clone()),
             max_bytes: cfg.max_bytes,
@@ -379,7 +406,7 @@ impl Queue {
             .name("queue-writer".into())
             .spawn(move || w.run())
             .map_err(|source| QueueError::Io {
-                path: dir.into(),
+                path: PathBuf::from("queue-writer thread"),
                 source,
             })?;
         Ok(Queue {
@@ -594,23 +621,15 @@ impl Queue {
     }
 }
 
-fn open_database(path: &Path) -> Result<Database, QueueError> {
-    crate::fsmode::private_file(path).map_err(|source| QueueError::Io {
-        path: path.into(),
-        source,
-    })?;
-    Database::builder()
-        // redb's default cache is 1 GiB; the queue is written once and read once, so a
-        // small cache keeps the agent's RSS low without costing throughput.
-        .set_cache_size(2 << 20)
-        .create(path)
-        .map_err(db)
-}
-
 /// Opens the file and reads (or creates) its metadata. A panic of redb on a bad file comes
 /// back as [`QueueError::Unreadable`].
-pub(crate) fn open_file(path: &Path) -> Result<(Database, Loaded), QueueError> {
-    let d = salvage::guarded("opening the queue file", || open_database(path))?;
+pub(crate) fn open_file(medium: &Medium) -> Result<(Database, Loaded), QueueError> {
+    // redb's default cache is 1 GiB; the queue is written once and read once, so a small
+    // cache keeps the agent's RSS low without costing throughput.
+    let d = salvage::guarded(
+        "opening the queue file",
+        || Ok(medium.open(2 << 20, false)?),
+    )?;
     match salvage::guarded("reading the queue file", || init_meta(&d)) {
         Ok(loaded) => Ok((d, loaded)),
         // After a panic redb's state is unknown and closing could panic again, or write to
@@ -1158,5 +1177,7 @@ fn export_dead(txn: &redb::ReadTransaction, sink: &mut ExportSink) -> Result<(),
     Ok(())
 }
 
+#[cfg(test)]
+pub(crate) mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -263,9 +263,10 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    /// Starts the thread, writing `checkpoints` first (the queue's table is the truth).
+    /// Starts the thread, writing `checkpoints` first (the queue's table is the truth); no
+    /// thread and no file without a `path`.
     pub(crate) fn start(
-        path: PathBuf,
+        path: Option<PathBuf>,
         checkpoints: BTreeMap<String, Vec<u8>>,
         every: std::time::Duration,
     ) -> Mirror {
@@ -278,11 +279,15 @@ impl Mirror {
             std::sync::Condvar::new(),
         ));
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("queue-mirror".into())
-            .spawn(move || mirror_loop(&path, &s, every))
-            .map_err(|e| tracing::warn!(error = %e, "no checkpoint side copy: thread not started"))
-            .ok();
+        let thread = path.and_then(|path| {
+            std::thread::Builder::new()
+                .name("queue-mirror".into())
+                .spawn(move || mirror_loop(&path, &s, every))
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no checkpoint side copy: thread not started"),
+                )
+                .ok()
+        });
         Mirror { shared, thread }
     }
 

@@ -18,24 +18,6 @@ use super::{
 use crate::config::QueueConfig;
 use crate::record::Record;
 
-/// Bytes available to us on the filesystem holding `path` (Unix; `None` elsewhere).
-#[cfg(unix)]
-fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = path.parent()?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// Bytes available on the filesystem (not measured on this platform: ENOSPC handling only).
-#[cfg(not(unix))]
-fn free_disk_bytes(_path: &std::path::Path) -> Option<u64> {
-    None
-}
-
 /// Most records in one chunk: about one forward batch, so the forwarder rarely decodes a
 /// chunk only to use part of it.
 const CHUNK_MAX_RECORDS: usize = 1024;
@@ -83,7 +65,7 @@ impl Writer {
         cfg: &QueueConfig,
         l: Loaded,
         acked: u64,
-        mirror: PathBuf,
+        mirror: Option<PathBuf>,
     ) -> Self {
         Writer {
             // Whatever the side copy holds, the queue's table is the truth: rewrite it.
@@ -131,7 +113,9 @@ impl Writer {
             for (first, done) in bad {
                 let _ = done.send(self.quarantine(first));
             }
-            if !self.commit(batch) {
+            // A shutdown taken into this group ends the loop now: recovering would wait for
+            // another one.
+            if !self.commit(batch) && !stop {
                 stop |= self.recover();
                 // Acks that arrived meanwhile woke nobody (their wake-ups were consumed by
                 // the failing commit and the recovery): apply them now, or the last records'
@@ -249,11 +233,14 @@ impl Writer {
         // show, and without it an empty queue could refuse a large append forever. Taken
         // conservatively (live data four times over plus 4 MiB stay off limits), so the
         // commits that delete acknowledged records always find pages to write.
-        let reusable = std::fs::metadata(&self.shared.path)
-            .map(|m| m.len().saturating_sub(4 * self.bytes + (4 << 20)))
+        let reusable = self
+            .shared
+            .medium
+            .size()
+            .map(|len| len.saturating_sub(4 * self.bytes + (4 << 20)))
             .unwrap_or(0);
         let mut disk_room = (self.disk_reserve > 0)
-            .then(|| free_disk_bytes(&self.shared.path))
+            .then(|| self.shared.medium.free_bytes())
             .flatten()
             .map(|f| (f + reusable).saturating_sub(self.disk_reserve));
         // After a failed write, a lower limit holds until the queue has drained well below it.
@@ -569,8 +556,9 @@ impl Writer {
     /// After a storage failure: refuse appends, and close and reopen the file with
     /// back-off until it works. True if shutdown was requested meanwhile.
     fn recover(&mut self) -> bool {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = crate::store::Backoff::on(&self.shared.medium);
         loop {
+            let delay = backoff.next_delay();
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline {
                 match self.rx.try_recv() {
@@ -591,9 +579,11 @@ impl Writer {
                     Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
                         return true;
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
+                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
+                        deadline
+                            .saturating_duration_since(std::time::Instant::now())
+                            .min(std::time::Duration::from_millis(10)),
+                    ),
                 }
             }
             match self.reopen() {
@@ -603,7 +593,6 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "queue storage still failing");
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -617,7 +606,7 @@ impl Writer {
             .map_err(|_| QueueError::unavailable("lock poisoned"))?;
         // redb latches an I/O failure until the database is closed: drop it first.
         drop(guard.take());
-        let (d, l) = open_file(&self.shared.path)?;
+        let (d, l) = open_file(&self.shared.medium)?;
         *guard = Some(d);
         self.mirror.replace(l.checkpoints);
         self.next_seq = l.next_seq;

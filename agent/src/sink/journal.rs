@@ -65,6 +65,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::store::{Medium, StoreError};
 use crate::wire::{Batch, BatchInfo, JournalEntry, JournalHeader, Record};
 
 mod salvage;
@@ -118,6 +119,15 @@ pub enum JournalError {
 
 pub(crate) fn db<E: Into<redb::Error>>(e: E) -> JournalError {
     JournalError::Storage(e.into())
+}
+
+impl From<StoreError> for JournalError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Storage(e) => JournalError::Storage(e),
+            StoreError::Io { path, source } => JournalError::Io(path, source),
+        }
+    }
 }
 
 /// Limits the journal enforces.
@@ -206,11 +216,13 @@ enum Command {
 /// The journal file, closed and reopened by the writer after a storage failure (redb
 /// latches an I/O error until the database is reopened).
 struct Store {
-    path: PathBuf,
+    medium: Medium,
     /// `None` only while being reopened; readers hold the read guard for their transaction.
     db: RwLock<Option<Database>>,
     /// A commit failed and the file is not yet reopened: batches are refused meanwhile.
     failing: std::sync::atomic::AtomicBool,
+    /// Times the file was reopened after a storage failure.
+    reopens: std::sync::atomic::AtomicU64,
     /// Test hook: the next commit fails as a full disk would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
@@ -229,22 +241,12 @@ impl Store {
     }
 }
 
-fn open_database(path: &Path, check: bool) -> Result<Database, JournalError> {
-    crate::fsmode::private_file(path).map_err(|e| JournalError::Io(path.into(), e))?;
-    // Entries are read once, right after they were written (still in the OS page cache), so
-    // redb's own cache can stay small; its 1 GiB default would show as RSS.
-    Database::builder()
-        .set_cache_size(4 << 20)
-        .set_check_integrity_on_open(check)
-        .create(path)
-        .map_err(db)
-}
-
-/// Opens the file and reads its state, turning a panic of redb into an error.
-fn open_file(path: &Path, check: bool) -> Result<(Database, Loaded), JournalError> {
-    let p = path.to_path_buf();
+/// Opens the database and reads its state, turning a panic of redb into an error.
+fn open_file(medium: &Medium, check: bool) -> Result<(Database, Loaded), JournalError> {
     catch(move || {
-        let d = open_database(&p, check)?;
+        // Entries are read once, right after they were written (still in the OS page
+        // cache), so redb's own cache can stay small; its 1 GiB default would show as RSS.
+        let d = medium.open(4 << 20, check)?;
         let loaded = init(&d)?;
         Ok((d, loaded))
     })
@@ -303,17 +305,24 @@ impl Journal {
     /// file is set aside and what decodes of it salvaged into a new one.
     pub fn open_with(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
         crate::fsmode::data_dir(dir).map_err(|e| JournalError::Io(dir.into(), e))?;
-        let path = dir.join(FILE_NAME);
-        let (database, loaded) = match open_file(&path, true) {
-            Ok(x) => x,
-            Err(e) if is_corruption(&e) => salvage::recover_corrupt(&path, &e)?,
-            Err(e) => return Err(e),
+        Journal::open_on(Medium::File(dir.join(FILE_NAME)), opts)
+    }
+
+    /// Opens (or creates) the journal on `medium` and starts the writer thread. A corrupt
+    /// file is set aside and what decodes of it salvaged into a new one; a corrupt
+    /// simulated disk is an error.
+    pub fn open_on(medium: Medium, opts: JournalOptions) -> Result<Journal, JournalError> {
+        let (database, loaded) = match (open_file(&medium, true), medium.path()) {
+            (Ok(x), _) => x,
+            (Err(e), Some(path)) if is_corruption(&e) => salvage::recover_corrupt(path, &e)?,
+            (Err(e), _) => return Err(e),
         };
         let id = loaded.id;
         let store = Arc::new(Store {
-            path,
+            medium,
             db: RwLock::new(Some(database)),
             failing: Default::default(),
+            reopens: Default::default(),
             #[cfg(test)]
             fail_next_commit: Default::default(),
         });
@@ -331,7 +340,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| JournalError::Io(dir.into(), e))?;
+            .map_err(|e| JournalError::Io("journal-writer thread".into(), e))?;
         Ok(Journal {
             id: format!("{id:016x}"),
             store,
@@ -346,6 +355,14 @@ impl Journal {
         self.store
             .failing
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Times the file was reopened after a storage failure: a drainer whose commit failed
+    /// waits for the next one before it reads back what was committed.
+    pub fn reopens(&self) -> u64 {
+        self.store
+            .reopens
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Random id of this journal file, told to agents in `Welcome`.
@@ -762,8 +779,18 @@ impl Writer {
 
     fn commit(&mut self, mut batch: Vec<Command>) {
         if batch.iter().any(|c| matches!(c, Command::Reopen)) {
-            batch.retain(|c| !matches!(c, Command::Reopen));
+            // Storage failed: what came with the request is refused now, as what comes
+            // during the recovery is. Held until the file reopens, a batch's stream would
+            // wait for as long as storage fails (for ever on a dead disk). Confirmations
+            // wait: they only need a commit, and refusing one would lose it.
+            let (confirms, refused): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|c| matches!(c, Command::Confirm { .. }));
+            for c in refused {
+                refuse(c, "journal storage is failing; retry later");
+            }
             self.recover();
+            batch = confirms;
         }
         let store = self.store.clone();
         let guard = match store.db.read() {
@@ -840,7 +867,7 @@ impl Writer {
                 // Dropping the transaction aborts it, as a failed fsync leaves nothing.
                 drop(txn);
                 return Err(JournalError::Io(
-                    self.store.path.clone(),
+                    PathBuf::from(FILE_NAME),
                     std::io::Error::other("simulated full disk"),
                 ));
             }
@@ -1118,15 +1145,18 @@ impl Writer {
     fn recover(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
         self.store.failing.store(true, Relaxed);
-        let mut delay = std::time::Duration::from_millis(100);
+        let mut backoff = crate::store::Backoff::on(&self.store.medium);
         loop {
+            let delay = backoff.next_delay();
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline {
                 match self.rx.try_recv() {
                     Ok(cmd) => refuse(cmd, "journal storage is failing; retry later"),
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        std::thread::sleep(std::time::Duration::from_millis(10))
-                    }
+                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
+                        deadline
+                            .saturating_duration_since(std::time::Instant::now())
+                            .min(std::time::Duration::from_millis(10)),
+                    ),
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
@@ -1141,7 +1171,6 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "journal storage still failing");
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
             }
         }
@@ -1150,9 +1179,12 @@ impl Writer {
     fn reopen(&mut self) -> Result<(), JournalError> {
         let mut guard = self.store.db.write().map_err(|_| JournalError::Closed)?;
         drop(guard.take());
-        let (d, loaded) = open_file(&self.store.path, false)?;
+        let (d, loaded) = open_file(&self.store.medium, false)?;
         *guard = Some(d);
         (self.next, self.marks) = (loaded.next, loaded.marks);
+        self.store
+            .reopens
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 }
@@ -1185,7 +1217,7 @@ fn refuse(cmd: Command, reason: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `Journal::resolve` for an agent that does not tell its process (no fork check).
@@ -1205,7 +1237,8 @@ mod tests {
     }
     use crate::wire::{Header, scan_batch};
 
-    fn encode(from: u64, to: u64) -> bytes::Bytes {
+    /// An encoded batch of seqs `from..=to`, payloads `r<seq>`.
+    pub(crate) fn encode(from: u64, to: u64) -> bytes::Bytes {
         let records: Vec<Record> = (from..=to)
             .map(|seq| Record {
                 seq,

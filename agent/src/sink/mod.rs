@@ -14,6 +14,8 @@
 //!   its bytes arrive.
 //! - `[limits]`: connections in total and per agent, streams in total and per agent.
 
+#[cfg(test)]
+mod crash_tests;
 pub mod journal;
 pub mod output;
 
@@ -732,6 +734,7 @@ async fn serve_stream(
 }
 
 /// Why a drain round failed.
+#[derive(Debug)]
 enum DrainError {
     /// The journal's storage: it needs a reopen.
     Storage(JournalError),
@@ -779,20 +782,58 @@ async fn drain(
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "output drain failed; retrying");
-                // redb needs a reopen after a storage failure, and only then.
-                if matches!(e, DrainError::Storage(_)) {
-                    journal.reopen().await;
-                }
-                for o in outputs.iter_mut() {
-                    if let Err(e) = o.rollback() {
-                        tracing::error!(output = %o.name(), error = %e, "output rollback failed");
-                    }
+                if !recover_outputs(&journal, &mut outputs, &e, &stop).await {
+                    break;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => break,
                 }
             }
+        }
+    }
+}
+
+/// After a failed round: puts every output back where the journal says it is. An output
+/// that failed left the journal untouched: back to its last commit. A storage failure may
+/// have come after the commit's writes reached the file: the journal is reopened (redb
+/// needs that after an I/O error, and only then), and the outputs go to the positions read
+/// back from it. False if `stop` came first.
+async fn recover_outputs(
+    journal: &Journal,
+    outputs: &mut [Box<dyn Output>],
+    failure: &DrainError,
+    stop: &CancellationToken,
+) -> bool {
+    if !matches!(failure, DrainError::Storage(_)) {
+        for o in outputs.iter_mut() {
+            if let Err(e) = o.rollback() {
+                tracing::error!(output = %o.name(), error = %e, "output rollback failed");
+            }
+        }
+        return true;
+    }
+    let before = journal.reopens();
+    journal.reopen().await;
+    loop {
+        if journal.reopens() > before
+            && let Ok(positions) = read_positions(journal)
+        {
+            for o in outputs.iter_mut() {
+                let name = o.name();
+                let r = match positions.iter().find(|(k, _)| *k == name) {
+                    Some((_, p)) => o.restore(p),
+                    None => o.rollback(),
+                };
+                if let Err(e) = r {
+                    tracing::error!(output = %name, error = %e, "output rollback failed");
+                }
+            }
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.cancelled() => return false,
         }
     }
 }

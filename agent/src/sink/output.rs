@@ -32,6 +32,14 @@ pub trait Output: Send {
     fn rollback(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// The journal's commit failed, and the journal was reopened: return to `committed`,
+    /// the position it holds now. A commit that reported failure may still have landed
+    /// (its writes reached the file, its sync did not answer), so only the position read
+    /// back is the truth: rolling back to the one before would lose the round.
+    fn restore(&mut self, committed: &[u8]) -> std::io::Result<()> {
+        let _ = committed;
+        self.rollback()
+    }
 }
 
 /// One JSON line per record.
@@ -120,11 +128,11 @@ impl JsonlOutput {
             .flatten()
             .filter_map(|e| file_index(&e.path()))
             .collect();
-        let (mut index, mut offset) = match position_of(&output_name(&dir)) {
-            Some(p) if p.len() == 16 => (
-                u64::from_le_bytes(p[..8].try_into().unwrap_or_default()),
-                u64::from_le_bytes(p[8..].try_into().unwrap_or_default()),
-            ),
+        let (mut index, mut offset) = match position_of(&output_name(&dir))
+            .as_deref()
+            .and_then(parse_position)
+        {
+            Some(p) => p,
             // No position (a new journal, or files from elsewhere): never touch existing
             // files, start after them.
             _ => (existing.iter().max().map_or(1, |m| m + 1), 0),
@@ -216,6 +224,13 @@ impl Output for JsonlOutput {
         self.committed = (self.index, self.offset);
     }
 
+    fn restore(&mut self, committed: &[u8]) -> std::io::Result<()> {
+        if let Some(p) = parse_position(committed) {
+            self.committed = p;
+        }
+        self.rollback()
+    }
+
     fn rollback(&mut self) -> std::io::Result<()> {
         let (index, offset) = self.committed;
         if index != self.index {
@@ -229,6 +244,13 @@ impl Output for JsonlOutput {
         self.file.set_len(offset)?;
         self.seek_end()
     }
+}
+
+/// A JSONL position: file index and byte offset, u64 LE each.
+fn parse_position(p: &[u8]) -> Option<(u64, u64)> {
+    let index = u64::from_le_bytes(p.get(..8)?.try_into().ok()?);
+    let offset = u64::from_le_bytes(p.get(8..16)?.try_into().ok()?);
+    (p.len() == 16).then_some((index, offset))
 }
 
 fn output_name(dir: &Path) -> String {

@@ -38,7 +38,7 @@ pub(super) fn recover_corrupt(
         "THE SINK JOURNAL IS CORRUPT: it was set aside; salvaging what still decodes into a new journal"
     );
     let old = salvage(&aside);
-    let (d, _) = open_file(path, false)?;
+    let (d, _) = open_file(&crate::store::Medium::File(path.to_path_buf()), false)?;
     let entries = old.entries.len();
     let (mut kept, mut bad) = (0usize, 0usize);
     catch(|| {
@@ -95,7 +95,7 @@ pub(super) fn recover_corrupt(
         "salvaged the corrupt journal; records it held that could not be read are lost"
     );
     drop(d);
-    open_file(path, false)
+    open_file(&crate::store::Medium::File(path.to_path_buf()), false)
 }
 
 /// Reads what it can of a corrupt file, on a copy (redb may repair what it opens), table by
