@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::now_ms;
+use crate::store::{Medium, StoreError};
 use crate::wire::{
     self, AdminReply, AdminRequest, AgentFrame, AgentStatus, ControlHello, ModuleOffer,
     ModuleOutcome, SinkFrame, agent_frame, sink_frame,
@@ -112,17 +113,82 @@ struct AgentConn {
 
 /// The sink's control plane.
 pub struct ControlPlane {
-    db: Arc<Database>,
+    store: Store,
     admins: Vec<String>,
     agents: Mutex<HashMap<String, AgentConn>>,
     next_id: AtomicU64,
 }
 
-/// Store errors, as text for the operator.
-type Result<T> = std::result::Result<T, String>;
+/// What went wrong in the control plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The control store could not be opened.
+    #[error("control store: {0}")]
+    Open(#[from] StoreError),
+    /// The control store failed (it is reopened for the next request).
+    #[error("control store: {0}")]
+    Storage(redb::Error),
+    /// A blocking task of the store panicked or was cancelled.
+    #[error("control store task: {0}")]
+    Task(String),
+    /// The agent's control stream failed.
+    #[error("control stream: {0}")]
+    Stream(String),
+    /// A request or a report was refused, with why (told to the operator or logged).
+    #[error("{0}")]
+    Refused(String),
+}
 
-fn db_err(e: impl std::fmt::Display) -> String {
-    format!("control store: {e}")
+impl From<String> for ControlError {
+    fn from(why: String) -> Self {
+        ControlError::Refused(why)
+    }
+}
+
+impl From<&str> for ControlError {
+    fn from(why: &str) -> Self {
+        ControlError::Refused(why.into())
+    }
+}
+
+type Result<T> = std::result::Result<T, ControlError>;
+
+fn db_err<E: Into<redb::Error>>(e: E) -> ControlError {
+    ControlError::Storage(e.into())
+}
+
+/// `control.redb`: opened on first use, and again after a storage failure (redb latches
+/// an I/O error until the database is closed; it closes once the last request that used
+/// it is done).
+struct Store {
+    medium: Medium,
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl Store {
+    fn get(&self) -> Result<Arc<Database>> {
+        let mut g = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = &*g {
+            return Ok(d.clone());
+        }
+        // Modules are read once per agent that needs one: a small cache, not redb's 1 GiB.
+        let d = Arc::new(self.medium.open(1 << 20, false)?);
+        let txn = d.begin_write().map_err(db_err)?;
+        txn.open_table(MODULES).map_err(db_err)?;
+        txn.open_table(STATUS).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        *g = Some(d.clone());
+        Ok(d)
+    }
+
+    /// `used` failed: the next request opens the file again.
+    fn failed(&self, used: &Arc<Database>) {
+        let mut g = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_some_and(|d| Arc::ptr_eq(d, used)) {
+            *g = None;
+        }
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned + Default>(v: Option<&[u8]>) -> T {
@@ -141,16 +207,23 @@ impl ControlPlane {
     /// Opens (or creates) `control.redb` in `data_dir`; `admins` are the client
     /// certificate names allowed to push, roll back and query.
     pub fn open(data_dir: &Path, admins: Vec<String>) -> Result<Arc<ControlPlane>> {
-        crate::fsmode::data_dir(data_dir).map_err(db_err)?;
-        let path = data_dir.join("control.redb");
-        crate::fsmode::private_file(&path).map_err(db_err)?;
-        let db = Database::create(path).map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(MODULES).map_err(db_err)?;
-        txn.open_table(STATUS).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        crate::fsmode::data_dir(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.into(),
+            source,
+        })?;
+        ControlPlane::open_on(Medium::File(data_dir.join("control.redb")), admins)
+    }
+
+    /// Opens (or creates) the control store on `medium`.
+    pub fn open_on(medium: Medium, admins: Vec<String>) -> Result<Arc<ControlPlane>> {
+        let store = Store {
+            medium,
+            db: Mutex::new(None),
+        };
+        // Opened now, so a sink that cannot use it says so at start.
+        store.get()?;
         Ok(Arc::new(ControlPlane {
-            db: Arc::new(db),
+            store,
             admins,
             agents: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -165,10 +238,16 @@ impl ControlPlane {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let db = self.store.get()?;
+        let used = db.clone();
+        let r = tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(db_err)?
+            .map_err(|e| ControlError::Task(e.to_string()))?;
+        if let Err(ControlError::Storage(e)) = &r {
+            tracing::error!(error = %e, "control store failed; reopening it for the next request");
+            self.store.failed(&used);
+        }
+        r
     }
 
     async fn desired(&self, pipeline: &str) -> Result<Desired> {
@@ -215,7 +294,8 @@ impl ControlPlane {
                         if rows >= MAX_PIPELINES_PER_AGENT {
                             return Err(format!(
                                 "agent already has {rows} status rows (the most kept per agent)"
-                            ));
+                            )
+                            .into());
                         }
                     }
                     decode(v.as_ref().map(|g| g.value()))
@@ -316,7 +396,7 @@ impl ControlPlane {
                     let Some(o) = offer else { break Ok(()) };
                     let frame = SinkFrame { kind: Some(sink_frame::Kind::Offer(o)) };
                     if let Err(e) = wire::write_frame(&mut send, &frame).await {
-                        break Err(e.to_string());
+                        break Err(ControlError::Stream(e.to_string()));
                     }
                 }
                 // The agent closed its side or the connection died.
@@ -385,9 +465,9 @@ impl ControlPlane {
             "rollback-plan" => self.rollback_plan(&req.pipeline).await,
             "rollback" => self.rollback(req).await,
             "status" => self.status(&req.after).await,
-            other => Err(format!("unknown action `{other}`")),
+            other => Err(format!("unknown action `{other}`").into()),
         };
-        r.unwrap_or_else(|e| reply(false, e))
+        r.unwrap_or_else(|e| reply(false, e.to_string()))
     }
 
     async fn push(&self, req: AdminRequest) -> Result<AdminReply> {
@@ -480,7 +560,7 @@ impl ControlPlane {
             return Err(format!(
                 "the rollback order is signed by {}, a key that signed neither the current push nor the one it returns to: agents would refuse it",
                 order.key
-            ));
+            ).into());
         }
         let to = to.unwrap_or_else(|| Pushed {
             version: "the configured module".into(),
@@ -508,7 +588,7 @@ impl ControlPlane {
             return Err(format!(
                 "the rollback order is not signed for what a rollback of `{pipeline}` returns to now ({}): run `transform rollback` again",
                 pushed.version
-            ));
+            ).into());
         }
         let now = pushed.version.clone();
         let only = pushed.agents.clone();
@@ -648,7 +728,7 @@ mod tests {
             "a row past the per-agent bound"
         );
         // A row from before the bounds, with a 10 MB reason.
-        let db = cp.db.clone();
+        let db = cp.store.get().unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(STATUS).unwrap();
@@ -680,5 +760,26 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), rows.len(), "no row twice");
         assert!(rows.iter().all(|r| r.2 <= MAX_REASON_BYTES + 3));
+    }
+
+    /// One failed write left the control store failing for good: redb latches an I/O
+    /// error until the database is closed, and nothing closed it. Now the next request
+    /// opens it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_store_recovers_after_a_failed_write() {
+        use crate::store::{Fault, SimDisk};
+        let disk = SimDisk::new();
+        let cp = ControlPlane::open_on(Medium::Sim(disk.clone()), vec![]).unwrap();
+        cp.update_status("a", "p", |s| s.reason = "one".into())
+            .await
+            .unwrap();
+        disk.fail_next(1, Fault::Io);
+        assert!(cp.update_status("a", "p", |_| {}).await.is_err());
+        cp.update_status("a", "p", |s| s.reason = "two".into())
+            .await
+            .expect("the store was reopened");
+        let r = cp.status("").await.unwrap();
+        assert_eq!(r.agents.len(), 1);
+        assert_eq!(r.agents[0].reason, "two");
     }
 }

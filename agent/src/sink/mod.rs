@@ -52,7 +52,7 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
     /// The control store could not be opened.
     #[error("{0}")]
-    Control(String),
+    Control(#[from] crate::control::sink::ControlError),
 }
 
 /// A bound, running-ready sink.
@@ -561,7 +561,8 @@ async fn serve_stream(
             return control
                 .clone()
                 .serve_agent(agent.into(), h, send, recv)
-                .await;
+                .await
+                .map_err(|e| e.to_string());
         }
         Some(agent_frame::Kind::Admin(req)) => {
             let reply = control.admin(agent, req).await;
