@@ -315,7 +315,9 @@ impl View for AgentView {
             .stats()
             .map_err(|e| format!("queue unreadable: {e}"))?;
         let max = self.queue.max_bytes();
-        if st.bytes >= max / 10 * 9 {
+        // Full is full whatever the bytes say: an append larger than the room left is
+        // refused (or dropped) well before the file reaches the limit.
+        if st.bytes >= max / 10 * 9 || self.queue.is_full() {
             return Err(format!(
                 "queue at {} of {max} bytes: buffering beyond its limits",
                 st.bytes
@@ -371,8 +373,8 @@ impl View for AgentView {
 pub struct SinkView {
     /// The sink's counters.
     pub counters: Arc<Counters>,
-    /// The journal (unready while its storage fails).
-    pub journal: crate::sink::Journal,
+    /// Whether the journal's storage is failing (the sink is unready meanwhile).
+    pub journal_failing: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Config reload, when supported.
     pub reload: Option<ReloadFn>,
     /// When the sink started.
@@ -395,13 +397,13 @@ impl View for SinkView {
             &mut reg,
             "sink_journal_failing",
             "1 while the journal's storage fails and batches are refused",
-            i64::from(self.journal.failing()),
+            i64::from((self.journal_failing)()),
         );
         render(&reg)
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.journal.failing() {
+        if (self.journal_failing)() {
             return Err("journal storage is failing (disk full?); batches are refused".into());
         }
         Ok(())

@@ -96,9 +96,11 @@ pub async fn run_with(
         // keep it off the async workers.
         let chain = {
             let (p, cache, counters) = (p.clone(), cache.clone(), counters.clone());
-            tokio::task::spawn_blocking(move || Chain::from_config(&p, Some(&cache), counters))
-                .await
-                .map_err(|e| AgentError::Panicked(e.to_string()))??
+            tokio::task::spawn_blocking(move || {
+                Chain::from_config(&p.name, &p.transforms, Some(&cache), counters)
+            })
+            .await
+            .map_err(|e| AgentError::Panicked(e.to_string()))??
         };
         let slots = chain.slots();
         for (settings, slot) in &slots {

@@ -13,6 +13,12 @@ pub fn queue_chunk(first: u64, value: &[u8]) -> Result<Vec<Record>, QueueError> 
     crate::queue::decode_chunk(first, value)
 }
 
+/// Walks one stored chunk as the forwarder does when it builds a batch from the stored
+/// wire bytes (no decoding); returns how many bytes it would send.
+pub fn queue_chunk_encoded(first: u64, value: &[u8]) -> Result<usize, QueueError> {
+    crate::queue::encoded_len_of_chunk(first, value)
+}
+
 /// Decodes a pushed-module state checkpoint (`transform:<pipeline>` in the queue file) as
 /// the agent's control plane does at start; `None` where it would fall back to the
 /// configured module.

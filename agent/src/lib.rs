@@ -22,7 +22,6 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod forward;
-pub mod fsmode;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod pipeline;
@@ -30,9 +29,14 @@ pub mod queue;
 pub mod record;
 pub mod sink;
 pub mod source;
-pub mod store;
 pub mod tls;
 pub mod transform;
-pub mod wire;
 
 pub use record::Record;
+
+/// The durable-store core (crate `dataweaver-store`).
+pub use dataweaver_store as store;
+/// Owner-only data files and directories.
+pub use dataweaver_store::fsmode;
+/// The wire protocol (crate `dataweaver-wire`).
+pub use dataweaver_wire as wire;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod install;
+mod logs;
 mod service;
 #[cfg(windows)]
 mod service_windows;

@@ -15,8 +15,6 @@ use dataweaver::admin::ReloadFn;
 use dataweaver::{agent, config, sink};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::shutdown_signal;
-
 /// A reload hook that validates `path` with `load`, keeps the result in `next` and stops
 /// the current run through `stop`.
 fn reload_hook<C: Send + 'static>(
@@ -87,7 +85,7 @@ fn take_next<C>(
     if exit.is_cancelled() {
         return None;
     }
-    crate::cli::apply_log_level(log(&new).level.as_deref());
+    crate::logs::apply_level(log(&new).level.as_deref());
     Some(new)
 }
 
@@ -136,4 +134,20 @@ pub async fn run_sink(path: PathBuf) -> anyhow::Result<()> {
             None => return Ok(()),
         }
     }
+}
+
+/// Completes on Ctrl-C, or SIGTERM on Unix (how service managers stop us).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -561,21 +561,110 @@ fn log_level_follows_the_config_across_a_reload() {
     sigterm(&mut agent);
 }
 
+/// Copies the queue fixture of format 2 into `dir` (an agent's data directory); returns
+/// the fixture's directory.
+fn format_2_fixture_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/e2e/fixtures/queue-format-2");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["queue.redb", "queue-checkpoints.cbor"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    fixture
+}
+
 /// The committed queue file of format 2 (`tests/e2e/fixtures/queue-format-2`, written by
 /// the agent of commit 7431269) reads as it was recorded: the fixture that a new queue
 /// format must upgrade (issue 13) is valid, and today's reader agrees with it.
 #[test]
 fn queue_file_of_format_2_reads_as_recorded() {
     let w = World::new();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/e2e/fixtures/queue-format-2");
     let dir = w.path("old-queue");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["queue.redb", "queue-checkpoints.cbor"] {
-        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
-    }
+    let fixture = format_2_fixture_in(&dir);
     let out = dw(&["queue", "export", "--dir", dir.to_str().unwrap()]);
     let expected = std::fs::read_to_string(fixture.join("expected.ndjson")).unwrap();
     assert_eq!(out.lines().count(), 151, "150 records and a dead letter");
     assert_eq!(out, expected);
+}
+
+/// A table of a redb file, read with redb alone (not the queue's code), from a copy.
+fn redb_table(file: &std::path::Path, table: &str) -> Vec<(String, Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let copy = file.with_extension("read-copy");
+    std::fs::copy(file, &copy).unwrap();
+    let db = redb::Database::open(&copy).unwrap();
+    let txn = db.begin_read().unwrap();
+    let t = txn
+        .open_table(TableDefinition::<&str, &[u8]>::new(table))
+        .unwrap();
+    let rows = t
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_string(), v.value().to_vec())
+        })
+        .collect();
+    drop((t, txn, db));
+    std::fs::remove_file(copy).unwrap();
+    rows
+}
+
+/// Issue 13: this agent stores records in the wire encoding (queue format 3). It opens a
+/// queue written by the format-2 agent (CBOR chunks, the committed fixture) and upgrades
+/// it in place: every record in it reaches the sink exactly once, in order, and the
+/// checkpoints it held are kept (its pipeline here has no file source, so nothing but the
+/// upgrade could touch them).
+#[test]
+fn queue_of_format_2_is_upgraded_and_delivered_exactly_once_keeping_its_checkpoints() {
+    let w = World::new();
+    let data = w.path("agent/data");
+    let fixture = format_2_fixture_in(&data);
+    let checkpoints = redb_table(&fixture.join("queue.redb"), "checkpoints");
+    assert_eq!(
+        checkpoints.len(),
+        2,
+        "the fixture holds two file checkpoints"
+    );
+    let queue_id = redb_table(&fixture.join("queue.redb"), "meta")
+        .into_iter()
+        .find(|(k, _)| k == "queue_id")
+        .unwrap()
+        .1;
+    let tcp = tcp_port();
+    w.agent_config_raw(
+        &[w.port],
+        &format!(
+            "[[pipelines]]\nname = \"app\"\n\n[[pipelines.sources]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:{tcp}\"\n"
+        ),
+    );
+    let _sink = w.sink();
+    let mut agent = w.agent_as_configured();
+    let got = wait_for_output(&w.output_dir(), 150, Duration::from_secs(30));
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(fixture.join("expected.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["dead_letter_reason"].is_null())
+        .collect();
+    assert_eq!(got.len(), 150, "every record once");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(Some(g.seq), e["seq"].as_u64());
+        assert_eq!(Some(g.payload.as_str()), e["payload"].as_str());
+        assert_eq!(
+            g.queue.as_bytes(),
+            queue_id.as_slice(),
+            "the queue kept its id"
+        );
+    }
+    sigterm(&mut agent);
+    let queue = data.join("queue.redb");
+    assert_eq!(
+        redb_table(&queue, "checkpoints"),
+        checkpoints,
+        "checkpoints kept"
+    );
+    let meta = redb_table(&queue, "meta");
+    let version = meta.iter().find(|(k, _)| k == "format_version").unwrap();
+    assert_eq!(version.1, 3u64.to_le_bytes(), "upgraded to format 3");
 }

@@ -19,14 +19,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ForwardConfig;
 use crate::queue::{DeadLetter, Queue, QueueError, WhenFull};
 use crate::tls::{self, TlsError};
-use crate::wire::{self, AgentFrame, Batch, FrameError, Hello, SinkFrame, agent_frame, sink_frame};
+use crate::wire::{self, AgentFrame, FrameError, Hello, SinkFrame, agent_frame, sink_frame};
 
 /// Forwarder errors (each ends one connection attempt).
 #[derive(Debug, thiserror::Error)]
@@ -750,6 +750,10 @@ async fn read_acks(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<Answer, 
 }
 
 /// Reads the next batch from `from` and encodes it as one frame; `None` if nothing is queued.
+///
+/// The records go into the frame as the queue stores them (the wire encoding): the frame is
+/// `AgentFrame { batch: Batch { batch_id, records, from_seq } }` assembled around those
+/// bytes, so a record is neither decoded nor encoded again on its way to the sink.
 fn encode_batch(
     queue: &Queue,
     batch_id: u64,
@@ -757,25 +761,30 @@ fn encode_batch(
     max_records: usize,
     max_bytes: usize,
 ) -> Result<Option<(BytesMut, u64)>, QueueError> {
-    let records = queue.read(from, max_records, max_bytes)?;
-    let Some(last) = records.last().map(|(s, _)| *s) else {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, uint64};
+    let mut batch = Vec::new();
+    if batch_id != 0 {
+        uint64::encode(1, &batch_id, &mut batch);
+    }
+    let last = queue.read_encoded(from, max_records, max_bytes, |_, record| {
+        encode_key(2, WireType::LengthDelimited, &mut batch);
+        batch.extend_from_slice(record);
+    })?;
+    let Some(last) = last else {
         return Ok(None);
     };
-    let batch = Batch {
-        batch_id,
-        // Seqs between `from` and the first record were dropped here: the sink must not
-        // take the batch for one that skips over seqs it never got.
-        from_seq: from,
-        records: records
-            .into_iter()
-            .map(|(seq, r)| wire::Record::from_queue(seq, r))
-            .collect(),
-    };
-    let frame = AgentFrame {
-        kind: Some(agent_frame::Kind::Batch(batch)),
-    };
-    let mut buf = BytesMut::new();
-    wire::encode_frame(&frame, &mut buf);
+    // Seqs between `from` and the first record were dropped here: the sink must not take
+    // the batch for one that skips over seqs it never got.
+    if from != 0 {
+        uint64::encode(3, &from, &mut batch);
+    }
+    // `AgentFrame.batch` is field 2 of the frame.
+    let body = 1 + encoded_len_varint(batch.len() as u64) + batch.len();
+    let mut buf = BytesMut::with_capacity(4 + body);
+    buf.put_u32(body as u32);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(batch.len() as u64, &mut buf);
+    buf.extend_from_slice(&batch);
     Ok(Some((buf, last)))
 }
 

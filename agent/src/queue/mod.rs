@@ -41,17 +41,20 @@
 //!   drops the rest; from then on `drop_newest` appends are dropped whole until the queue is
 //!   below [`LOW_WATER_PERCENT`] of its limit, so what is kept has no holes.
 //!
-//! # On-disk layout (format version 2; do not change without bumping [`FORMAT_VERSION`])
-//! - `chunks`: `u64` first seq → `[version: u8 = 2][count: u32 LE][crc32: u32 LE][CBOR array
-//!   of Record]`, the CRC-32 (IEEE) over every byte but its own four. Version 1 files (chunks
-//!   `[1][count][CBOR]`, no checksum) are read as they are and upgraded to version 2 when
-//!   opened; their old chunks keep being read without a checksum.
+//! # On-disk layout (format version 3; do not change without bumping [`FORMAT_VERSION`])
+//! - `chunks`: `u64` first seq → `[version: u8 = 3][count: u32 LE][crc32: u32 LE][records in
+//!   the wire encoding]`, the CRC-32 (IEEE) over every byte but its own four (see [`chunk`]:
+//!   the forwarder sends these bytes as they are stored). Files of format 1 (chunks
+//!   `[1][count][CBOR]`, no checksum) and 2 (chunks `[2][count][crc][CBOR array of Record]`)
+//!   are upgraded when opened: their chunks keep being read as they are, new ones are
+//!   written in version 3.
 //! - `meta`: `format_version`, `next_seq`, `next_dead`, `dropped_newest`, `dropped_oldest`,
 //!   `corrupt_dropped`, `corrupt_dead`, `set_aside`, `owner:<sink id>` (u64 LE each),
 //!   `queue_id` (UTF-8)
 //! - `checkpoints`: source key → source-defined bytes
 //! - `dead_letters`: `u64` id → CBOR [`DeadLetter`]
 
+pub(crate) mod chunk;
 mod salvage;
 mod writer;
 
@@ -72,15 +75,9 @@ use crate::store::{Medium, StoreError};
 pub use salvage::{MIRROR_NAME, set_aside};
 
 /// On-disk format version written to the `meta` table.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 /// The oldest format version this build reads (and upgrades).
 const OLDEST_FORMAT: u64 = 1;
-/// Chunks written by format version 1: no checksum.
-const CHUNK_V1: u8 = 1;
-const CHUNK_VERSION: u8 = 2;
-/// Bytes before a chunk's CBOR body: version, count, and (version 2) the checksum.
-const CHUNK_V1_HEADER: usize = 5;
-const CHUNK_HEADER: usize = 9;
 
 /// Once `drop_newest` has dropped records, it keeps dropping until the queue is below this
 /// share of its limit, so the records kept are one run without holes.
@@ -153,6 +150,7 @@ impl From<StoreError> for QueueError {
         match e {
             StoreError::Storage(e) => QueueError::Storage(e),
             StoreError::Io { path, source } => QueueError::Io { path, source },
+            other => QueueError::unavailable(other.to_string()),
         }
     }
 }
@@ -267,6 +265,8 @@ pub(crate) struct Shared {
     /// The ack mark as of the last durable commit: seqs up to it are durably recorded as
     /// delivered, with their owners.
     durable_acked: watch::Sender<u64>,
+    /// The last commit refused or dropped records for lack of room.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -399,6 +399,7 @@ impl Queue {
             committed,
             owners: Mutex::new(HashMap::new()),
             durable_acked: watch::channel(acked).0,
+            full: Default::default(),
         });
         let (tx, rx) = mpsc::channel(1024);
         let w = writer::Writer::new(shared.clone(), rx, cfg, loaded, acked, mirror);
@@ -540,6 +541,12 @@ impl Queue {
         }
     }
 
+    /// Whether the queue is refusing or dropping records for lack of room (as of its last
+    /// commit that had appends).
+    pub fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Relaxed)
+    }
+
     /// The configured size limit.
     pub fn max_bytes(&self) -> u64 {
         self.shared.max_bytes
@@ -565,6 +572,50 @@ impl Queue {
     ) -> Result<Vec<(u64, Record)>, QueueError> {
         self.shared
             .with_db(|d| read_records(d, from, max_records, max_bytes))
+    }
+
+    /// Calls `f` with the seq and the wire bytes (length-delimited `wire::Record`) of every
+    /// record with seq ≥ `from`, up to the limits (at least one record if any), as stored:
+    /// what the forwarder puts in a `Batch` without decoding it. Returns the last seq
+    /// given. Blocking.
+    pub fn read_encoded(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(u64, &[u8]),
+    ) -> Result<Option<u64>, QueueError> {
+        self.shared.with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let table = txn.open_table(CHUNKS).map_err(db)?;
+            let start = match table.range(..=from).map_err(db)?.next_back() {
+                Some(entry) => entry.map_err(db)?.0.value(),
+                None => from,
+            };
+            let (mut n, mut bytes, mut last) = (0usize, 0usize, None);
+            for entry in table.range(start..).map_err(db)? {
+                let (k, v) = entry.map_err(db)?;
+                let first = k.value();
+                let p = chunk::parts(first, v.value())?;
+                if first + u64::from(p.count) <= from {
+                    continue;
+                }
+                let p = verified(first, v.value())?;
+                let mut full = false;
+                chunk::for_each_encoded(first, &p, from, |seq, rec| {
+                    f(seq, rec);
+                    last = Some(seq);
+                    n += 1;
+                    bytes += rec.len();
+                    full = n >= max_records || bytes >= max_bytes;
+                    !full
+                })?;
+                if full {
+                    break;
+                }
+            }
+            Ok(last)
+        })
     }
 
     /// A stored source checkpoint. Blocking.
@@ -697,68 +748,43 @@ fn is_corruption(e: &QueueError) -> bool {
     }
 }
 
-/// The records count and the CBOR body of a chunk, from its header alone (no checksum).
+/// The records count and the body of a chunk, from its header alone (no checksum).
 pub(crate) fn chunk_header(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
-    let header = match v.first() {
-        Some(&CHUNK_VERSION) => CHUNK_HEADER,
-        Some(&CHUNK_V1) => CHUNK_V1_HEADER,
-        _ => 0,
-    };
-    match (v.get(1..5), v.get(header..)) {
-        (Some(&[a, b, c, d]), Some(body)) if header > 0 => {
-            Ok((u32::from_le_bytes([a, b, c, d]), body))
-        }
-        _ => Err(QueueError::Corrupt {
-            seq: first,
-            message: "bad chunk header".into(),
-        }),
-    }
-}
-
-/// The CRC-32 of a version 2 chunk: every byte but the checksum's own.
-pub(crate) fn chunk_crc(v: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(v.get(..5).unwrap_or(v));
-    h.update(v.get(CHUNK_HEADER..).unwrap_or(&[]));
-    h.finalize()
+    chunk::parts(first, v).map(|p| (p.count, p.body))
 }
 
 /// Prefix of the message of a checksum failure (the forwarder and `check` show it).
 const CHECKSUM_MISMATCH: &str = "checksum mismatch";
 
-/// Verifies a chunk's checksum (version 2) and returns its count and body.
-fn verified(first: u64, v: &[u8]) -> Result<(u32, &[u8]), QueueError> {
-    let (count, body) = chunk_header(first, v)?;
-    if let (Some(&CHUNK_VERSION), Some(&[a, b, c, d])) = (v.first(), v.get(5..9))
-        && chunk_crc(v) != u32::from_le_bytes([a, b, c, d])
+/// Verifies a chunk's checksum (versions 2 and 3) and returns its parts.
+fn verified(first: u64, v: &[u8]) -> Result<chunk::Parts<'_>, QueueError> {
+    let p = chunk::parts(first, v)?;
+    if let (true, Some(&[a, b, c, d])) = (p.version >= chunk::V2, v.get(5..9))
+        && chunk::crc(v) != u32::from_le_bytes([a, b, c, d])
     {
         return Err(QueueError::Corrupt {
             seq: first,
             message: format!("{CHECKSUM_MISMATCH}: the stored bytes were altered"),
         });
     }
-    Ok((count, body))
+    Ok(p)
 }
 
-/// Decodes a chunk body, checking the count against its header.
-fn decode_body(first: u64, count: u32, body: &[u8]) -> Result<Vec<Record>, QueueError> {
-    let records: Vec<Record> = ciborium::from_reader(body).map_err(|e| QueueError::Corrupt {
-        seq: first,
-        message: e.to_string(),
-    })?;
-    if records.len() != count as usize {
-        return Err(QueueError::Corrupt {
-            seq: first,
-            message: format!("header says {count} records, body has {}", records.len()),
-        });
-    }
-    Ok(records)
-}
-
-/// Decodes a stored chunk after checking its checksum (version 2) or header (version 1).
+/// Decodes a stored chunk after checking its checksum (versions 2 and 3) or header
+/// (version 1).
 pub(crate) fn decode_chunk(first: u64, v: &[u8]) -> Result<Vec<Record>, QueueError> {
-    let (count, body) = verified(first, v)?;
-    decode_body(first, count, body)
+    chunk::decode(first, &verified(first, v)?)
+}
+
+/// The bytes of the records of a stored chunk as [`Queue::read_encoded`] gives them (the
+/// fuzz target's way in).
+pub(crate) fn encoded_len_of_chunk(first: u64, v: &[u8]) -> Result<usize, QueueError> {
+    let mut n = 0;
+    chunk::for_each_encoded(first, &verified(first, v)?, first, |_, rec| {
+        n += rec.len();
+        true
+    })?;
+    Ok(n)
 }
 
 fn read_records(
@@ -854,9 +880,10 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
         let mut meta = txn.open_table(META).map_err(db)?;
         match meta_u64(&meta, "format_version")? {
             Some(FORMAT_VERSION) => {}
-            // A new file, or version 1: its chunks (no checksum) stay readable as they are;
-            // from now on chunks are written with one.
-            None | Some(OLDEST_FORMAT) => {
+            // A new file, or an older format: its chunks stay readable as they are (version
+            // 1 without a checksum, 1 and 2 in CBOR); from now on chunks are written in
+            // version 3.
+            None | Some(OLDEST_FORMAT..FORMAT_VERSION) => {
                 meta.insert("format_version", &FORMAT_VERSION.to_le_bytes()[..])
                     .map_err(db)?;
             }

@@ -188,7 +188,7 @@ async fn a_corrupt_chunk_is_dropped_and_reading_goes_on() {
         let txn = d.begin_write().unwrap();
         txn.open_table(CHUNKS)
             .unwrap()
-            .insert(1, &[CHUNK_V1, 0, 4, 0, 0, 0xff, 0xff][..])
+            .insert(1, &[chunk::V1, 0, 4, 0, 0, 0xff, 0xff][..])
             .unwrap();
         txn.commit().unwrap();
     }
@@ -317,7 +317,7 @@ async fn version_1_files_are_read_and_upgraded() {
                 .unwrap();
             meta.insert("next_seq", &3u64.to_le_bytes()[..]).unwrap();
             meta.insert("queue_id", &b"old"[..]).unwrap();
-            let mut v = vec![CHUNK_V1, 2, 0, 0, 0];
+            let mut v = vec![chunk::V1, 2, 0, 0, 0];
             ciborium::into_writer(&vec![rec(0), rec(1)], &mut v).unwrap();
             txn.open_table(CHUNKS)
                 .unwrap()

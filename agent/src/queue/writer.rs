@@ -11,9 +11,9 @@ use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Appended, CHECKPOINTS, CHUNK_HEADER, CHUNK_VERSION, CHUNKS, Command, DEAD, DeadLetter,
-    LOW_WATER_PERCENT, Loaded, META, QueueError, Refused, Shared, WhenFull, chunk_crc,
-    chunk_header, db, meta_u64, open_file, salvage, verified,
+    Append, Appended, CHECKPOINTS, CHUNKS, Command, DEAD, DeadLetter, LOW_WATER_PERCENT, Loaded,
+    META, QueueError, Refused, Shared, WhenFull, chunk, chunk_header, db, meta_u64, open_file,
+    salvage, verified,
 };
 use crate::config::QueueConfig;
 use crate::record::Record;
@@ -156,9 +156,9 @@ impl Writer {
                 Err(e) => format!("queue chunk at seq {first}: {e}"),
                 Ok(_) => format!("queue chunk at seq {first} does not decode"),
             };
-            let records = chunk_header(first, &v).ok().and_then(|(_, body)| {
-                ciborium::from_reader::<Vec<crate::record::Record>, _>(body).ok()
-            });
+            let records = chunk::parts(first, &v)
+                .ok()
+                .and_then(|p| chunk::decode(first, &p).ok());
             let ts_ns = crate::record::now_ns();
             let mut table = txn.open_table(DEAD).map_err(db)?;
             let mut id = self.next_dead;
@@ -260,6 +260,11 @@ impl Writer {
             );
             self.dropping = false;
         }
+        // Acks alone (no appends) clear a full mark once the queue has drained below its
+        // low-water mark: an idle agent must not stay unready after one drop.
+        if batch.is_empty() && self.bytes < limit / 100 * LOW_WATER_PERCENT {
+            self.shared.full.store(false, Ordering::Relaxed);
+        }
         let mut verdicts = Vec::with_capacity(batch.len());
         for a in &batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
@@ -321,6 +326,15 @@ impl Writer {
         } else {
             0
         };
+        if !batch.is_empty() {
+            let short = batch.iter().zip(&verdicts).any(|(a, v)| match v {
+                Verdict::Refuse => true,
+                Verdict::Store { keep } => *keep < a.records.len(),
+            });
+            self.shared
+                .full
+                .store(short || make_room || self.dropping, Ordering::Relaxed);
+        }
         let start_seq = self.next_seq;
         match self.write(&batch, &verdicts, acked, free_target, &owners) {
             Ok(w) => {
@@ -658,24 +672,20 @@ fn take(
     }
 }
 
-/// Encodes and inserts one chunk; returns its stored size.
+/// Encodes and inserts one chunk (version 3: the records in the wire encoding, seqs from
+/// `first`); returns its stored size.
 fn put_chunk(
     table: &mut redb::Table<u64, &[u8]>,
     first: u64,
     records: &[&Record],
     buf: &mut Vec<u8>,
 ) -> Result<u64, QueueError> {
-    buf.clear();
-    buf.push(CHUNK_VERSION);
-    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&[0; CHUNK_HEADER - 5]);
-    ciborium::into_writer(&records, &mut *buf).map_err(|e| QueueError::Corrupt {
-        seq: first,
-        message: e.to_string(),
-    })?;
+    chunk::begin(buf, records.len());
+    for (i, r) in records.iter().enumerate() {
+        chunk::put_record(buf, first + i as u64, r);
+    }
     // One checksum per chunk (not per record): read back before anything is sent.
-    let crc = chunk_crc(buf);
-    buf[5..CHUNK_HEADER].copy_from_slice(&crc.to_le_bytes());
+    chunk::seal(buf);
     table.insert(first, buf.as_slice()).map_err(db)?;
     Ok(buf.len() as u64)
 }

@@ -42,7 +42,7 @@
 //!   (marks, entries, output positions, the journal id) is salvaged into a new file.
 //!
 //! # On-disk layout (format version 2; do not change without bumping [`FORMAT_VERSION`])
-//! - `journal`: `u64` entry number → protobuf `JournalEntry` (see `wire/dataweaver.proto`)
+//! - `journal`: `u64` entry number → protobuf `JournalEntry` (see `agent/wire/dataweaver.proto`)
 //! - `marks`: `(agent id, queue id)` → `(highest durable seq, highest seq the agent
 //!   confirmed as ours)`
 //! - `quarantine`: `u64` id → `(unix ms, reason, bytes)`: an undecodable entry (its bytes
@@ -126,6 +126,7 @@ impl From<StoreError> for JournalError {
         match e {
             StoreError::Storage(e) => JournalError::Storage(e),
             StoreError::Io { path, source } => JournalError::Io(path, source),
+            other => JournalError::Io(FILE_NAME.into(), std::io::Error::other(other.to_string())),
         }
     }
 }

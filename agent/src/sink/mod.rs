@@ -170,7 +170,10 @@ impl Sink {
         let admin_task = admin.enabled.then(|| {
             let view = crate::admin::SinkView {
                 counters: counters.clone(),
-                journal: journal.clone(),
+                journal_failing: {
+                    let journal = journal.clone();
+                    Arc::new(move || journal.failing())
+                },
                 reload,
                 started: std::time::Instant::now(),
             };

@@ -7,6 +7,7 @@
 //! taken at the start of the next batch. Every record is therefore transformed by exactly
 //! one version.
 
+pub mod config;
 pub mod tryout;
 pub mod wasm;
 
@@ -15,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use crate::config::PipelineConfig;
 use crate::counters::Counters;
 use crate::record::Record;
+pub use config::{PreopenDir, TransformConfig, WasiGrant};
 pub use wasm::{Failure, Instance, Module, Settings, TransformError};
 
 /// What a transform chain made of one input batch.
@@ -374,16 +375,17 @@ impl Chain {
     /// Loads a pipeline's modules (compiled code cached under `cache_dir`) and starts a
     /// file watcher for each one that has `watch` set.
     pub fn from_config(
-        p: &PipelineConfig,
+        pipeline: &str,
+        transforms: &[TransformConfig],
         cache_dir: Option<&Path>,
         counters: Arc<Counters>,
     ) -> Result<Chain, TransformError> {
         let mut stages = Vec::new();
-        for t in &p.transforms {
+        for t in transforms {
             let settings = Settings::from_config(t);
             let module = Module::load(&t.module, settings.clone(), cache_dir)?;
-            tracing::info!(pipeline = %p.name, module = %module.label(), path = %t.module.display(), "transform loaded");
-            let stage = Stage::new(module.clone(), &p.name, counters.clone())?;
+            tracing::info!(%pipeline, module = %module.label(), path = %t.module.display(), "transform loaded");
+            let stage = Stage::new(module.clone(), pipeline, counters.clone())?;
             if t.watch {
                 watch(
                     t.module.clone(),

@@ -15,7 +15,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::{TransformConfig, WasiGrant};
+use super::config::{TransformConfig, WasiGrant};
 use crate::record::Record;
 
 wasmtime::component::bindgen!({

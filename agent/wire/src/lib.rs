@@ -1,15 +1,17 @@
 //! The wire protocol between agent and sink: protobuf messages and length-prefixed framing.
 //!
-//! `dataweaver.proto` beside this file is the documented protocol; its messages are generated
+//! No sockets or tasks: the framing reads and writes the QUIC streams it is handed.
+//!
+//! `agent/wire/dataweaver.proto` is the documented protocol; its messages are generated
 //! from it at build time. Two partial views are written here by hand, for decoding less
 //! than a whole message without copying: [`AgentFrameRaw`] (a batch left encoded) and
 //! [`JournalHeader`] (an entry without its records); the `views_match_the_proto` test
 //! checks their field numbers against the generated types.
 
+#![warn(missing_docs, unreachable_pub)]
+
 use bytes::{Buf, BufMut, BytesMut};
 use prost::Message;
-
-use crate::record::Record as QueueRecord;
 
 /// Version carried in `Hello`/`Welcome`; bumped with any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -87,25 +89,6 @@ pub struct JournalHeader {
     /// Highest seq in the entry.
     #[prost(uint64, tag = "4")]
     pub last_seq: u64,
-}
-
-impl Record {
-    /// The wire form of a queued record.
-    pub fn from_queue(seq: u64, r: QueueRecord) -> Self {
-        Record {
-            seq,
-            ts_ns: r.ts_ns,
-            source: r.source,
-            topic: r.topic,
-            key: r.key,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(name, value)| Header { name, value })
-                .collect(),
-            payload: r.payload.into(),
-        }
-    }
 }
 
 /// Framing errors.

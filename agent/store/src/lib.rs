@@ -10,6 +10,9 @@
 //! crash-consistency and full-disk tests run in-process, thousands of times a second, and
 //! without root (a tmpfs needs it).
 
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod fsmode;
 mod sim;
 
 use std::path::{Path, PathBuf};
