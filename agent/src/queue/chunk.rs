@@ -158,7 +158,7 @@ pub(crate) fn for_each_encoded(
     if p.version != V3 {
         let mut buf = Vec::new();
         for (i, r) in decode(first, p)?.iter().enumerate() {
-            let seq = first + i as u64;
+            let seq = seq_at(first, i as u64)?;
             if seq < from {
                 continue;
             }
@@ -172,7 +172,7 @@ pub(crate) fn for_each_encoded(
     }
     let mut rest = p.body;
     for i in 0..u64::from(p.count) {
-        let seq = first + i;
+        let seq = seq_at(first, i)?;
         let (record, tail) = split_delimited(rest)
             .ok_or_else(|| corrupt(first, format!("record {i} of {}: truncated", p.count)))?;
         rest = tail;
@@ -184,6 +184,14 @@ pub(crate) fn for_each_encoded(
         return Err(corrupt(first, "bytes after the last record"));
     }
     Ok(())
+}
+
+/// The seq of record `i` of the chunk at `first` (a damaged key near `u64::MAX` would
+/// overflow).
+fn seq_at(first: u64, i: u64) -> Result<u64, QueueError> {
+    first
+        .checked_add(i)
+        .ok_or_else(|| corrupt(first, "seqs past the largest u64"))
 }
 
 /// The first length-delimited value of `b` (with its length prefix) and what follows it.

@@ -518,3 +518,35 @@ async fn shutdown_in_the_group_of_a_failing_commit_does_not_hang() {
         "the failed append was refused"
     );
 }
+
+/// Found in review: the full mark was cleared against the queue's size before the commit's
+/// deletions, so an ack that emptied a full queue left it "full", and `/ready` said 503
+/// while the agent sat idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_empties_a_full_queue_clears_its_full_mark() {
+    let q = Queue::open_on(
+        Medium::Sim(SimDisk::new()),
+        None,
+        &QueueConfig {
+            max_bytes: 20_000,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let mut last = 0;
+    for i in 0..100 {
+        let r = Record::new("a", "t", vec![b'x'; 1000]);
+        match q.append(vec![r], Some(checkpoint("a", i))).await {
+            Ok(a) => last = a.first_seq,
+            Err(_) => break,
+        }
+    }
+    assert!(q.is_full(), "20 kB of room filled up");
+    let mut durable = q.durable_acked();
+    q.ack_from("sink", last);
+    while *durable.borrow_and_update() < last {
+        durable.changed().await.unwrap();
+    }
+    assert!(!q.is_full(), "empty again after the ack");
+    q.close().await;
+}

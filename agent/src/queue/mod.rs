@@ -597,7 +597,7 @@ impl Queue {
                 let (k, v) = entry.map_err(db)?;
                 let first = k.value();
                 let p = chunk::parts(first, v.value())?;
-                if first + u64::from(p.count) <= from {
+                if first.saturating_add(u64::from(p.count)) <= from {
                     continue;
                 }
                 let p = verified(first, v.value())?;
@@ -806,11 +806,11 @@ fn read_records(
         let (k, v) = entry.map_err(db)?;
         let first = k.value();
         let (count, _) = chunk_header(first, v.value())?;
-        if first + count as u64 <= from {
+        if first.saturating_add(u64::from(count)) <= from {
             continue;
         }
         for (i, r) in decode_chunk(first, v.value())?.into_iter().enumerate() {
-            let seq = first + i as u64;
+            let seq = first.saturating_add(i as u64);
             if seq < from {
                 continue;
             }

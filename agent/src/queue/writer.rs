@@ -260,11 +260,6 @@ impl Writer {
             );
             self.dropping = false;
         }
-        // Acks alone (no appends) clear a full mark once the queue has drained below its
-        // low-water mark: an idle agent must not stay unready after one drop.
-        if batch.is_empty() && self.bytes < limit / 100 * LOW_WATER_PERCENT {
-            self.shared.full.store(false, Ordering::Relaxed);
-        }
         let mut verdicts = Vec::with_capacity(batch.len());
         for a in &batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
@@ -326,23 +321,32 @@ impl Writer {
         } else {
             0
         };
-        if !batch.is_empty() {
-            let short = batch.iter().zip(&verdicts).any(|(a, v)| match v {
+        // Whether this commit turns records away for room: what `Queue::is_full` says once
+        // it has gone through.
+        let short = make_room
+            || self.dropping
+            || batch.iter().zip(&verdicts).any(|(a, v)| match v {
                 Verdict::Refuse => true,
                 Verdict::Store { keep } => *keep < a.records.len(),
             });
-            self.shared
-                .full
-                .store(short || make_room || self.dropping, Ordering::Relaxed);
-        }
         let start_seq = self.next_seq;
         match self.write(&batch, &verdicts, acked, free_target, &owners) {
             Ok(w) => {
-                if acked > self.deleted_upto {
-                    self.shared.durable_acked.send_replace(acked);
-                }
+                let newly_acked = acked > self.deleted_upto;
                 self.deleted_upto = self.deleted_upto.max(acked);
                 self.bytes = w.bytes;
+                // Appends say it afresh; acks alone clear it once the queue has drained
+                // below its low-water mark (an idle agent must not stay unready).
+                let full = if batch.is_empty() {
+                    self.shared.full.load(Ordering::Relaxed)
+                        && self.bytes >= limit / 100 * LOW_WATER_PERCENT
+                } else {
+                    short
+                };
+                self.shared.full.store(full, Ordering::Relaxed);
+                if newly_acked {
+                    self.shared.durable_acked.send_replace(acked);
+                }
                 self.next_dead = w.next_dead;
                 self.dropped_newest = w.dropped_newest;
                 self.dropped_oldest = w.dropped_oldest;

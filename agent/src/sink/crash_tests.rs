@@ -353,6 +353,16 @@ async fn a_drain_commit_that_failed_but_landed_keeps_its_round() {
     let e = drain_round(&j, &mut outputs, &quarantined).expect_err("the commit's sync fails");
     let stop = tokio_util::sync::CancellationToken::new();
     assert!(recover_outputs(&j, &mut outputs, &e, &stop).await);
+    let landed = read_positions(&j)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "sim")
+        .map(|(_, v)| position(&v));
+    assert_eq!(
+        landed,
+        Some(10),
+        "the failed commit landed (else this tests nothing)"
+    );
     // Drain the rest as `drain` does: retry after a failure, until nothing is left.
     for _ in 0..1000 {
         match drain_round(&j, &mut outputs, &quarantined) {

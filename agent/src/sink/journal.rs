@@ -337,6 +337,7 @@ impl Journal {
             opts,
             changed: changed_tx,
             generation: 0,
+            held: Vec::new(),
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -736,6 +737,9 @@ struct Writer {
     opts: JournalOptions,
     changed: watch::Sender<u64>,
     generation: u64,
+    /// Confirmations that came while storage failed: applied once it works again (an
+    /// agent sends each one once; refused, its records would wait for its next stream).
+    held: Vec<Command>,
 }
 
 impl Writer {
@@ -756,6 +760,11 @@ impl Writer {
                 }
             }
             self.commit(batch);
+            // Once per round, so a disk that keeps failing does not spin here.
+            if !self.held.is_empty() {
+                let held = std::mem::take(&mut self.held);
+                self.commit(held);
+            }
         }
     }
 
@@ -784,14 +793,11 @@ impl Writer {
             // during the recovery is. Held until the file reopens, a batch's stream would
             // wait for as long as storage fails (for ever on a dead disk). Confirmations
             // wait: they only need a commit, and refusing one would lose it.
-            let (confirms, refused): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .partition(|c| matches!(c, Command::Confirm { .. }));
-            for c in refused {
-                refuse(c, "journal storage is failing; retry later");
+            for c in batch {
+                self.refuse_or_hold(c, "journal storage is failing; retry later");
             }
             self.recover();
-            batch = confirms;
+            batch = std::mem::take(&mut self.held);
         }
         let store = self.store.clone();
         let guard = match store.db.read() {
@@ -903,13 +909,13 @@ impl Writer {
                 }
             }
             Err(e) => {
-                // Nothing was acked: agents resend (confirms come again with the next
-                // Resolve), and every stream with a batch here ends, so none can commit a
+                // Nothing was acked: agents resend (confirmations are kept for after the
+                // reopen), and every stream with a batch here ends, so none can commit a
                 // later batch over the gap. A failed write latches redb until the file is
                 // reopened, which also reloads the marks changed in memory above.
                 tracing::error!(error = %e, "journal commit failed; reopening the journal");
                 for cmd in batch {
-                    refuse(cmd, &e.to_string());
+                    self.refuse_or_hold(cmd, &e.to_string());
                 }
                 drop(guard);
                 self.recover();
@@ -1142,6 +1148,15 @@ impl Writer {
         Ok(true)
     }
 
+    /// Answers a command that cannot be carried out now; a confirmation is kept for later.
+    fn refuse_or_hold(&mut self, cmd: Command, reason: &str) {
+        match cmd {
+            Command::Confirm { .. } => self.held.push(cmd),
+            Command::Reopen => {}
+            other => refuse(other, reason),
+        }
+    }
+
     /// Closes and reopens the file until that works, refusing what arrives meanwhile.
     fn recover(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -1152,7 +1167,7 @@ impl Writer {
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline {
                 match self.rx.try_recv() {
-                    Ok(cmd) => refuse(cmd, "journal storage is failing; retry later"),
+                    Ok(cmd) => self.refuse_or_hold(cmd, "journal storage is failing; retry later"),
                     Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
                         deadline
                             .saturating_duration_since(std::time::Instant::now())

@@ -817,12 +817,20 @@ async fn recover_outputs(
         }
         return true;
     }
-    let before = journal.reopens();
+    let mut before = journal.reopens();
     journal.reopen().await;
     loop {
-        if journal.reopens() > before
-            && let Ok(positions) = read_positions(journal)
-        {
+        if journal.reopens() > before {
+            let positions = match read_positions(journal) {
+                Ok(p) => p,
+                // Failing again: another reopen, and read once that is done.
+                Err(e) => {
+                    tracing::error!(error = %e, "output positions unreadable after the reopen");
+                    before = journal.reopens();
+                    journal.reopen().await;
+                    continue;
+                }
+            };
             for o in outputs.iter_mut() {
                 let name = o.name();
                 let r = match positions.iter().find(|(k, _)| *k == name) {
