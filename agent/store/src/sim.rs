@@ -5,8 +5,10 @@
 //! unsynced until the next `sync_data`, which makes the live image durable. A crash
 //! ([`SimDisk::crash_image`]) keeps the durable image and, for each unsynced operation
 //! independently (so in any order a disk may reorder them), drops it, applies it, or (for
-//! writes) tears it: each 512-byte sector it touches reaches the platter or not. That is
-//! everything a disk honouring `fsync` may leave, and more than most do.
+//! writes) tears it: each 512-byte sector it touches reaches the platter or not. That covers
+//! what a disk honouring `fsync` may leave after a power cut. Not modelled: a failed sync
+//! whose pages the kernel then drops for good (here they become durable with the next
+//! sync that works), and read errors.
 //!
 //! Faults: from a chosen operation on, every operation fails as if the machine died there
 //! ([`SimDisk::crash_at`]), or operations in a window fail with ENOSPC or EIO
