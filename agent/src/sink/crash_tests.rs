@@ -334,25 +334,18 @@ async fn a_drain_commit_that_failed_but_landed_keeps_its_round() {
         j
     }
     let quarantined = AtomicU64::new(0);
-    // Count the operations up to the end of a drain round's commit.
-    let probe = SimDisk::new();
-    let j = setup(&probe).await;
-    let lines = Arc::default();
-    assert_eq!(
-        drain_round(&j, &mut output(&lines), &quarantined).unwrap(),
-        1
-    );
-    let last_op = probe.ops();
-    drop(j);
-    // Again, with that last operation (the commit's sync) failing.
     let disk = SimDisk::new();
     let j = setup(&disk).await;
-    disk.fail(last_op, 1, Fault::Io);
+    // The drain round's commit: every write in place, header included; then its sync fails.
+    disk.fail_next_commit_sync(Fault::Io);
     let lines: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let mut outputs = output(&lines);
     let e = drain_round(&j, &mut outputs, &quarantined).expect_err("the commit's sync fails");
     let stop = tokio_util::sync::CancellationToken::new();
     assert!(recover_outputs(&j, &mut outputs, &e, &stop).await);
+    while j.reopens() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let landed = read_positions(&j)
         .unwrap()
         .into_iter()

@@ -62,6 +62,9 @@ struct State {
     faults: Vec<(u64, u64, Fault)>,
     /// Writes that would grow the disk past this fail with ENOSPC.
     capacity: Option<u64>,
+    /// The first sync after the next write at offset 0 (redb's header: the last write of
+    /// a commit) fails so, its writes already in place.
+    fail_commit_sync: Option<(Fault, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,12 @@ impl SimDisk {
     /// Operations `from..from + count` (counted from 1) fail with `fault`.
     pub fn fail(&self, from: u64, count: u64, fault: Fault) {
         self.lock().faults.push((from, from + count, fault));
+    }
+
+    /// The next commit's final sync fails with `fault` after all its writes, header
+    /// included, are in place: a commit that reports failure but may have landed.
+    pub fn fail_next_commit_sync(&self, fault: Fault) {
+        self.lock().fail_commit_sync = Some((fault, false));
     }
 
     /// Writes that would grow the disk beyond `bytes` fail with ENOSPC (`None`: no limit).
@@ -245,6 +254,10 @@ impl redb::StorageBackend for SimBackend {
     fn sync_data(&self) -> Result<(), Error> {
         let mut s = self.0.lock();
         SimDisk::step(&mut s)?;
+        if let Some((fault, true)) = s.fail_commit_sync {
+            s.fail_commit_sync = None;
+            return Err(fault.error());
+        }
         let ops = std::mem::take(&mut s.unsynced);
         for op in ops {
             match op {
@@ -264,6 +277,11 @@ impl redb::StorageBackend for SimBackend {
         }
         put(&mut s.live, offset, data);
         s.unsynced.push(Op::Write(offset, data.to_vec()));
+        if offset == 0
+            && let Some((_, armed)) = s.fail_commit_sync.as_mut()
+        {
+            *armed = true;
+        }
         Ok(())
     }
 }
