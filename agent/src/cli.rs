@@ -81,6 +81,9 @@ enum Command {
         #[arg(long, value_parser = ["agent", "sink"])]
         kind: Option<String>,
     },
+    /// Print the configuration reference: every key of the agent's and the sink's config
+    /// with its type, default, range and meaning (Markdown; `docs/config.md`).
+    ConfigReference,
     /// Make a CA and certificates.
     Certs {
         #[command(subcommand)]
@@ -342,6 +345,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             port,
             crate::service::shutdown_signal(),
         ))?,
+        Command::ConfigReference => print!("{}", config::reference()),
         Command::Validate { config, kind } => {
             let kind = match kind.as_deref() {
                 Some("sink") => Kind::Sink,

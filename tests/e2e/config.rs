@@ -93,6 +93,50 @@ fn invalid_value_is_named_with_its_line() {
     );
 }
 
+/// The line (1-based) of the first line of `text` that starts with `start`.
+fn line_of(text: &str, start: &str) -> usize {
+    text.lines().position(|l| l.starts_with(start)).unwrap() + 1
+}
+
+/// Issue 13: `validate` reports every problem in a file, each with its line and key, not
+/// just the first (a wrong type, an unknown key and a value out of range here).
+#[test]
+fn three_problems_are_all_reported_with_their_lines() {
+    let w = World::new();
+    let good = std::fs::read_to_string(w.agent_config()).unwrap();
+    let bad = good
+        .replacen("reconnect_min_ms = 50", "reconnect_min_ms = \"fast\"", 1)
+        .replacen(
+            "poll_interval_ms = 50",
+            "poll_interval_ms = 50\nfollow_symlinks = true",
+            1,
+        )
+        .replacen("sinks = [", "window = 0\nsinks = [", 1);
+    let p = w.path("three.toml");
+    std::fs::write(&p, &bad).unwrap();
+    let (ok, err) = validate(&p);
+    assert!(!ok);
+    let expected = [
+        (line_of(&bad, "window = 0"), "forward.window"),
+        (
+            line_of(&bad, "reconnect_min_ms"),
+            "forward.reconnect_min_ms",
+        ),
+        (
+            line_of(&bad, "follow_symlinks"),
+            "pipelines[0].sources[0].follow_symlinks",
+        ),
+    ];
+    let problems: Vec<&str> = err.lines().filter(|l| l.contains("three.toml:")).collect();
+    assert_eq!(problems.len(), 3, "{err}");
+    for ((line, key), got) in expected.iter().zip(&problems) {
+        assert!(
+            got.contains(&format!("three.toml:{line}:")) && got.contains(key),
+            "{key} at {line}: {err}"
+        );
+    }
+}
+
 #[test]
 fn sink_unknown_key_is_named() {
     let w = World::new();

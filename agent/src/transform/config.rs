@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// One WASM transform in a pipeline's chain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
     /// Name in logs, counters and dead letters (default: the module's file stem).
@@ -15,6 +15,7 @@ pub struct TransformConfig {
     pub module: PathBuf,
     /// Settings handed to the module's `init` as a JSON object.
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub config: toml::Table,
     /// Memory cap per instance.
     #[serde(default = "default_wasm_memory")]
@@ -61,7 +62,7 @@ impl TransformConfig {
 
 /// What WASI a transform may use. Without this table a module that imports WASI is
 /// refused at load. Network access is never granted.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WasiGrant {
     /// Directories the module may open.
@@ -76,7 +77,7 @@ pub struct WasiGrant {
 }
 
 /// A host directory made visible to a module.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreopenDir {
     /// Directory on this machine (relative to the config file).
