@@ -14,10 +14,10 @@
 //! back-off with jitter) resends from the oldest unacknowledged seq and the sink drops what
 //! it already has.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::sync::mpsc;
@@ -26,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ForwardConfig;
 use crate::queue::{DeadLetter, Queue, QueueError, WhenFull};
 use crate::tls::{self, TlsError};
-use crate::wire::{self, AgentFrame, FrameError, Hello, SinkFrame, agent_frame, sink_frame};
+use crate::wire::session::agent::{
+    AgentConfig as SessionConfig, AgentSession, Effect, Ended, Marks, SessionError,
+};
+use crate::wire::{self, FrameError, SinkFrame};
 
 /// Forwarder errors (each ends one connection attempt).
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum ForwardError {
     /// The sink broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The sink knows this queue beyond its last commit (a cloned or restored queue file).
+    #[error(transparent)]
+    AheadOfQueue(SessionError),
     /// The queue failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -92,6 +98,7 @@ pub struct Session {
     pub conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    core: AgentSession,
     /// The sink's high-water mark for our queue after resolution.
     pub high_water_mark: u64,
     /// The sink's name, for logs.
@@ -124,6 +131,49 @@ pub async fn connect(
     incarnation: Incarnation,
     marks: impl FnOnce(&str) -> Result<(u64, u64), ForwardError>,
 ) -> Result<Session, ForwardError> {
+    let cfg = session_config(queue_id, incarnation, 1, Duration::from_secs(30), None);
+    open(endpoint, client, dial, cfg, |journal| {
+        let (confirm_upto, delivered_upto) = marks(journal)?;
+        // A probe sends nothing: it makes no claim about the queue's commits.
+        Ok(Marks {
+            confirm_upto,
+            delivered_upto,
+            committed: u64::MAX,
+            ..Marks::default()
+        })
+    })
+    .await
+}
+
+fn session_config(
+    queue_id: &str,
+    incarnation: Incarnation,
+    window: usize,
+    ack_timeout: Duration,
+    failback_at: Option<Instant>,
+) -> SessionConfig {
+    SessionConfig {
+        queue_id: queue_id.into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        instance: incarnation.instance,
+        inherited_upto: incarnation.inherited_upto,
+        window,
+        ack_timeout,
+        answer_timeout: Duration::from_secs(10),
+        // A sink that stops answering must not hold up a stop for long.
+        drain_timeout: Duration::from_secs(3),
+        failback_at,
+    }
+}
+
+/// Connects and drives the session core until the stream is resolved.
+async fn open(
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    dial: Dial<'_>,
+    cfg: SessionConfig,
+    marks: impl FnOnce(&str) -> Result<Marks, ForwardError>,
+) -> Result<Session, ForwardError> {
     let Dial {
         addr,
         server_name,
@@ -139,70 +189,68 @@ pub async fn connect(
         .map_err(|_| ForwardError::Connect(format!("no handshake within {connect_timeout:?}")))?
         .map_err(|e| ForwardError::Connect(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        queue_id: queue_id.into(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    wire::write_frame(
-        &mut send,
-        &AgentFrame {
-            kind: Some(agent_frame::Kind::Hello(hello)),
-        },
-    )
-    .await?;
-    let welcome = match answer(&mut recv).await? {
-        sink_frame::Kind::Welcome(w) => w,
-        sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
-        other => {
-            return Err(ForwardError::Protocol(format!(
-                "expected welcome, got {other:?}"
-            )));
+    let mut core = AgentSession::new(cfg, Instant::now());
+    let mut marks = Some(marks);
+    loop {
+        while let Some(effect) = core.poll() {
+            match effect {
+                Effect::Send(frame) => wire::write_frame(&mut send, &frame).await?,
+                Effect::Marks { journal_id } => {
+                    let Some(marks) = marks.take() else {
+                        return Err(ForwardError::Protocol("welcomed twice".into()));
+                    };
+                    core.marks(marks(&journal_id)?);
+                }
+                Effect::Connected {
+                    sink_id,
+                    journal_id,
+                    high_water_mark,
+                } => {
+                    return Ok(Session {
+                        conn,
+                        send,
+                        recv,
+                        core,
+                        high_water_mark,
+                        sink_id,
+                        journal_id,
+                    });
+                }
+                Effect::Closed(r) => {
+                    return Err(match r {
+                        Err(e) => e.into(),
+                        Ok(_) => ForwardError::Protocol("session closed before it opened".into()),
+                    });
+                }
+                other => {
+                    return Err(ForwardError::Protocol(format!(
+                        "unexpected {other:?} before the stream was resolved"
+                    )));
+                }
+            }
         }
-    };
-    let (confirm_upto, delivered_upto) = marks(&welcome.journal_id)?;
-    let resolve = wire::Resolve {
-        confirm_upto,
-        delivered_upto,
-        instance: incarnation.instance,
-        inherited_upto: incarnation.inherited_upto,
-    };
-    wire::write_frame(
-        &mut send,
-        &AgentFrame {
-            kind: Some(agent_frame::Kind::Resolve(resolve)),
-        },
-    )
-    .await?;
-    let resolved = match answer(&mut recv).await? {
-        sink_frame::Kind::Resolved(r) => r,
-        sink_frame::Kind::Refusal(r) if r.code == wire::REFUSED_FORKED => {
-            return Err(ForwardError::Forked(r.reason));
+        // A read cut short here only happens on a deadline, which ends the session.
+        let deadline = core.poll_timeout().unwrap_or_else(Instant::now);
+        match tokio::time::timeout_at(deadline.into(), wire::read_frame::<SinkFrame>(&mut recv))
+            .await
+        {
+            Err(_) => core.handle_timeout(Instant::now()),
+            Ok(Ok(Some(frame))) => core.handle(frame, Instant::now()),
+            Ok(Ok(None)) => core.stream_ended(),
+            Ok(Err(e)) => return Err(e.into()),
         }
-        sink_frame::Kind::Refusal(r) => return Err(ForwardError::Refused(r.reason)),
-        other => {
-            return Err(ForwardError::Protocol(format!(
-                "expected resolved, got {other:?}"
-            )));
-        }
-    };
-    Ok(Session {
-        conn,
-        send,
-        recv,
-        high_water_mark: resolved.high_water_mark,
-        sink_id: welcome.sink_id,
-        journal_id: welcome.journal_id,
-    })
+    }
 }
 
-async fn answer(recv: &mut quinn::RecvStream) -> Result<sink_frame::Kind, ForwardError> {
-    let frame = tokio::time::timeout(Duration::from_secs(10), wire::read_frame::<SinkFrame>(recv))
-        .await
-        .map_err(|_| ForwardError::Protocol("no answer within 10 s".into()))??;
-    frame
-        .and_then(|f| f.kind)
-        .ok_or_else(|| ForwardError::Protocol("sink closed the stream".into()))
+impl From<SessionError> for ForwardError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Refused(r) => ForwardError::Refused(r),
+            SessionError::Forked(r) => ForwardError::Forked(r),
+            e @ SessionError::AheadOfQueue { .. } => ForwardError::AheadOfQueue(e),
+            other => ForwardError::Protocol(other.to_string()),
+        }
+    }
 }
 
 /// What the forwarder reports to `/metrics`, `/ready` and `status`.
@@ -329,9 +377,8 @@ impl Forwarder {
             let target = &self.cfg.sinks[which % sinks];
             let delivered_before = self.queue.acked();
             // Away from the first (preferred) sink, go back to it now and then.
-            let failback = (!which.is_multiple_of(sinks)).then(|| {
-                tokio::time::Instant::now() + Duration::from_millis(self.cfg.failback_after_ms)
-            });
+            let failback = (!which.is_multiple_of(sinks))
+                .then(|| Instant::now() + Duration::from_millis(self.cfg.failback_after_ms));
             current.store(which % sinks, std::sync::atomic::Ordering::Relaxed);
             let ended = self.session(target, &shutdown, failback).await;
             self.stats.set_connected(target, false);
@@ -391,7 +438,7 @@ impl Forwarder {
         &self,
         target: &str,
         shutdown: &CancellationToken,
-        failback: Option<tokio::time::Instant>,
+        failback: Option<Instant>,
     ) -> Result<Ended, ForwardError> {
         let addr = tokio::net::lookup_host(target)
             .await
@@ -400,7 +447,14 @@ impl Forwarder {
             .ok_or_else(|| ForwardError::Resolve(target.into()))?;
         let queue = &self.queue;
         let queue_id = queue.queue_id();
-        let connecting = connect(
+        let cfg = session_config(
+            &queue_id,
+            self.incarnation,
+            self.cfg.window,
+            Duration::from_millis(self.cfg.ack_timeout_ms),
+            failback,
+        );
+        let connecting = open(
             &self.endpoint,
             self.client.clone(),
             Dial {
@@ -408,12 +462,17 @@ impl Forwarder {
                 server_name: &self.cfg.server_name,
                 timeout: Duration::from_millis(self.cfg.connect_timeout_ms),
             },
-            &queue_id,
-            self.incarnation,
+            cfg,
             |journal| {
-                Ok(tokio::task::block_in_place(|| {
-                    queue.resolve_marks(journal)
-                })?)
+                let (confirm_upto, delivered_upto) =
+                    tokio::task::block_in_place(|| queue.resolve_marks(journal))?;
+                Ok(Marks {
+                    confirm_upto,
+                    delivered_upto,
+                    acked: queue.acked(),
+                    committed: queue.last_committed(),
+                    durable: *queue.durable_acked().borrow(),
+                })
             },
         );
         // Nothing is in flight yet: a stop need not wait for an unreachable sink.
@@ -434,169 +493,147 @@ impl Forwarder {
                 );
                 return Err(ForwardError::Forked(reason));
             }
+            Err(ForwardError::AheadOfQueue(e)) => {
+                // The sink holds seqs this queue never wrote: the file was cloned or restored.
+                // Acking them would delete unsent records; take a new identity instead, at the
+                // price of possibly resending what the sink already has.
+                let new_id = tokio::task::block_in_place(|| self.queue.new_identity())?;
+                tracing::error!(
+                    %e, %new_id,
+                    "sink knows this queue beyond its last commit (cloned or restored queue file?); \
+                     switched to a new queue id so nothing is lost"
+                );
+                return Err(ForwardError::Protocol("queue identity reset".into()));
+            }
             other => other?,
         };
         let Session {
             conn,
             mut send,
             recv,
+            mut core,
             high_water_mark,
             sink_id,
-            journal_id,
+            ..
         } = session;
         tracing::info!(sink = %target, %sink_id, high_water_mark, "connected to sink");
         self.stats.set_connected(target, true);
         self.stats
             .sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let committed = self.queue.last_committed();
-        if high_water_mark > committed {
-            // The sink holds seqs this queue never wrote: the file was cloned or restored.
-            // Acking them would delete unsent records; take a new identity instead, at the
-            // price of possibly resending what the sink already has.
-            let new_id = tokio::task::block_in_place(|| self.queue.new_identity())?;
-            tracing::error!(
-                high_water_mark, committed, %new_id,
-                "sink knows this queue beyond its last commit (cloned or restored queue file?); \
-                 switched to a new queue id so nothing is lost"
-            );
-            return Err(ForwardError::Protocol("queue identity reset".into()));
-        }
-        // What this journal holds beyond our ack mark is its own (it kept it at Resolve):
-        // acknowledge it like a batch, and confirm once that is durable.
-        let mut session_acked = 0u64;
-        if high_water_mark > self.queue.acked() {
-            self.queue.ack_from(&journal_id, high_water_mark);
-            session_acked = high_water_mark;
-        }
-        let mut durable = self.queue.durable_acked();
-        let mut confirmed = 0u64;
-        let mut cursor = self.queue.acked().max(high_water_mark) + 1;
 
-        // Acks are read by their own task: a read cut short by `select!` would lose bytes.
-        let (ack_tx, mut acks) = mpsc::channel(self.cfg.window * 2 + 4);
-        let reader = tokio::spawn(read_acks(recv, ack_tx));
+        // Frames are read by their own task: a read cut short by `select!` would lose bytes.
+        let (frame_tx, mut frames) = mpsc::channel(self.cfg.window * 2 + 4);
+        let reader = tokio::spawn(read_frames(recv, frame_tx));
         let _abort_reader = AbortOnDrop(reader);
-
-        // (batch id, first seq, last seq, sent at)
-        let mut in_flight: VecDeque<(u64, u64, u64, std::time::Instant)> = VecDeque::new();
         let mut committed = self.queue.committed();
-        let mut batch_id = 0u64;
-        let mut draining = false;
-        let mut ended = Ended::Shutdown;
-        let ack_timeout = Duration::from_millis(self.cfg.ack_timeout_ms);
-        // Deadline for the oldest batch in flight to be acknowledged.
-        let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
+        let mut durable = self.queue.durable_acked();
+        let mut stopping = false;
         loop {
-            committed.borrow_and_update();
-            // Confirm what this sink acked and we have durably recorded as its own: only then
-            // may it write those records to its outputs.
-            let upto = (*durable.borrow_and_update()).min(session_acked);
-            if upto > confirmed {
-                let frame = AgentFrame {
-                    kind: Some(agent_frame::Kind::Confirm(wire::Confirm { upto_seq: upto })),
-                };
-                wire::write_frame(&mut send, &frame).await?;
-                confirmed = upto;
-            }
-            while !draining && in_flight.len() < self.cfg.window {
-                let (max_r, max_b) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
-                let id = batch_id + 1;
-                // A short read of recently written pages plus decoding: done in place rather
-                // than on the blocking pool, whose many threads would each keep an
-                // allocator heap of batch-sized buffers (it doubled the agent's RSS).
-                let encoded = match tokio::task::block_in_place(|| {
-                    encode_batch(&self.queue, id, cursor, max_r, max_b)
-                }) {
-                    Err(QueueError::Corrupt { seq, message }) => {
-                        // Undecodable bytes cannot be delivered; stalling on them would
-                        // stop everything behind them. Set the chunk aside (what still decodes
-                        // becomes dead letters), loudly, and go on.
-                        let lost =
-                            tokio::task::block_in_place(|| self.queue.drop_corrupt_chunk(seq))?;
-                        tracing::error!(first_seq = seq, lost, %message, "corrupt queue chunk set aside: its readable records are dead letters");
-                        continue;
+            core.committed(*committed.borrow_and_update());
+            core.durable(*durable.borrow_and_update());
+            while let Some(effect) = core.poll() {
+                match effect {
+                    Effect::Send(frame) => wire::write_frame(&mut send, &frame).await?,
+                    Effect::Adopt { journal_id, upto } => self.queue.ack_from(&journal_id, upto),
+                    Effect::SendBatch { batch_id, from } => {
+                        let Some((frame, last)) = self.read_batch(batch_id, from)? else {
+                            core.nothing_queued();
+                            continue;
+                        };
+                        // A sink that stops reading must not hold up shutdown.
+                        tokio::select! {
+                            r = send.write_all(&frame) => r.map_err(FrameError::from)?,
+                            _ = shutdown.cancelled() => {
+                                conn.close(0u32.into(), b"agent shutting down");
+                                return Ok(Ended::Shutdown);
+                            }
+                        }
+                        self.stats
+                            .bytes_sent
+                            .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        core.batch_sent(batch_id, last, Instant::now());
                     }
-                    other => other?,
-                };
-                let Some((frame, last)) = encoded else { break };
-                batch_id = id;
-                if in_flight.is_empty() {
-                    ack_deadline = tokio::time::Instant::now() + ack_timeout;
-                }
-                // A sink that stops reading must not hold up shutdown.
-                tokio::select! {
-                    r = send.write_all(&frame) => r.map_err(FrameError::from)?,
-                    _ = shutdown.cancelled() => {
-                        conn.close(0u32.into(), b"agent shutting down");
-                        return Ok(Ended::Shutdown);
+                    Effect::Acked {
+                        journal_id,
+                        first,
+                        last,
+                        sent_at,
+                        rejected,
+                    } => {
+                        if let Some(reason) = rejected {
+                            self.dead_letter_rejected(first, last, &sink_id, &reason)
+                                .await?;
+                        }
+                        self.queue.ack_from(&journal_id, last);
+                        self.stats
+                            .batch_rtt
+                            .observe(sent_at.elapsed().as_secs_f64());
+                        self.stats
+                            .batches_acked
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.stats.records_acked.fetch_add(
+                            (last + 1).saturating_sub(first),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     }
+                    Effect::Closed(ended) => {
+                        let ended = ended?;
+                        let _ = send.finish();
+                        conn.close(0u32.into(), b"bye");
+                        return Ok(ended);
+                    }
+                    Effect::Marks { .. } | Effect::Connected { .. } => {}
                 }
-                self.stats
-                    .bytes_sent
-                    .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                in_flight.push_back((id, cursor, last, std::time::Instant::now()));
-                cursor = last + 1;
             }
-            // Leave only when the sink can output everything it acked in this session.
-            if draining && in_flight.is_empty() && confirmed >= session_acked {
-                break;
-            }
+            let deadline = core.poll_timeout();
             tokio::select! {
-                ack = acks.recv() => {
-                    let answer = match ack {
-                        Some(a) => a?,
-                        None => return Err(ForwardError::Protocol("sink closed the stream".into())),
-                    };
-                    let (batch_id, acked_last) = match &answer {
-                        Answer::Ack(a) => (a.batch_id, a.last_seq),
-                        Answer::Rejected(r) => (r.batch_id, r.last_seq),
-                    };
-                    let Some((id, first, last, sent)) = in_flight.pop_front() else {
-                        return Err(ForwardError::Protocol("ack without a batch in flight".into()));
-                    };
-                    if batch_id != id || acked_last != last {
-                        return Err(ForwardError::Protocol(format!(
-                            "ack {batch_id}/{acked_last} does not match batch {id}/{last}")));
-                    }
-                    if let Answer::Rejected(r) = answer {
-                        self.dead_letter_rejected(first, last, &sink_id, &r.reason).await?;
-                    }
-                    self.queue.ack_from(&journal_id, last);
-                    self.stats.batch_rtt.observe(sent.elapsed().as_secs_f64());
-                    self.stats.batches_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.stats.records_acked.fetch_add(
-                        (last + 1).saturating_sub(first),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    session_acked = last;
-                    ack_deadline = tokio::time::Instant::now() + ack_timeout;
-                }
-                _ = committed.changed(), if !draining && in_flight.len() < self.cfg.window => {}
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(frame))) => core.handle(frame, Instant::now()),
+                    Some(Ok(None)) | None => core.stream_ended(),
+                    Some(Err(e)) => return Err(e.into()),
+                },
+                _ = committed.changed() => {}
                 r = durable.changed() => {
                     if r.is_err() {
                         return Err(ForwardError::Protocol("queue closed".into()));
                     }
                 }
-                _ = shutdown.cancelled(), if !draining => {
-                    draining = true;
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    core.shutdown(Instant::now());
                 }
-                _ = tokio::time::sleep_until(failback.unwrap_or_else(tokio::time::Instant::now)), if failback.is_some() && !draining => {
-                    // Stop sending, collect the outstanding acks, then leave for the preferred sink.
-                    draining = true;
-                    ended = Ended::Failback;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(3)), if draining => break,
-                _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() && !draining => {
-                    // The connection is alive (keep-alives) but the sink does not commit:
-                    // try again, or another sink.
-                    return Err(ForwardError::Protocol(format!("no ack within {ack_timeout:?}")));
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    core.handle_timeout(Instant::now());
                 }
             }
         }
-        let _ = send.finish();
-        conn.close(0u32.into(), b"bye");
-        Ok(ended)
+    }
+
+    /// The batch from `from`, encoded; a corrupt chunk on the way is set aside (its
+    /// readable records become dead letters) and reading goes on after it.
+    fn read_batch(
+        &self,
+        batch_id: u64,
+        from: u64,
+    ) -> Result<Option<(BytesMut, u64)>, ForwardError> {
+        let (max_r, max_b) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
+        loop {
+            // A short read of recently written pages: done in place rather than on the
+            // blocking pool, whose many threads would each keep an allocator heap of
+            // batch-sized buffers (it doubled the agent's RSS).
+            match tokio::task::block_in_place(|| {
+                encode_batch(&self.queue, batch_id, from, max_r, max_b)
+            }) {
+                Err(QueueError::Corrupt { seq, message }) => {
+                    // Undecodable bytes cannot be delivered; stalling on them would stop
+                    // everything behind them.
+                    let lost = tokio::task::block_in_place(|| self.queue.drop_corrupt_chunk(seq))?;
+                    tracing::error!(first_seq = seq, lost, %message, "corrupt queue chunk set aside: its readable records are dead letters");
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 }
 
@@ -705,12 +742,6 @@ async fn sweep(
     }
 }
 
-/// How a session ended without error.
-enum Ended {
-    Shutdown,
-    Failback,
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -718,31 +749,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What the sink answers to a batch.
-enum Answer {
-    Ack(wire::Ack),
-    Rejected(wire::Rejected),
-}
-
-async fn read_acks(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<Answer, ForwardError>>) {
+/// Reads the sink's frames into `tx` until the stream ends (`Ok(None)`) or fails.
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<Option<SinkFrame>, FrameError>>,
+) {
     loop {
-        let item = match wire::read_frame::<SinkFrame>(&mut recv).await {
-            Ok(Some(SinkFrame {
-                kind: Some(sink_frame::Kind::Ack(a)),
-            })) => Ok(Answer::Ack(a)),
-            Ok(Some(SinkFrame {
-                kind: Some(sink_frame::Kind::Rejected(r)),
-            })) => Ok(Answer::Rejected(r)),
-            Ok(Some(SinkFrame {
-                kind: Some(sink_frame::Kind::Refusal(r)),
-            })) => Err(ForwardError::Refused(r.reason)),
-            Ok(Some(other)) => Err(ForwardError::Protocol(format!(
-                "unexpected frame {other:?}"
-            ))),
-            Ok(None) => Err(ForwardError::Protocol("sink ended the stream".into())),
-            Err(e) => Err(e.into()),
-        };
-        let stop = item.is_err();
+        let item = wire::read_frame::<SinkFrame>(&mut recv).await;
+        let stop = !matches!(item, Ok(Some(_)));
         if tx.send(item).await.is_err() || stop {
             return;
         }

@@ -19,13 +19,13 @@ mod crash_tests;
 pub mod journal;
 pub mod output;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +33,7 @@ use crate::config::{OutputConfig, SinkConfig, SinkLimits};
 use crate::control::sink::ControlPlane;
 use crate::counters::Counters;
 use crate::tls;
+use crate::wire::session::sink::{self as stream, Effect, SinkStream};
 use crate::wire::{self, AgentFrame, SinkFrame, agent_frame, sink_frame};
 pub use journal::{Journal, JournalError, JournalOptions, Outcome};
 use output::{JsonlOutput, Output, StdoutOutput};
@@ -513,24 +514,6 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Ctx) -> Result<(), Str
     }
 }
 
-/// Tells the agent why its stream ends (best effort) and closes our side.
-async fn refuse_stream(send: &mut quinn::SendStream, reason: &str) {
-    let refusal = wire::Refusal {
-        reason: reason.into(),
-        code: 0,
-    };
-    refuse_stream_with(send, refusal).await;
-}
-
-/// [`refuse_stream`] with a refusal code the agent acts on.
-async fn refuse_stream_with(send: &mut quinn::SendStream, refusal: wire::Refusal) {
-    let frame = SinkFrame {
-        kind: Some(sink_frame::Kind::Refusal(refusal)),
-    };
-    let _ = wire::write_frame(send, &frame).await;
-    let _ = send.finish();
-}
-
 /// Serves one stream by its first frame: a data stream (`Hello`), an agent's control
 /// stream (`ControlHello`) or an operator's request (`Admin`).
 async fn serve_stream(
@@ -582,159 +565,130 @@ async fn serve_stream(
         }
         other => return Err(format!("expected hello, got {other:?}")),
     };
-    if hello.protocol_version != wire::PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol version {} not supported (sink speaks {})",
-            hello.protocol_version,
-            wire::PROTOCOL_VERSION
-        );
-        refuse_stream(&mut send, &reason).await;
-        return Err(reason);
-    }
-    let queue_id = hello.queue_id;
-    if !wire::valid_id(&queue_id, wire::MAX_QUEUE_ID) {
-        let reason = format!(
-            "queue id of {} bytes refused: 1 to {} ASCII letters, digits, - _ .",
-            queue_id.len(),
-            wire::MAX_QUEUE_ID
-        );
-        refuse_stream(&mut send, &reason).await;
-        return Err(reason);
-    }
-    let welcome = SinkFrame {
-        kind: Some(sink_frame::Kind::Welcome(wire::Welcome {
-            protocol_version: wire::PROTOCOL_VERSION,
-            sink_id: sink_id.to_string(),
-            journal_id: journal.id().into(),
-        })),
-    };
-    wire::write_frame(&mut send, &welcome)
-        .await
-        .map_err(|e| e.to_string())?;
-    let resolve = match wire::read_frame_max::<AgentFrame>(&mut recv, wire::MAX_FIRST_FRAME)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Some(AgentFrame {
-            kind: Some(agent_frame::Kind::Resolve(r)),
-        }) => r,
-        other => return Err(format!("expected resolve, got {other:?}")),
-    };
-    let hwm = match journal.resolve(agent, &queue_id, &resolve).await {
-        Ok(h) => h,
-        Err(refusal) => {
-            let reason = refusal.reason.clone();
-            refuse_stream_with(&mut send, refusal).await;
-            return Err(reason);
+    let mut core = SinkStream::new(sink_id, journal.id());
+    core.hello(hello);
+    // Until resolved, frames are small and read one at a time.
+    while !core.is_streaming() {
+        match core.poll() {
+            Some(Effect::Send(frame)) => wire::write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| e.to_string())?,
+            Some(Effect::Resolve { queue_id, resolve }) => {
+                core.resolved(journal.resolve(agent, &queue_id, &resolve).await);
+            }
+            Some(Effect::Closed(r)) => {
+                let _ = send.finish();
+                return r;
+            }
+            Some(other) => return Err(format!("unexpected {other:?} before resolve")),
+            None => {
+                let frame =
+                    wire::read_frame_max::<wire::AgentFrameRaw>(&mut recv, wire::MAX_FIRST_FRAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                core.frame(frame);
+            }
         }
-    };
-    let instance = resolve.instance;
-    let resolved = SinkFrame {
-        kind: Some(sink_frame::Kind::Resolved(wire::Resolved {
-            high_water_mark: hwm,
-        })),
-    };
-    wire::write_frame(&mut send, &resolved)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::debug!(%agent, %queue_id, hwm, "stream welcomed");
+    }
+    let queue_id = core.queue_id().unwrap_or_default().to_string();
+    tracing::debug!(%agent, %queue_id, "stream welcomed");
 
-    // The frame's budget is held until its ack is out.
-    type Pending = (
-        u64,
-        u64,
-        tokio::sync::oneshot::Receiver<Result<Outcome, String>>,
-        Held,
-    );
-    // Acks go out in batch order from their own task, each after its commit. A refused
-    // submit ends the stream at once: nothing after it may be journaled over the gap.
-    let (pending_tx, mut pending) = mpsc::channel::<Pending>(64);
-    let failed = CancellationToken::new();
-    let acker_failed = failed.clone();
-    let rejected = counters.counter("sink.batches_rejected");
-    let acker = tokio::spawn(async move {
-        let _cancel = acker_failed.clone().drop_guard();
-        while let Some((batch_id, last_seq, done, _held)) = pending.recv().await {
-            let kind = match done.await {
-                Ok(Ok(Outcome::Stored(last_seq))) => {
-                    sink_frame::Kind::Ack(wire::Ack { batch_id, last_seq })
-                }
-                Ok(Ok(Outcome::Rejected(reason))) => {
-                    rejected.fetch_add(1, Ordering::Relaxed);
-                    sink_frame::Kind::Rejected(wire::Rejected {
-                        batch_id,
-                        last_seq,
-                        reason,
-                    })
-                }
-                Ok(Err(e)) => {
-                    let reason = format!("journal: {e}");
-                    refuse_stream(&mut send, &reason).await;
-                    return Err(reason);
-                }
-                Err(_) => return Err("journal closed".into()),
-            };
-            wire::write_frame(&mut send, &SinkFrame { kind: Some(kind) })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let _ = send.finish();
-        Ok::<(), String>(())
-    });
+    // Frames are read by their own task (a read cut short by `select!` would lose bytes).
+    // A frame waits for room in its agent's and the sink's frame budget before it is read,
+    // so no agent can make the sink hold more than its share; the budget is held until the
+    // frame's ack is out.
     let budget = ctx.gate.frame_budget(agent);
-    let result = async {
+    let (frame_tx, mut frames) =
+        mpsc::channel::<Result<Option<(wire::AgentFrameRaw, Held)>, String>>(4);
+    let reader = tokio::spawn(async move {
         loop {
-            // Batches stay encoded: they are checked in one pass and journaled as they came
-            // (decoding and re-encoding every record cost a fifth of the sink).
-            // A frame waits for room in its agent's and the sink's frame budget before it
-            // is read, so no agent can make the sink hold more than its share.
-            let frame = tokio::select! {
-                f = wire::read_frame_reserving::<wire::AgentFrameRaw, _, _, _>(&mut recv, |n| budget.reserve(n)) => f.map_err(|e| e.to_string())?,
-                _ = failed.cancelled() => return Ok(()),
-            };
-            let Some((frame, held)) = frame else {
-                return Ok(());
-            };
-            if let Some(c) = frame.confirm {
-                journal
-                    .confirm(agent, &queue_id, c.upto_seq)
+            let f = wire::read_frame_reserving::<wire::AgentFrameRaw, _, _, _>(&mut recv, |n| {
+                budget.reserve(n)
+            })
+            .await
+            .map_err(|e| e.to_string());
+            let stop = !matches!(f, Ok(Some(_)));
+            if frame_tx.send(f).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let _abort_reader = scopeguard(move || reader.abort());
+    // Submitted batches in order: what the journal will say, and the frame's budget.
+    let mut pending: VecDeque<(oneshot::Receiver<Result<Outcome, String>>, Held)> = VecDeque::new();
+    let mut held: Held = None;
+    // The budget of the frame just answered: released once its answer is written.
+    let mut answered: Held = None;
+    let rejected = counters.counter("sink.batches_rejected");
+    loop {
+        while let Some(effect) = core.poll() {
+            match effect {
+                Effect::Send(frame) => wire::write_frame(&mut send, &frame)
                     .await
-                    .map_err(|e| e.to_string())?;
-                continue;
+                    .map_err(|e| e.to_string())?,
+                Effect::Confirm { queue_id, upto } => journal
+                    .confirm(agent, &queue_id, upto)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Effect::Submit {
+                    queue_id,
+                    batch,
+                    info,
+                    instance,
+                } => {
+                    if let Some(why) = &info.invalid {
+                        tracing::warn!(%agent, %queue_id, first = info.first, last = info.last, reason = %why, "rejecting an invalid batch");
+                    }
+                    counters
+                        .counter("sink.batches")
+                        .fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .counter("sink.records")
+                        .fetch_add(info.records as u64, Ordering::Relaxed);
+                    counters
+                        .counter("sink.bytes")
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    // Batches stay encoded: they are checked in one pass and journaled as
+                    // they came (decoding and re-encoding every record cost a fifth of the
+                    // sink).
+                    let done = journal
+                        .submit(agent, &queue_id, batch, &info, instance)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    pending.push_back((done, held.take()));
+                }
+                Effect::Closed(r) => {
+                    let _ = send.finish();
+                    return r;
+                }
+                Effect::Resolve { .. } => return Err("resolve twice".into()),
             }
-            let Some(raw) = frame.batch else {
-                return Err("expected batch or confirm".to_string());
-            };
-            let info = wire::scan_batch(&raw).map_err(|e| e.to_string())?;
-            if let Some(why) = &info.invalid {
-                tracing::warn!(%agent, %queue_id, first = info.first, last = info.last, reason = %why, "rejecting an invalid batch");
-            }
-            counters
-                .counter("sink.batches")
-                .fetch_add(1, Ordering::Relaxed);
-            counters
-                .counter("sink.records")
-                .fetch_add(info.records as u64, Ordering::Relaxed);
-            counters
-                .counter("sink.bytes")
-                .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            let done = journal
-                .submit(agent, &queue_id, raw, &info, instance)
-                .await
-                .map_err(|e| e.to_string())?;
-            if pending_tx
-                .send((info.batch_id, info.last, done, held))
-                .await
-                .is_err()
-            {
-                return Err("ack writer stopped".to_string());
+        }
+        drop(answered.take());
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(Some((frame, h)))) => {
+                    held = h;
+                    core.frame(Some(frame));
+                }
+                Some(Ok(None)) => core.frame(None),
+                Some(Err(e)) => return Err(e),
+                None => return Err("frame reader stopped".into()),
+            },
+            outcome = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
+                answered = pending.pop_front().and_then(|p| p.1);
+                core.outcome(match outcome {
+                    Ok(Ok(Outcome::Stored(last))) => stream::Outcome::Stored(last),
+                    Ok(Ok(Outcome::Rejected(reason))) => {
+                        rejected.fetch_add(1, Ordering::Relaxed);
+                        stream::Outcome::Rejected(reason)
+                    }
+                    Ok(Err(e)) => stream::Outcome::Failed(e),
+                    Err(_) => stream::Outcome::Failed("journal closed".into()),
+                });
             }
         }
     }
-    .await;
-    drop(pending_tx);
-    let acked = acker.await.map_err(|e| e.to_string())?;
-    result.and(acked)
 }
 
 /// Why a drain round failed.

@@ -13,6 +13,8 @@
 use bytes::{Buf, BufMut, BytesMut};
 use prost::Message;
 
+pub mod session;
+
 /// Version carried in `Hello`/`Welcome`; bumped with any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The ALPN protocol id both ends insist on.
