@@ -27,6 +27,8 @@ pub mod fuzzing;
 pub mod pipeline;
 pub mod queue;
 pub mod record;
+#[cfg(test)]
+mod sim;
 pub mod sink;
 pub mod source;
 pub mod tls;

@@ -768,7 +768,7 @@ async fn read_frames(
 /// The records go into the frame as the queue stores them (the wire encoding): the frame is
 /// `AgentFrame { batch: Batch { batch_id, records, from_seq } }` assembled around those
 /// bytes, so a record is neither decoded nor encoded again on its way to the sink.
-fn encode_batch(
+pub(crate) fn encode_batch(
     queue: &Queue,
     batch_id: u64,
     from: u64,

@@ -336,7 +336,7 @@ async fn reopen_and_check(disk: &SimDisk, seed: u64, told: &Told) -> Result<(), 
 /// Runs `one` for every seed on two threads (a runtime each), panicking with the seed of
 /// the first failure. `one` says whether the disk died before its workload ended; most
 /// seeds must, or the test would check nothing.
-pub(crate) fn run_seeds<F, Fut>(what: &str, seeds: &[u64], one: F)
+pub(crate) fn run_seeds<F, Fut>(what: &str, replay: &str, seeds: &[u64], one: F)
 where
     F: Fn(u64) -> Fut + Sync,
     Fut: std::future::Future<Output = Result<bool, String>>,
@@ -369,7 +369,7 @@ where
         }
     });
     if let Some((seed, why)) = failed.into_inner().unwrap() {
-        panic!("{what}: seed {seed}: {why} (replay it with DATAWEAVER_CRASH_SEED={seed})");
+        panic!("{what}: seed {seed}: {why} (replay it with {replay}={seed})");
     }
     let crashed = crashed.into_inner();
     eprintln!(
@@ -385,7 +385,12 @@ where
 
 #[test]
 fn queue_keeps_every_acknowledged_append_through_seeded_crashes() {
-    run_seeds("queue", &crash_seeds(2000), crash_once);
+    run_seeds(
+        "queue",
+        "DATAWEAVER_CRASH_SEED",
+        &crash_seeds(2000),
+        crash_once,
+    );
 }
 
 /// Appends until stored, as a source does: a refused append comes back whole and is

@@ -328,6 +328,9 @@ pub(crate) struct Loaded {
     pub queue_id: String,
     pub next_seq: u64,
     pub first_chunk: Option<u64>,
+    /// The ack mark of the last deletion (acked records of a chunk not yet wholly acked
+    /// are still stored).
+    pub acked: u64,
     pub bytes: u64,
     pub next_dead: u64,
     pub dropped_newest: u64,
@@ -388,7 +391,9 @@ impl Queue {
         let acked = loaded
             .first_chunk
             .unwrap_or(loaded.next_seq)
-            .saturating_sub(1);
+            .saturating_sub(1)
+            .max(loaded.acked)
+            .min(loaded.next_seq.saturating_sub(1));
         let (committed, _) = watch::channel(loaded.next_seq.saturating_sub(1));
         let shared = Arc::new(Shared {
             medium,
@@ -923,6 +928,7 @@ fn init_meta(d: &Database) -> Result<Loaded, QueueError> {
             queue_id,
             next_seq: meta_u64(&meta, "next_seq")?.unwrap_or(1).max(1),
             first_chunk: chunks.first().map_err(db)?.map(|(k, _)| k.value()),
+            acked: meta_u64(&meta, "acked")?.unwrap_or(0),
             bytes,
             next_dead: meta_u64(&meta, "next_dead")?.unwrap_or(1),
             dropped_newest: meta_u64(&meta, "dropped_newest")?.unwrap_or(0),

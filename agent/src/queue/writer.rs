@@ -432,6 +432,10 @@ impl Writer {
         let w = self.write_tables(&txn, batch, verdicts, acked, free_target)?;
         if acked > self.deleted_upto {
             let mut meta = txn.open_table(META).map_err(db)?;
+            // A chunk is deleted only once all of it is acked: the mark itself is kept, or a
+            // restart would resend the acked part of a chunk, maybe to another sink than
+            // the owner recorded below, and both would output it.
+            meta.insert("acked", &acked.to_le_bytes()[..]).map_err(db)?;
             for (sink, seq) in owners {
                 meta.insert(format!("owner:{sink}").as_str(), &seq.to_le_bytes()[..])
                     .map_err(db)?;

@@ -291,7 +291,12 @@ async fn crash_once(seed: u64) -> Result<bool, String> {
 
 #[test]
 fn journal_and_outputs_keep_exactly_once_through_seeded_crashes() {
-    run_seeds("journal", &crash_seeds(2000), crash_once);
+    run_seeds(
+        "journal",
+        "DATAWEAVER_CRASH_SEED",
+        &crash_seeds(2000),
+        crash_once,
+    );
 }
 
 /// Found by the seeded crashes: a batch that reached the journal's writer in the same group

@@ -199,6 +199,8 @@ enum Command {
         agent_id: String,
         queue_id: String,
         upto: u64,
+        /// Told once the confirmation is committed.
+        done: Option<oneshot::Sender<()>>,
     },
     /// A stream starts: confirm up to `confirm_upto`, discard unconfirmed entries up to
     /// `delivered_upto`, answer the high-water mark.
@@ -431,9 +433,31 @@ impl Journal {
                 agent_id: agent_id.into(),
                 queue_id: queue_id.into(),
                 upto,
+                done: None,
             })
             .await
             .map_err(|_| JournalError::Closed)
+    }
+
+    /// [`confirm`](Self::confirm), and waits until the confirmation is committed (through
+    /// a reopen, if storage fails meanwhile).
+    pub async fn confirm_durable(
+        &self,
+        agent_id: &str,
+        queue_id: &str,
+        upto: u64,
+    ) -> Result<(), JournalError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Confirm {
+                agent_id: agent_id.into(),
+                queue_id: queue_id.into(),
+                upto,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
     }
 
     /// Queues an encoded `Batch` (checked by [`crate::wire::scan_batch`], which gave
@@ -826,6 +850,7 @@ impl Writer {
                             agent_id,
                             queue_id,
                             upto,
+                            ..
                         } => {
                             if let Some(mut mark) = self.mark(agent_id, queue_id)
                                 && *upto > mark.confirmed
@@ -893,6 +918,14 @@ impl Writer {
                     match (cmd, answer) {
                         (Command::Submit(s), Some(a)) => {
                             let _ = s.done.send(a);
+                        }
+                        (
+                            Command::Confirm {
+                                done: Some(done), ..
+                            },
+                            _,
+                        ) => {
+                            let _ = done.send(());
                         }
                         (Command::Resolve { done, .. }, Some(a)) => {
                             let _ = done.send(match a {

@@ -242,7 +242,7 @@ impl Sink {
 /// Default address of a sink's admin endpoint.
 pub const ADMIN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 7411);
 
-fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+pub(crate) fn read_positions(journal: &Journal) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
     use redb::{ReadableDatabase, ReadableTable};
     journal.with_db(|d| {
         let txn = d.begin_read().map_err(journal::db)?;
@@ -693,7 +693,7 @@ async fn serve_stream(
 
 /// Why a drain round failed.
 #[derive(Debug)]
-enum DrainError {
+pub(crate) enum DrainError {
     /// The journal's storage: it needs a reopen.
     Storage(JournalError),
     /// Anything else (an output): retried as it is.
@@ -807,7 +807,7 @@ async fn recover_outputs(
 /// Writes one round of confirmed entries to every output, then commits their positions,
 /// deletes the entries and quarantines the ones that do not decode, in one transaction.
 /// Returns how many entries were drained or quarantined.
-fn drain_round(
+pub(crate) fn drain_round(
     journal: &Journal,
     outputs: &mut [Box<dyn Output>],
     quarantined: &std::sync::atomic::AtomicU64,
