@@ -33,7 +33,9 @@ use prost::Message;
 
 use crate::config::QueueConfig;
 use crate::queue::Queue;
+use crate::queue::crash_tests::seeds;
 use crate::record::Record;
+use crate::sink::crash_tests::SimOutput;
 use crate::sink::journal::{Journal, JournalOptions, Outcome};
 use crate::sink::output::Output;
 use crate::sink::{drain_round, read_positions};
@@ -54,76 +56,8 @@ macro_rules! say {
 }
 const SINKS: usize = 2;
 
-/// Seeds to run: `DATAWEAVER_SIM_SEED` (one), else `DATAWEAVER_SIM_SEEDS` (that many from
-/// 0), else `default`.
-fn sim_seeds(default: u64) -> Vec<u64> {
-    if let Some(one) = std::env::var("DATAWEAVER_SIM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return vec![one];
-    }
-    let n = std::env::var("DATAWEAVER_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
-
 /// What an output holds: (agent id, payload), in output order.
 type Lines = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// An output that keeps (agent, payload) in memory, durable at once (as the JSONL output
-/// syncs before the drainer commits), truncated to its committed position on restart.
-struct MemOutput {
-    lines: Lines,
-    committed: usize,
-}
-
-impl Output for MemOutput {
-    fn name(&self) -> String {
-        "mem".into()
-    }
-
-    fn write(&mut self, entries: &[(u64, crate::sink::journal::Entry)]) -> std::io::Result<()> {
-        let mut lines = self
-            .lines
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?;
-        for (_, e) in entries {
-            lines.extend(
-                e.records
-                    .iter()
-                    .map(|r| (e.agent_id.clone(), r.payload.to_vec())),
-            );
-        }
-        Ok(())
-    }
-
-    fn position(&self) -> Vec<u8> {
-        let n = self.lines.lock().map_or(0, |l| l.len());
-        (n as u64).to_le_bytes().to_vec()
-    }
-
-    fn committed(&mut self) {
-        self.committed = self.lines.lock().map_or(0, |l| l.len());
-    }
-
-    fn rollback(&mut self) -> std::io::Result<()> {
-        if let Ok(mut l) = self.lines.lock() {
-            l.truncate(self.committed);
-        }
-        Ok(())
-    }
-
-    fn restore(&mut self, committed: &[u8]) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        let n = committed.len().min(8);
-        b[..n].copy_from_slice(&committed[..n]);
-        self.committed = u64::from_le_bytes(b) as usize;
-        self.rollback()
-    }
-}
 
 struct SimAgent {
     name: String,
@@ -260,11 +194,12 @@ impl World {
         let position = read_positions(&j)
             .map_err(|e| format!("{}: positions: {e}", sk.name))?
             .into_iter()
-            .find(|(k, _)| k == "mem")
+            .find(|(k, _)| k == "sim")
             .map(|(_, v)| v);
-        let mut out = MemOutput {
+        let mut out = SimOutput {
             lines: sk.lines.clone(),
             committed: 0,
+            line: |e, r| (e.agent_id.clone(), r.payload.to_vec()),
         };
         let held = sk.lines.lock().map_or(0, |l| l.len());
         match position {
@@ -918,7 +853,7 @@ fn every_acknowledged_record_is_output_exactly_once_in_the_simulation() {
     crate::queue::crash_tests::run_seeds(
         "simulation",
         "DATAWEAVER_SIM_SEED",
-        &sim_seeds(1000),
+        &seeds("DATAWEAVER_SIM_SEED", "DATAWEAVER_SIM_SEEDS", 1000),
         simulate,
     );
     eprintln!("simulation: {}", Tally::report());

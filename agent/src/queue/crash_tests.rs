@@ -17,13 +17,16 @@ use crate::store::{Fault, Medium, SimDisk};
 /// Seeds to run: `DATAWEAVER_CRASH_SEED` (one), else `DATAWEAVER_CRASH_SEEDS` (that many
 /// from 0), else `default`.
 pub(crate) fn crash_seeds(default: u64) -> Vec<u64> {
-    if let Some(one) = std::env::var("DATAWEAVER_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    seeds("DATAWEAVER_CRASH_SEED", "DATAWEAVER_CRASH_SEEDS", default)
+}
+
+/// Seeds to run: the one in env var `one`, else as many (from 0) as `many` says, else
+/// `default`.
+pub(crate) fn seeds(one: &str, many: &str, default: u64) -> Vec<u64> {
+    if let Some(one) = std::env::var(one).ok().and_then(|v| v.parse().ok()) {
         return vec![one];
     }
-    let n = std::env::var("DATAWEAVER_CRASH_SEEDS")
+    let n = std::env::var(many)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default);

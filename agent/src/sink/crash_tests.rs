@@ -20,14 +20,16 @@ use crate::wire::{Resolve, scan_batch};
 
 const AGENTS: [&str; 2] = ["a", "b"];
 
-/// An output that keeps what it was given as (agent, seq), durable at once (a JSONL output
-/// syncs before the drainer commits), and on restart truncates to its committed position.
-struct SimOutput {
-    lines: Arc<Mutex<Vec<(String, u64)>>>,
-    committed: usize,
+/// An output that keeps what it was given, one `T` per record (made by `line`), durable at
+/// once (a JSONL output syncs before the drainer commits), and on restart truncates to its
+/// committed position. Shared with the simulation (`crate::sim`).
+pub(crate) struct SimOutput<T> {
+    pub(crate) lines: Arc<Mutex<Vec<T>>>,
+    pub(crate) committed: usize,
+    pub(crate) line: fn(&super::journal::Entry, &crate::wire::Record) -> T,
 }
 
-impl Output for SimOutput {
+impl<T: Send> Output for SimOutput<T> {
     fn name(&self) -> String {
         "sim".into()
     }
@@ -38,7 +40,7 @@ impl Output for SimOutput {
             .lock()
             .map_err(|_| std::io::Error::other("poisoned"))?;
         for (_, e) in entries {
-            lines.extend(e.records.iter().map(|r| (e.agent_id.clone(), r.seq)));
+            lines.extend(e.records.iter().map(|r| (self.line)(e, r)));
         }
         Ok(())
     }
@@ -65,7 +67,7 @@ impl Output for SimOutput {
     }
 }
 
-fn position(v: &[u8]) -> usize {
+pub(crate) fn position(v: &[u8]) -> usize {
     let mut b = [0u8; 8];
     b[..v.len().min(8)].copy_from_slice(&v[..v.len().min(8)]);
     u64::from_le_bytes(b) as usize
@@ -102,6 +104,7 @@ fn output(lines: &Arc<Mutex<Vec<(String, u64)>>>) -> Vec<Box<dyn Output>> {
     vec![Box::new(SimOutput {
         lines: lines.clone(),
         committed,
+        line: |e, r| (e.agent_id.clone(), r.seq),
     })]
 }
 

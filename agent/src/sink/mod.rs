@@ -15,7 +15,7 @@
 //! - `[limits]`: connections in total and per agent, streams in total and per agent.
 
 #[cfg(test)]
-mod crash_tests;
+pub(crate) mod crash_tests;
 pub mod journal;
 pub mod output;
 
