@@ -38,8 +38,8 @@ use crate::record::Record;
 use crate::sink::crash_tests::SimOutput;
 use crate::sink::journal::{Journal, JournalOptions, Outcome};
 use crate::sink::output::Output;
-use crate::sink::{drain_round, read_positions};
-use crate::store::{Medium, SimDisk};
+use crate::sink::{drain_round, read_positions, recover_outputs};
+use crate::store::{Fault, Medium, SimDisk};
 use crate::wire::session::agent::{self, AgentConfig, AgentSession, Marks};
 use crate::wire::session::sink::{self, SinkStream};
 use crate::wire::{AgentFrame, AgentFrameRaw, SinkFrame};
@@ -67,6 +67,9 @@ struct SimAgent {
     next: u64,
     /// Records the source was told are stored.
     stored: Vec<u64>,
+    /// Records the queue refused (first, count): the source sends them again, as a file
+    /// source re-reads from its checkpoint and an HTTP or MQTT client resends.
+    refused: Option<(u64, u64)>,
     /// Acks received and not yet recorded in the queue: (journal, upto).
     acks: Vec<(String, u64)>,
     instance: u64,
@@ -111,6 +114,25 @@ struct World {
     cuts: u64,
 }
 
+/// After a journal command failed for its storage: waits until the journal's writer has
+/// reopened the file (or the disk died), so that what the next step sends meets the same
+/// journal on every run, not one still recovering or not, as real time decides.
+async fn recovered(j: &Journal, disk: &SimDisk, before: u64, why: &str) {
+    if !why.contains("storage") {
+        return;
+    }
+    while j.reopens() <= before && !disk.crashed() {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Completes once `disk` has died.
+async fn died(disk: &SimDisk) {
+    while !disk.crashed() {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
 fn payload(agent: usize, n: u64) -> Vec<u8> {
     format!("{agent}:{n}").into_bytes()
 }
@@ -146,6 +168,7 @@ impl World {
                 queue: None,
                 next: 1,
                 stored: Vec::new(),
+                refused: None,
                 acks: Vec::new(),
                 instance: 0,
                 inherited: 0,
@@ -284,8 +307,13 @@ impl World {
         let n = self.rng.u64(1..=12);
         let ag = &mut self.agents[a];
         let Some(q) = &ag.queue else { return };
-        let from = ag.next;
-        ag.next += n;
+        let (from, n) = match ag.refused.take() {
+            Some(again) => again,
+            None => {
+                ag.next += n;
+                (ag.next - n, n)
+            }
+        };
         let records = (from..from + n)
             .map(|i| Record::new("src", "t", payload(a, i)))
             .collect();
@@ -299,8 +327,13 @@ impl World {
                 format!("{:?}", r.as_ref().err())
             }
         );
-        if r.is_ok() {
-            ag.stored.extend(from..from + n);
+        match r {
+            Ok(_) => ag.stored.extend(from..from + n),
+            // A refusal the process lived to see means "not stored": sent again. (After a
+            // crash the outcome is unknown; a source without a checkpoint would resend and
+            // may duplicate, which is not what is checked here.)
+            Err(_) if !ag.disk.crashed() => ag.refused = Some((from, n)),
+            Err(_) => {}
         }
         let committed = q.last_committed();
         for c in self.conns.iter_mut().filter(|c| c.agent == a) {
@@ -472,21 +505,20 @@ impl World {
             match effect {
                 sink::Effect::Send(f) => self.conns[c].to_agent.push_back(f),
                 sink::Effect::Resolve { queue_id, resolve } => {
+                    let before = j.reopens();
                     let r = j.resolve(&agent, &queue_id, &resolve).await;
+                    if let Err(refusal) = &r {
+                        recovered(&j, &self.sinks[s].disk, before, &refusal.reason).await;
+                    }
                     self.conns[c].stream.resolved(r);
                 }
                 sink::Effect::Confirm { queue_id, upto } => {
                     // Waited for, so that the journal's commits are the same on every run;
                     // a journal whose disk died holds it until it restarts.
                     let disk = self.sinks[s].disk.clone();
-                    let died = async {
-                        while !disk.crashed() {
-                            tokio::time::sleep(Duration::from_micros(200)).await;
-                        }
-                    };
                     tokio::select! {
                         r = j.confirm_durable(&agent, &queue_id, upto) => r.map_err(|e| e.to_string())?,
-                        _ = died => {}
+                        _ = died(&disk) => {}
                     }
                 }
                 sink::Effect::Submit {
@@ -495,6 +527,7 @@ impl World {
                     info,
                     instance,
                 } => {
+                    let before = j.reopens();
                     let outcome = match j.submit(&agent, &queue_id, batch, &info, instance).await {
                         Ok(rx) => match rx.await {
                             Ok(Ok(Outcome::Stored(last))) => sink::Outcome::Stored(last),
@@ -504,6 +537,9 @@ impl World {
                         },
                         Err(e) => sink::Outcome::Failed(e.to_string()),
                     };
+                    if let sink::Outcome::Failed(why) = &outcome {
+                        recovered(&j, &self.sinks[s].disk, before, why).await;
+                    }
                     self.conns[c].stream.outcome(outcome);
                 }
                 sink::Effect::Closed(_) => {
@@ -574,8 +610,22 @@ impl World {
         let sk = &mut self.sinks[s];
         let Some(j) = &sk.journal else { return Ok(0) };
         let q = AtomicU64::new(0);
-        let n = drain_round(j, &mut sk.outputs, &q).unwrap_or(0);
-        Ok(n)
+        match drain_round(j, &mut sk.outputs, &q) {
+            Ok(n) => Ok(n),
+            // As the sink's drainer does: the journal reopens and the outputs go back to the
+            // positions it committed (a failed drain commit may have landed).
+            Err(e) => {
+                say!("drain sink {s} failed: {e}");
+                // A disk that dies meanwhile holds the recovery until the sink restarts.
+                let disk = sk.disk.clone();
+                let stop = tokio_util::sync::CancellationToken::new();
+                tokio::select! {
+                    _ = recover_outputs(j, &mut sk.outputs, &e, &stop) => {}
+                    _ = died(&disk) => {}
+                }
+                Ok(0)
+            }
+        }
     }
 
     /// Runs every pending effect, then drops finished connections.
@@ -649,7 +699,18 @@ impl World {
                 let s = self.rng.usize(..SINKS);
                 self.crash_sink(s)?;
             }
-            _ => {}
+            _ => {
+                // A commit whose final sync fails: it reports failure, and may have landed.
+                if self.rng.bool() {
+                    self.agents[self.rng.usize(..AGENTS)]
+                        .disk
+                        .fail_next_commit_sync(Fault::Io);
+                } else {
+                    self.sinks[self.rng.usize(..SINKS)]
+                        .disk
+                        .fail_next_commit_sync(Fault::Io);
+                }
+            }
         }
         self.settle().await?;
         self.reap()
@@ -818,6 +879,15 @@ impl Tally {
 }
 
 async fn simulate(seed: u64) -> Result<bool, String> {
+    if trace() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("dataweaver=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    if std::env::var_os("DATAWEAVER_SIM_DIGEST").is_some() {
+        eprintln!("start {seed}");
+    }
     let mut w = World::new(seed)?;
     let steps = w.rng.usize(150..400);
     for _ in 0..steps {

@@ -418,6 +418,16 @@ fn kill_while_publishing(kind: Kind, qos: u8) {
     if qos == 2 && kind == Kind::Mosquitto {
         if dups > 0 {
             print_log_tails(w.dir.path(), &["agent.log"], 40);
+            // Same seq twice: the sink did not de-duplicate a resend; different seqs (or
+            // queue ids): the agent queued the message twice.
+            let all = read_output(&w.output_dir());
+            for (no, k) in &c {
+                if *k > 1 {
+                    for l in all.iter().filter(|l| line_no(&l.payload) == *no) {
+                        eprintln!("duplicate line {no}: seq {} queue {}", l.seq, l.queue);
+                    }
+                }
+            }
         }
         assert_eq!(dups, 0, "QoS 2 is exactly once into the queue");
     } else {

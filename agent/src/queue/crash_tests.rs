@@ -558,3 +558,47 @@ async fn an_ack_that_empties_a_full_queue_clears_its_full_mark() {
     assert!(!q.is_full(), "empty again after the ack");
     q.close().await;
 }
+
+/// A commit whose final sync fails after its writes landed reports failure; the source
+/// retries the append whole, as it must. Its records are stored once, not under two seqs
+/// (it was so: an MQTT QoS 2 message reached the sink twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landed_commit_that_reported_failure_is_not_stored_twice_when_retried() {
+    let disk = SimDisk::new();
+    let q = Queue::open_on(Medium::Sim(disk.clone()), None, &cfg()).unwrap();
+    let first: Vec<Record> = (1..=10).map(|i| line("a", i)).collect();
+    let (a, _) = append_until_stored(&q, first, checkpoint("a", 10)).await;
+    assert_eq!((a.first_seq, a.count), (1, 10));
+    disk.fail_next_commit_sync(Fault::Io);
+    // The source retries a refused append whole; meanwhile the forwarder delivers what the
+    // queue holds and the sink acknowledges it (a failed commit lowers the limit).
+    let mut delivered: Vec<String> = Vec::new();
+    let mut from = 1;
+    let (mut records, mut cp) = (
+        (11..=20).map(|i| line("a", i)).collect::<Vec<_>>(),
+        Some(checkpoint("a", 20)),
+    );
+    let start = std::time::Instant::now();
+    loop {
+        for (s, r) in q.read(from, usize::MAX, usize::MAX).unwrap_or_default() {
+            delivered.push(String::from_utf8_lossy(&r.payload).into_owned());
+            from = s + 1;
+            q.ack_from("sink", s);
+        }
+        match q.append(records, cp).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(start.elapsed().as_secs() < 20, "did not recover: {e}");
+                let back = e.into_refused().expect("comes back whole");
+                (records, cp) = (back.records, back.checkpoint);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for (_, r) in q.read(from, usize::MAX, usize::MAX).unwrap() {
+        delivered.push(String::from_utf8_lossy(&r.payload).into_owned());
+    }
+    let want: Vec<String> = (1..=20).map(|i| format!("a:{i}")).collect();
+    assert_eq!(delivered, want, "every record delivered once");
+    q.close().await;
+}

@@ -39,6 +39,10 @@ pub(crate) struct Writer {
     max_queue_bytes: u64,
     /// Set after a failed write: admit nothing above it until the queue has drained.
     soft_limit: Option<u64>,
+    /// A commit that reported failure, answered only once the file is reopened: its
+    /// records may have landed (a failed final sync), and then they are stored, not
+    /// refused (a source retrying them would store them twice).
+    failed: Option<Failed>,
     disk_reserve: u64,
     max_records: usize,
     max_bytes: usize,
@@ -47,6 +51,16 @@ pub(crate) struct Writer {
     dropping: bool,
     /// The checkpoints' side copy.
     mirror: salvage::Mirror,
+}
+
+/// A failed commit's appends, waiting for the reopened file to tell whether it landed.
+struct Failed {
+    batch: Vec<Append>,
+    verdicts: Vec<Verdict>,
+    /// `next_seq` before the commit, and what it is if the commit landed.
+    start_seq: u64,
+    landed_next_seq: u64,
+    reason: String,
 }
 
 /// What the admission step decided for one append.
@@ -81,6 +95,7 @@ impl Writer {
             dropped_oldest: l.dropped_oldest,
             max_queue_bytes: cfg.max_bytes,
             soft_limit: None,
+            failed: None,
             disk_reserve: cfg.disk_reserve_bytes,
             max_records: cfg.commit_max_records,
             max_bytes: cfg.commit_max_bytes,
@@ -117,6 +132,7 @@ impl Writer {
             // another one.
             if !self.commit(batch) && !stop {
                 stop |= self.recover();
+                self.settle_failed(!stop);
                 // Acks that arrived meanwhile woke nobody (their wake-ups were consumed by
                 // the failing commit and the recovery): apply them now, or the last records'
                 // deletion, and so their confirmation to the sink, would wait forever.
@@ -124,6 +140,9 @@ impl Writer {
                     self.commit(Vec::new());
                 }
             }
+            // A failed commit not settled above (shutdown, or the deletions' commit after a
+            // recovery failed too): refused, as before the reopen nothing is known.
+            self.settle_failed(false);
         }
         // Dropping the writer writes the side copy's last changes.
         tracing::debug!("queue writer stopped");
@@ -396,14 +415,24 @@ impl Writer {
                 // Most likely a full disk: what is stored now is what fits. Keep well below
                 // it, so the deletions that free space can always be written.
                 self.soft_limit = Some(self.bytes * 3 / 4);
-                for mut a in batch {
-                    let done = std::mem::replace(&mut a.done, oneshot::channel().0);
-                    let refused = Box::new(a.into_refused());
-                    let _ = done.send(Err(QueueError::Unavailable {
-                        reason: e.to_string(),
-                        refused,
-                    }));
-                }
+                // Answered after the reopen (`settle_failed`): a commit whose final sync
+                // failed may have landed.
+                let landed_next_seq = start_seq
+                    + batch
+                        .iter()
+                        .zip(&verdicts)
+                        .map(|(_, v)| match v {
+                            Verdict::Store { keep } => *keep as u64,
+                            Verdict::Refuse => 0,
+                        })
+                        .sum::<u64>();
+                self.failed = Some(Failed {
+                    batch,
+                    verdicts,
+                    start_seq,
+                    landed_next_seq,
+                    reason: e.to_string(),
+                });
                 false
             }
         }
@@ -614,9 +643,51 @@ impl Writer {
                     return false;
                 }
                 Err(e) => {
+                    // Storage still failing: whether the failed commit landed is not known
+                    // yet, and its sources must not wait on it (they retry, and may stop).
+                    self.settle_failed(false);
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "queue storage still failing");
                 }
             }
+        }
+    }
+
+    /// Answers the appends of the commit that failed: stored if the reopened file
+    /// (`reopened`) shows that it landed (its `next_seq`), else refused, to be retried. A
+    /// commit without records is refused either way (retrying it stores nothing twice).
+    fn settle_failed(&mut self, reopened: bool) {
+        let Some(f) = self.failed.take() else {
+            return;
+        };
+        let landed =
+            reopened && f.landed_next_seq > f.start_seq && self.next_seq == f.landed_next_seq;
+        if landed {
+            tracing::warn!(
+                first_seq = f.start_seq,
+                next_seq = f.landed_next_seq,
+                "queue commit reported failure but landed; its records are stored"
+            );
+            self.shared.committed.send_replace(self.next_seq - 1);
+        }
+        let mut seq = f.start_seq;
+        for (mut a, v) in f.batch.into_iter().zip(f.verdicts) {
+            let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+            let reply = match v {
+                Verdict::Store { keep } if landed => {
+                    seq += keep as u64;
+                    Ok(Appended {
+                        first_seq: seq - keep as u64,
+                        count: keep,
+                        dropped: a.records.len() - keep,
+                    })
+                }
+                Verdict::Refuse if landed => Err(QueueError::Full(Box::new(a.into_refused()))),
+                _ => Err(QueueError::Unavailable {
+                    reason: f.reason.clone(),
+                    refused: Box::new(a.into_refused()),
+                }),
+            };
+            let _ = done.send(reply);
         }
     }
 

@@ -757,7 +757,7 @@ async fn drain(
 /// have come after the commit's writes reached the file: the journal is reopened (redb
 /// needs that after an I/O error, and only then), and the outputs go to the positions read
 /// back from it. False if `stop` came first.
-async fn recover_outputs(
+pub(crate) async fn recover_outputs(
     journal: &Journal,
     outputs: &mut [Box<dyn Output>],
     failure: &DrainError,
