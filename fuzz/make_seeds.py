@@ -195,7 +195,7 @@ def cbor(v):
 
 
 def queue_record(r):
-    # Field order of agent/src/record.rs.
+    # Field order of agent/core/src/record.rs.
     return {"ts_ns": r["ts"], "source": r["source"], "topic": r["topic"],
             "key": r.get("key"), "headers": [list(h) for h in r.get("headers", ())],
             "payload": r["payload"]}

@@ -256,11 +256,8 @@ fn full_disk(queue: &str, recovered: &str) {
         agent.child.try_wait().unwrap().is_none(),
         "the agent must stay up on a full disk"
     );
-    let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
-    assert!(
-        log.contains("queue refused records"),
-        "sources are told to hold back:\n{log}"
-    );
+    // Sources are told to hold back.
+    w.wait_log("agent.log", "queue refused records");
 
     // Space returns; the sink comes up; everything arrives once.
     std::fs::remove_file(w.path("agent/filler")).unwrap();

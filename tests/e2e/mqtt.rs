@@ -326,25 +326,9 @@ fn agent_config(w: &World, broker: u16, qos: u8, extra: &str, queue: &str) {
     w.agent_config_sources(queue, "", &[w.port], &source);
 }
 
-/// Waits until the agent's log contains `text` (or panics with the log).
-fn wait_log(w: &World, text: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(w.path("agent.log")).unwrap_or_default();
-        if log.contains(text) {
-            return log;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no `{text}` in the agent log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until the agent's subscription is in place (its first CONNACK logged).
 fn wait_connected(w: &World) {
-    wait_log(w, "mqtt connected");
+    w.wait_log("agent.log", "mqtt connected");
     // The SUBSCRIBE follows the CONNACK.
     std::thread::sleep(Duration::from_millis(300));
 }
@@ -486,7 +470,7 @@ fn tls(kind: Kind) {
     let foreign = "tls = { ca = \"other-ca/ca.pem\" }\n";
     agent_config(&w, broker.port, 1, foreign, "");
     let mut agent = w.agent_as_configured();
-    let log = wait_log(&w, "mqtt connection failed");
+    let log = w.wait_log("agent.log", "mqtt connection failed");
     assert!(
         log.contains("UnknownIssuer") || log.contains("certificate"),
         "{log}"
@@ -525,7 +509,7 @@ fn wrong_credentials(kind: Kind) {
         Kind::Mosquitto => "mqtt broker refused our credentials",
         Kind::Rumqttd => "mqtt broker closed the connection before accepting it",
     };
-    wait_log(&w, clear);
+    w.wait_log("agent.log", clear);
     std::thread::sleep(Duration::from_secs(4));
     let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
     let attempts = log.matches(clear).count();

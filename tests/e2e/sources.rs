@@ -73,12 +73,16 @@ fn udp_lines_arrive() {
     let mut agent = w.agent_as_configured();
     connect_tcp(tcp); // the agent is up once its sources listen
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..2000 {
-        sock.send_to(format!("line-{i:08}-udp").as_bytes(), ("127.0.0.1", udp))
-            .unwrap();
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(10));
+    // In rounds that fit the kernel's default receive buffer (~208 KiB), each waited for
+    // at the output: UDP has no flow control, and on a loaded machine an agent that falls
+    // a few hundred datagrams behind loses them in the kernel, before it could count them
+    // (it happened here with the simulation running beside the tests: 1,956 of 2,000).
+    for round in 0..20 {
+        for i in round * 100..(round + 1) * 100 {
+            sock.send_to(format!("line-{i:08}-udp").as_bytes(), ("127.0.0.1", udp))
+                .unwrap();
         }
+        wait_for_output(&w.output_dir(), (round + 1) * 100, WAIT);
     }
     let out = wait_for_output(&w.output_dir(), 2000, WAIT);
     assert_exactly_once(&out, 2000);

@@ -133,6 +133,5 @@ async fn mutual_tls_refuses_strangers() {
 
     // Nothing from the refused clients reached the output, and the sink says why it refused.
     assert!(read_output(&w.output_dir()).is_empty());
-    let log = std::fs::read_to_string(w.path("sink.log")).unwrap();
-    assert!(log.contains("refused connection"), "sink log: {log}");
+    w.wait_log("sink.log", "refused connection");
 }

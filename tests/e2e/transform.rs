@@ -1,6 +1,7 @@
 //! WASM transforms: the same example in every language (through `transform test` and
 //! through a running agent), hostile modules contained, bad modules refused, hot reload.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -552,23 +553,32 @@ fn replacing_the_module_file_swaps_at_a_batch_boundary() {
     );
     w.agent_config_with("", &transform, &[w.port]);
     let mut agent = w.agent_as_configured();
+    // The first half streams in under v1; the second half is written only after v2 was
+    // offered, so the boundary falls inside the run without depending on timing.
     let n = 6000;
-    let writer = spawn_json_stream(w.path("input/a.log"), n);
-    std::thread::sleep(Duration::from_millis(400));
+    let writer = spawn_json_stream(w.path("input/a.log"), n / 2);
+    wait_for_output(&w.output_dir(), 1, Duration::from_secs(30));
     // A broken replacement is refused and the running version stays.
     if let Some(bad) = guest("wrong_world") {
         let tmp = w.path("enrich.wasm.tmp");
         std::fs::copy(&bad, &tmp).unwrap();
         std::fs::rename(&tmp, &module).unwrap();
-        std::thread::sleep(Duration::from_millis(600));
-        let log = std::fs::read_to_string(w.path("agent.log")).unwrap();
-        assert!(log.contains("changed transform file refused"), "{log}");
+        w.wait_log("agent.log", "changed transform file refused");
     }
     // Replace by rename, as deployment tools do: the watcher never sees half a file.
     let tmp = w.path("enrich.wasm.tmp");
     std::fs::copy(&v2, &tmp).unwrap();
     std::fs::rename(&tmp, &module).unwrap();
+    w.wait_log("agent.log", "new version offered");
     writer.join().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.path("input/a.log"))
+        .unwrap();
+    for i in n / 2..n {
+        writeln!(f, r#"{{"service":"svc","level":"info","i":{i}}}"#).unwrap();
+    }
+    drop(f);
     let mut out = wait_for_output(&w.output_dir(), n, Duration::from_secs(60));
     out.sort_by_key(|l| l.seq);
     assert_eq!(out.len(), n, "none lost or duplicated");

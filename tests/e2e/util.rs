@@ -59,6 +59,24 @@ impl World {
         self.dir.path().join(rel)
     }
 
+    /// Waits until the log file `log` (e.g. "agent.log") contains `text`, and returns it;
+    /// panics with the log after 30 s. A fixed sleep before reading a log flakes on a
+    /// loaded 2-core CI machine (the swap test's 600 ms did).
+    pub fn wait_log(&self, log: &str, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let content = std::fs::read_to_string(self.path(log)).unwrap_or_default();
+            if content.contains(text) {
+                return content;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no `{text}` in {log}:\n{content}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn certs(&self) -> PathBuf {
         self.path("certs")
     }

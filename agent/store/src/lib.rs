@@ -13,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod fsmode;
+pub mod seeds;
 mod sim;
 
 use std::path::{Path, PathBuf};

@@ -62,9 +62,10 @@ struct State {
     faults: Vec<(u64, u64, Fault)>,
     /// Writes that would grow the disk past this fail with ENOSPC.
     capacity: Option<u64>,
-    /// The first sync after the next write at offset 0 (redb's header: the last write of
-    /// a commit) fails so, its writes already in place.
-    fail_commit_sync: Option<(Fault, bool)>,
+    /// What the next syncs after a write at offset 0 (redb's header: the last write of a
+    /// commit) do, in order: fail with the fault, its writes already in place, or pass
+    /// (`None`); and whether such a write is waiting for its sync.
+    commit_syncs: (std::collections::VecDeque<Option<Fault>>, bool),
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +121,19 @@ impl SimDisk {
     /// The next commit's final sync fails with `fault` after all its writes, header
     /// included, are in place: a commit that reports failure but may have landed.
     pub fn fail_next_commit_sync(&self, fault: Fault) {
-        self.lock().fail_commit_sync = Some((fault, false));
+        self.plan_commit_syncs(&[Some(fault)]);
+    }
+
+    /// What the final syncs of the next commits do, one entry each, in order: fail with
+    /// the fault (as [`SimDisk::fail_next_commit_sync`]) or pass (`None`). Opening a
+    /// database that was not closed cleanly makes such syncs too.
+    pub fn plan_commit_syncs(&self, plan: &[Option<Fault>]) {
+        self.lock().commit_syncs = (plan.iter().copied().collect(), false);
+    }
+
+    /// Entries of the plan not reached yet.
+    pub fn planned_commit_syncs(&self) -> usize {
+        self.lock().commit_syncs.0.len()
     }
 
     /// Writes that would grow the disk beyond `bytes` fail with ENOSPC (`None`: no limit).
@@ -254,9 +267,11 @@ impl redb::StorageBackend for SimBackend {
     fn sync_data(&self) -> Result<(), Error> {
         let mut s = self.0.lock();
         SimDisk::step(&mut s)?;
-        if let Some((fault, true)) = s.fail_commit_sync {
-            s.fail_commit_sync = None;
-            return Err(fault.error());
+        if s.commit_syncs.1 {
+            s.commit_syncs.1 = false;
+            if let Some(Some(fault)) = s.commit_syncs.0.pop_front() {
+                return Err(fault.error());
+            }
         }
         let ops = std::mem::take(&mut s.unsynced);
         for op in ops {
@@ -277,10 +292,8 @@ impl redb::StorageBackend for SimBackend {
         }
         put(&mut s.live, offset, data);
         s.unsynced.push(Op::Write(offset, data.to_vec()));
-        if offset == 0
-            && let Some((_, armed)) = s.fail_commit_sync.as_mut()
-        {
-            *armed = true;
+        if offset == 0 && !s.commit_syncs.0.is_empty() {
+            s.commit_syncs.1 = true;
         }
         Ok(())
     }

@@ -21,6 +21,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const ALPN: &[u8] = b"dataweaver/1";
 /// Largest frame either side accepts on a data stream.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Default QUIC idle timeout of both sides of a session (`forward.idle_timeout_ms`, the
+/// sink's `idle_timeout_ms`): a connection is closed after this long without a packet.
+pub fn default_idle_timeout_ms() -> u64 {
+    3_000
+}
+
+/// Largest record or batch a config may ask for: half a wire frame, leaving room for the
+/// per-record envelope.
+pub const MAX_RECORD_BYTES: usize = MAX_FRAME / 2;
 /// Largest frame on control and admin streams (a module: interpreters compiled to
 /// components reach 20 MB).
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024 * 1024;

@@ -1,8 +1,8 @@
 //! Control plane, transforms, file modes (issue 12: 13, 14, 18, 19, 20, 25).
 //!
 //! Defects 18 and 19 (the WASM host's table accounting, output cap, guest log limits) are
-//! pinned by unit tests in `agent/src/transform/wasm.rs`; the v1-signature refusal and
-//! status paging by unit tests in `agent/src/control/`.
+//! pinned by unit tests in `agent/transform/src/wasm.rs`; the v1-signature refusal and
+//! status paging by unit tests in `agent/control/src/`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

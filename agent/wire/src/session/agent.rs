@@ -310,16 +310,16 @@ impl AgentSession {
                 };
             }
             (State::Resolving { .. }, sink_frame::Kind::Resolved(r)) => {
-                let State::Resolving {
+                // Always this arm's state: taken by value to move its fields out.
+                if let State::Resolving {
                     sink_id,
                     journal_id,
                     marks,
                     ..
                 } = std::mem::replace(&mut self.state, State::Closed)
-                else {
-                    unreachable!("matched above");
-                };
-                self.resolved(sink_id, journal_id, marks, r.high_water_mark, now);
+                {
+                    self.resolved(sink_id, journal_id, marks, r.high_water_mark, now);
+                }
             }
             (State::Resolving { .. }, sink_frame::Kind::Refusal(r)) if r.code == REFUSED_FORKED => {
                 self.fail(SessionError::Forked(r.reason));
@@ -354,17 +354,18 @@ impl AgentSession {
 
     /// The queue's marks for the journal named in `Effect::Marks`.
     pub fn marks(&mut self, marks: Marks) {
-        let State::Marks { .. } = self.state else {
-            return;
-        };
-        let State::Marks {
-            sink_id,
-            journal_id,
-            deadline,
-        } = std::mem::replace(&mut self.state, State::Closed)
-        else {
-            unreachable!("matched above");
-        };
+        let (sink_id, journal_id, deadline) =
+            match std::mem::replace(&mut self.state, State::Closed) {
+                State::Marks {
+                    sink_id,
+                    journal_id,
+                    deadline,
+                } => (sink_id, journal_id, deadline),
+                other => {
+                    self.state = other;
+                    return;
+                }
+            };
         self.out.push_back(send(agent_frame::Kind::Resolve(Resolve {
             confirm_upto: marks.confirm_upto,
             delivered_upto: marks.delivered_upto,

@@ -1,4 +1,4 @@
-//! The two sides of a data stream as state machines, without I/O (as `quinn-proto` is to
+//! The two sides of a data stream (and of the control stream, in [`control`]) as state machines, without I/O (as `quinn-proto` is to
 //! `quinn`): each takes frames, answers from its storage and time, and returns the frames
 //! to write and the effects to apply. The forwarder and the sink's stream handler are thin
 //! drivers around them over QUIC; the simulation test drives them over a simulated network.
@@ -12,4 +12,5 @@
 //!   the agent adopts it; what the agent delivered elsewhere the sink discards.
 
 pub mod agent;
+pub mod control;
 pub mod sink;

@@ -1,0 +1,517 @@
+//! The journal's writer thread: the one owner of write transactions. Submits are group
+//! committed, confirmations and drain positions applied, and storage failures answered
+//! by refusing until a reopen (with back-off) succeeds.
+
+use super::*;
+
+pub(super) struct Writer {
+    pub(super) store: Arc<Store>,
+    pub(super) rx: mpsc::Receiver<Command>,
+    pub(super) next: u64,
+    pub(super) marks: Marks,
+    pub(super) opts: JournalOptions,
+    pub(super) changed: watch::Sender<u64>,
+    pub(super) generation: u64,
+    /// Confirmations that came while storage failed: applied once it works again (an
+    /// agent sends each one once; refused, its records would wait for its next stream).
+    pub(super) held: Vec<Command>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            let mut n = 0;
+            // Bound a commit group to a few tens of MiB of batches.
+            while n < (32 << 20) {
+                match self.rx.try_recv() {
+                    Ok(c) => {
+                        if let Command::Submit(s) = &c {
+                            n += s.batch.len();
+                        }
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            // Once per round, so a disk that keeps failing does not spin here.
+            if !self.held.is_empty() {
+                let held = std::mem::take(&mut self.held);
+                self.commit(held);
+            }
+        }
+    }
+
+    fn mark(&self, agent: &str, queue: &str) -> Option<Mark> {
+        self.marks.get(agent).and_then(|q| q.get(queue)).copied()
+    }
+
+    /// Sets the marks of an existing (agent, queue), in the transaction and in memory.
+    fn set_mark(
+        &mut self,
+        t: &mut MarksTable<'_>,
+        agent: &str,
+        queue: &str,
+        m: Mark,
+    ) -> Result<(), JournalError> {
+        t.insert((agent, queue), (m.hwm, m.confirmed)).map_err(db)?;
+        if let Some(slot) = self.marks.get_mut(agent).and_then(|q| q.get_mut(queue)) {
+            *slot = m;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, mut batch: Vec<Command>) {
+        if batch.iter().any(|c| matches!(c, Command::Reopen)) {
+            // Storage failed: what came with the request is refused now, as what comes
+            // during the recovery is. Held until the file reopens, a batch's stream would
+            // wait for as long as storage fails (for ever on a dead disk). Confirmations
+            // wait: they only need a commit, and refusing one would lose it.
+            for c in batch {
+                self.refuse_or_hold(c, "journal storage is failing; retry later");
+            }
+            self.recover();
+            batch = std::mem::take(&mut self.held);
+        }
+        let store = self.store.clone();
+        let guard = match store.db.read() {
+            Ok(g) => g,
+            Err(_) => return,
+        };
+        // One answer per command, sent only once the transaction committed.
+        let mut answers: Vec<Option<Result<Outcome, String>>> = Vec::with_capacity(batch.len());
+        let mut next = self.next;
+        let result = catch(|| {
+            let d = guard.as_ref().ok_or(JournalError::Closed)?;
+            let txn = d.begin_write().map_err(db)?;
+            {
+                let mut j = txn.open_table(JOURNAL).map_err(db)?;
+                let mut m = txn.open_table(MARKS).map_err(db)?;
+                let mut q = txn.open_table(QUARANTINE).map_err(db)?;
+                let mut inst = txn.open_table(INSTANCES).map_err(db)?;
+                let mut buf = Vec::new();
+                for cmd in &mut batch {
+                    let answer = match cmd {
+                        Command::Submit(s) => {
+                            self.submit(s, &mut j, &mut m, &mut q, &mut next, &mut buf)?
+                        }
+                        Command::Reopen => None,
+                        Command::Confirm {
+                            agent_id,
+                            queue_id,
+                            upto,
+                            ..
+                        } => {
+                            if let Some(mut mark) = self.mark(agent_id, queue_id)
+                                && *upto > mark.confirmed
+                            {
+                                mark.confirmed = *upto;
+                                self.set_mark(&mut m, agent_id, queue_id, mark)?;
+                            }
+                            None
+                        }
+                        Command::Resolve {
+                            agent_id,
+                            queue_id,
+                            confirm_upto,
+                            delivered_upto,
+                            incarnation,
+                            ..
+                        } => Some(
+                            match self.resolve(
+                                agent_id,
+                                queue_id,
+                                *confirm_upto,
+                                *delivered_upto,
+                                *incarnation,
+                                (&mut j, &mut m, &mut q),
+                                &mut inst,
+                                &mut buf,
+                            )? {
+                                Ok(h) => Ok(Outcome::Stored(h)),
+                                // Carried as `Rejected` to the answer below.
+                                Err(r) if r.code == dataweaver_wire::REFUSED_FORKED => {
+                                    Ok(Outcome::Rejected(r.reason))
+                                }
+                                Err(r) => Err(r.reason),
+                            },
+                        ),
+                    };
+                    answers.push(answer);
+                }
+            }
+            #[cfg(test)]
+            if self
+                .store
+                .fail_next_commit
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                // Dropping the transaction aborts it, as a failed fsync leaves nothing.
+                drop(txn);
+                return Err(JournalError::Io(
+                    PathBuf::from(FILE_NAME),
+                    std::io::Error::other("simulated full disk"),
+                ));
+            }
+            txn.commit().map_err(db)?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.store
+                    .failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.next = next;
+                self.generation += 1;
+                self.changed.send_replace(self.generation);
+                for (cmd, answer) in batch.into_iter().zip(answers) {
+                    match (cmd, answer) {
+                        (Command::Submit(s), Some(a)) => {
+                            let _ = s.done.send(a);
+                        }
+                        (
+                            Command::Confirm {
+                                done: Some(done), ..
+                            },
+                            _,
+                        ) => {
+                            let _ = done.send(());
+                        }
+                        (Command::Resolve { done, .. }, Some(a)) => {
+                            let _ = done.send(match a {
+                                Ok(Outcome::Stored(h)) => Ok(h),
+                                Ok(Outcome::Rejected(reason)) => Err(dataweaver_wire::Refusal {
+                                    reason,
+                                    code: dataweaver_wire::REFUSED_FORKED,
+                                }),
+                                Err(reason) => Err(dataweaver_wire::Refusal { reason, code: 0 }),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing was acked: agents resend (confirmations are kept for after the
+                // reopen), and every stream with a batch here ends, so none can commit a
+                // later batch over the gap. A failed write latches redb until the file is
+                // reopened, which also reloads the marks changed in memory above.
+                tracing::error!(error = %e, "journal commit failed; reopening the journal");
+                for cmd in batch {
+                    self.refuse_or_hold(cmd, &e.to_string());
+                }
+                drop(guard);
+                self.recover();
+            }
+        }
+    }
+
+    /// One batch inside the transaction: `None` never (a submit always gets an answer).
+    fn submit(
+        &mut self,
+        s: &mut Submit,
+        j: &mut JournalTable<'_>,
+        m: &mut MarksTable<'_>,
+        q: &mut QuarantineTable<'_>,
+        next: &mut u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Result<Outcome, String>>, JournalError> {
+        let Some(mut mark) = self.mark(&s.agent_id, &s.queue_id) else {
+            return Ok(Some(Err("batch before Resolve".into())));
+        };
+        if s.instance != 0 && mark.instance != 0 && s.instance != mark.instance {
+            // Another process of this queue resolved since this stream began (a copy of
+            // the data directory): its seqs and ours overlap. The stream ends; its next
+            // `Resolve` tells whether this process is the copy.
+            return Ok(Some(Err(
+                "another process of this queue took it over; resolve again".into(),
+            )));
+        }
+        if s.from > mark.hwm.saturating_add(1) {
+            return Ok(Some(Err(format!(
+                "batch starts at seq {} but this journal holds seqs of the queue only up to {}: \
+                 refusing to store past a gap",
+                s.from, mark.hwm
+            ))));
+        }
+        if let Some(reason) = &s.invalid {
+            if s.last > mark.hwm {
+                let note = format!(
+                    "rejected batch from agent {} queue {} seqs {}..={}: {reason}",
+                    s.agent_id, s.queue_id, s.first, s.last
+                );
+                let keep = s.batch.len().min(REJECTED_KEEP);
+                quarantine_put(q, &note, &s.batch[..keep])?;
+                mark.hwm = s.last;
+                self.set_mark(m, &s.agent_id, &s.queue_id, mark)?;
+            }
+            return Ok(Some(Ok(Outcome::Rejected(reason.clone()))));
+        }
+        if s.last <= mark.hwm {
+            return Ok(Some(Ok(Outcome::Stored(s.last)))); // all duplicates
+        }
+        // Kept as received; duplicates at its start are only marked.
+        let entry = JournalEntry {
+            agent_id: std::mem::take(&mut s.agent_id),
+            queue_id: std::mem::take(&mut s.queue_id),
+            last_seq: s.last,
+            batch: std::mem::take(&mut s.batch),
+            skip_upto: if s.first <= mark.hwm { mark.hwm } else { 0 },
+        };
+        buf.clear();
+        entry
+            .encode(buf)
+            .map_err(|e| JournalError::Corrupt(*next, e.to_string()))?;
+        j.insert(*next, buf.as_slice()).map_err(db)?;
+        *next += 1;
+        mark.hwm = s.last;
+        self.set_mark(m, &entry.agent_id, &entry.queue_id, mark)?;
+        Ok(Some(Ok(Outcome::Stored(s.last))))
+    }
+
+    /// Applies a `Resolve` inside the transaction; the high-water mark, or why the stream
+    /// is refused (a `Rejected` outcome: this process is a copy of the queue's).
+    #[allow(clippy::too_many_arguments)]
+    fn resolve(
+        &mut self,
+        agent: &str,
+        queue: &str,
+        confirm_upto: u64,
+        delivered_upto: u64,
+        (instance, inherited_upto): (u64, u64),
+        (j, m, q): Tables<'_, '_>,
+        inst: &mut InstancesTable<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Result<u64, dataweaver_wire::Refusal>, JournalError> {
+        if self.mark(agent, queue).is_none() {
+            let held = self.marks.get(agent).map_or(0, |q| q.len());
+            if held >= self.opts.max_queues_per_agent && !self.evict_settled(agent, j, m)? {
+                return Ok(Err(dataweaver_wire::Refusal {
+                    reason: format!(
+                        "agent {agent} already holds {held} queue ids at this sink \
+                         (max_queues_per_agent), none of them settled"
+                    ),
+                    code: 0,
+                }));
+            }
+            self.marks
+                .entry(agent.to_string())
+                .or_default()
+                .insert(queue.to_string(), Mark::default());
+        }
+        let mut mark = self.mark(agent, queue).unwrap_or_default();
+        if instance != 0 && mark.instance != instance {
+            // A new process of this queue. A restart inherited everything its predecessors
+            // committed, so everything they sent here; holding more means the seqs came
+            // from another copy of the data directory, and this one's records with the
+            // same seqs would be dropped as duplicates.
+            if mark.instance != 0 && mark.hwm > inherited_upto {
+                tracing::error!(
+                    %agent, %queue, held = mark.hwm, inherited_upto,
+                    "two copies of one agent queue (a cloned or restored data directory?): \
+                     the newcomer is told to take a new queue id"
+                );
+                return Ok(Err(dataweaver_wire::Refusal {
+                    reason: format!(
+                        "this sink holds seqs of queue {queue} up to {} but this agent process \
+                         inherited only up to {inherited_upto}: another copy of its data \
+                         directory sent them; take a new queue id",
+                        mark.hwm
+                    ),
+                    code: dataweaver_wire::REFUSED_FORKED,
+                }));
+            }
+            inst.insert((agent, queue), instance).map_err(db)?;
+            mark.instance = instance;
+        }
+        let ours = mark.confirmed.max(confirm_upto);
+        // Unconfirmed records up to what the agent delivered elsewhere are not ours: drop
+        // them, keep the rest. Nothing below `delivered_upto` is ever sent here again.
+        let mut top = ours.max(delivered_upto);
+        let mut rewrite = Vec::new();
+        let mut bad = Vec::new();
+        for e in j.iter().map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            let Ok(hd) = JournalHeader::decode(v.value()) else {
+                continue; // the drainer quarantines it
+            };
+            if hd.agent_id != agent || hd.queue_id != queue || hd.last_seq <= ours {
+                continue;
+            }
+            let decoded = JournalEntry::decode(v.value())
+                .map_err(|e| e.to_string())
+                .and_then(|en| en.records().map(|r| (en, r)).map_err(|e| e.to_string()));
+            let (mut entry, mut records) = match decoded {
+                Ok(x) => x,
+                Err(why) => {
+                    bad.push((k.value(), why));
+                    continue;
+                }
+            };
+            let before = records.len();
+            records.retain(|r| r.seq <= ours || r.seq > delivered_upto);
+            if records.len() != before {
+                tracing::info!(
+                    entry = k.value(),
+                    dropped = before - records.len(),
+                    "discarding records the agent delivered through another sink"
+                );
+                // Rare: re-encode the batch without them.
+                entry.last_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+                entry.skip_upto = 0;
+                entry.batch = Batch {
+                    batch_id: 0,
+                    records,
+                    from_seq: 0,
+                }
+                .encode_to_vec()
+                .into();
+                rewrite.push((k.value(), entry));
+            } else {
+                top = top.max(hd.last_seq);
+            }
+        }
+        for (k, why) in bad {
+            if let Some(v) = j.remove(k).map_err(db)? {
+                tracing::error!(entry = k, reason = %why, "journal entry does not decode; moved to quarantine");
+                quarantine_put(q, &format!("journal entry {k}: {why}"), v.value())?;
+            }
+        }
+        for (k, entry) in rewrite {
+            if entry.last_seq == 0 {
+                j.remove(k).map_err(db)?;
+            } else {
+                top = top.max(entry.last_seq);
+                buf.clear();
+                entry
+                    .encode(buf)
+                    .map_err(|e| JournalError::Corrupt(k, e.to_string()))?;
+                j.insert(k, buf.as_slice()).map_err(db)?;
+            }
+        }
+        mark.confirmed = ours;
+        mark.hwm = top;
+        self.set_mark(m, agent, queue, mark)?;
+        Ok(Ok(top))
+    }
+
+    /// Forgets one settled queue of `agent` (everything confirmed, no entry left) to make
+    /// room for a new one; whether there was one.
+    fn evict_settled(
+        &mut self,
+        agent: &str,
+        j: &mut JournalTable<'_>,
+        m: &mut MarksTable<'_>,
+    ) -> Result<bool, JournalError> {
+        let mut busy: HashSet<String> = HashSet::new();
+        for e in j.iter().map_err(db)? {
+            let (_, v) = e.map_err(db)?;
+            if let Ok(h) = JournalHeader::decode(v.value())
+                && h.agent_id == agent
+            {
+                busy.insert(h.queue_id);
+            }
+        }
+        let Some(queues) = self.marks.get_mut(agent) else {
+            return Ok(false);
+        };
+        let victim = queues
+            .iter()
+            .filter(|(q, mk)| mk.confirmed >= mk.hwm && !busy.contains(q.as_str()))
+            .min_by_key(|(_, mk)| mk.hwm)
+            .map(|(q, _)| q.clone());
+        let Some(victim) = victim else {
+            return Ok(false);
+        };
+        m.remove((agent, victim.as_str())).map_err(db)?;
+        // Its instance row stays until the queue id comes back (rare): bounded by the queue
+        // ids the agent ever had, and read only for queues with marks.
+        queues.remove(&victim);
+        tracing::info!(%agent, queue = %victim, "forgot a settled queue id to make room for a new one");
+        Ok(true)
+    }
+
+    /// Answers a command that cannot be carried out now; a confirmation is kept for later.
+    fn refuse_or_hold(&mut self, cmd: Command, reason: &str) {
+        match cmd {
+            Command::Confirm { .. } => self.held.push(cmd),
+            Command::Reopen => {}
+            other => refuse(other, reason),
+        }
+    }
+
+    /// Closes and reopens the file until that works, refusing what arrives meanwhile.
+    fn recover(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.store.failing.store(true, Relaxed);
+        let mut backoff = dataweaver_store::Backoff::on(&self.store.medium);
+        loop {
+            let delay = backoff.next_delay();
+            let deadline = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.refuse_or_hold(cmd, "journal storage is failing; retry later"),
+                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
+                        deadline
+                            .saturating_duration_since(std::time::Instant::now())
+                            .min(std::time::Duration::from_millis(10)),
+                    ),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            match self.reopen() {
+                Ok(()) => {
+                    // Still `failing` until a commit goes through: reopening works on a
+                    // full disk too.
+                    tracing::warn!("journal storage recovered");
+                    self.generation += 1;
+                    self.changed.send_replace(self.generation);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal storage still failing");
+                }
+            }
+        }
+    }
+
+    fn reopen(&mut self) -> Result<(), JournalError> {
+        let mut guard = self.store.db.write().map_err(|_| JournalError::Closed)?;
+        drop(guard.take());
+        let (d, loaded) = open_file(&self.store.medium, false)?;
+        *guard = Some(d);
+        (self.next, self.marks) = (loaded.next, loaded.marks);
+        self.store
+            .reopens
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+type JournalTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+type MarksTable<'t> = redb::Table<'t, (&'static str, &'static str), (u64, u64)>;
+type InstancesTable<'t> = redb::Table<'t, (&'static str, &'static str), u64>;
+pub(super) type QuarantineTable<'t> = redb::Table<'t, u64, (u64, &'static str, &'static [u8])>;
+/// The journal, marks and quarantine tables of one write transaction.
+type Tables<'a, 't> = (
+    &'a mut JournalTable<'t>,
+    &'a mut MarksTable<'t>,
+    &'a mut QuarantineTable<'t>,
+);
+
+/// Answers a command that will not be carried out.
+pub(super) fn refuse(cmd: Command, reason: &str) {
+    match cmd {
+        Command::Submit(s) => {
+            let _ = s.done.send(Err(reason.to_string()));
+        }
+        Command::Resolve { done, .. } => {
+            let _ = done.send(Err(dataweaver_wire::Refusal {
+                reason: reason.to_string(),
+                code: 0,
+            }));
+        }
+        Command::Confirm { .. } | Command::Reopen => {}
+    }
+}
