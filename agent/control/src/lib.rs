@@ -23,6 +23,7 @@ mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod sink;
+mod store;
 
 pub use config::ControlConfig;
 

@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::now_ms;
+use crate::store::{Store, db_err};
 use dataweaver_store::{Medium, StoreError};
 use dataweaver_wire::{
     self as wire, AdminReply, AdminRequest, AgentFrame, AgentStatus, ControlHello, ModuleOffer,
@@ -22,9 +23,9 @@ use dataweaver_wire::{
 };
 
 /// Pushed modules by pipeline: CBOR [`Desired`].
-const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+pub(crate) const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 /// Reports by `agent \t pipeline`: CBOR [`Status`].
-const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_status");
+pub(crate) const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_status");
 
 /// A pushed module as stored. CBOR; do not reorder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,9 +124,12 @@ pub enum ControlError {
     /// The control store could not be opened.
     #[error("control store: {0}")]
     Open(#[from] StoreError),
-    /// The control store failed (it is reopened for the next request).
+    /// The control store failed (its writer reopens it).
     #[error("control store: {0}")]
     Storage(redb::Error),
+    /// The commit a write joined failed (its writer reopens the store); retry.
+    #[error("control store write failed: {0}")]
+    Failed(String),
     /// A blocking task of the store panicked or was cancelled.
     #[error("control store task: {0}")]
     Task(String),
@@ -150,43 +154,6 @@ impl From<&str> for ControlError {
 }
 
 type Result<T> = std::result::Result<T, ControlError>;
-
-fn db_err<E: Into<redb::Error>>(e: E) -> ControlError {
-    ControlError::Storage(e.into())
-}
-
-/// `control.redb`: opened on first use, and again after a storage failure (redb latches
-/// an I/O error until the database is closed; it closes once the last request that used
-/// it is done).
-struct Store {
-    medium: Medium,
-    db: Mutex<Option<Arc<Database>>>,
-}
-
-impl Store {
-    fn get(&self) -> Result<Arc<Database>> {
-        let mut g = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = &*g {
-            return Ok(d.clone());
-        }
-        // Modules are read once per agent that needs one: a small cache, not redb's 1 GiB.
-        let d = Arc::new(self.medium.open(1 << 20, false)?);
-        let txn = d.begin_write().map_err(db_err)?;
-        txn.open_table(MODULES).map_err(db_err)?;
-        txn.open_table(STATUS).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
-        *g = Some(d.clone());
-        Ok(d)
-    }
-
-    /// `used` failed: the next request opens the file again.
-    fn failed(&self, used: &Arc<Database>) {
-        let mut g = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if g.as_ref().is_some_and(|d| Arc::ptr_eq(d, used)) {
-            *g = None;
-        }
-    }
-}
 
 fn decode<T: serde::de::DeserializeOwned + Default>(v: Option<&[u8]>) -> T {
     v.and_then(|b| ciborium::from_reader(b).ok())
@@ -213,12 +180,7 @@ impl ControlPlane {
 
     /// Opens (or creates) the control store on `medium`.
     pub fn open_on(medium: Medium, admins: Vec<String>) -> Result<Arc<ControlPlane>> {
-        let store = Store {
-            medium,
-            db: Mutex::new(None),
-        };
-        // Opened now, so a sink that cannot use it says so at start.
-        store.get()?;
+        let store = Store::open(medium)?;
         Ok(Arc::new(ControlPlane {
             store,
             admins,
@@ -231,45 +193,28 @@ impl ControlPlane {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = self.store.get()?;
-        let used = db.clone();
-        let r = tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| ControlError::Task(e.to_string()))?;
-        if let Err(ControlError::Storage(e)) = &r {
-            tracing::error!(error = %e, "control store failed; reopening it for the next request");
-            self.store.failed(&used);
-        }
-        r
-    }
-
     async fn desired(&self, pipeline: &str) -> Result<Desired> {
         let pipeline = pipeline.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let t = txn.open_table(MODULES).map_err(db_err)?;
-            let v = t.get(pipeline.as_str()).map_err(db_err)?;
-            Ok(decode(v.as_ref().map(|g| g.value())))
-        })
-        .await
+        self.store
+            .read(move |db| {
+                let txn = db.begin_read().map_err(db_err)?;
+                let t = txn.open_table(MODULES).map_err(db_err)?;
+                let v = t.get(pipeline.as_str()).map_err(db_err)?;
+                Ok(decode(v.as_ref().map(|g| g.value())))
+            })
+            .await
     }
 
     async fn set_desired(&self, pipeline: &str, d: Desired) -> Result<()> {
         let pipeline = pipeline.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
+        self.store
+            .write(Box::new(move |txn| {
                 let mut t = txn.open_table(MODULES).map_err(db_err)?;
                 t.insert(pipeline.as_str(), encode(&d).as_slice())
                     .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+                Ok(Ok(()))
+            }))
+            .await
     }
 
     async fn update_status(
@@ -280,19 +225,19 @@ impl ControlPlane {
     ) -> Result<()> {
         let key = format!("{agent}\t{pipeline}");
         let (from, to) = (format!("{agent}\t"), format!("{agent}\n"));
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
+        self.store
+            .write(Box::new(move |txn| {
                 let mut t = txn.open_table(STATUS).map_err(db_err)?;
                 let mut st: Status = {
                     let v = t.get(key.as_str()).map_err(db_err)?;
                     if v.is_none() {
                         let rows = t.range(from.as_str()..to.as_str()).map_err(db_err)?.count();
                         if rows >= MAX_PIPELINES_PER_AGENT {
-                            return Err(format!(
+                            // Refused before anything is written: the group goes on.
+                            return Ok(Err(format!(
                                 "agent already has {rows} status rows (the most kept per agent)"
                             )
-                            .into());
+                            .into()));
                         }
                     }
                     decode(v.as_ref().map(|g| g.value()))
@@ -300,10 +245,9 @@ impl ControlPlane {
                 f(&mut st);
                 t.insert(key.as_str(), encode(&st).as_slice())
                     .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+                Ok(Ok(()))
+            }))
+            .await
     }
 
     /// Serves an agent's control stream (its first frame, `hello`, already read):
@@ -596,7 +540,8 @@ impl ControlPlane {
         use prost::Message as _;
         let after = after.to_string();
         let (rows, more, desired) = self
-            .blocking(move |db| {
+            .store
+            .read(move |db| {
                 let txn = db.begin_read().map_err(db_err)?;
                 let t = txn.open_table(STATUS).map_err(db_err)?;
                 let mut rows = Vec::new();
@@ -712,17 +657,19 @@ mod tests {
             "a row past the per-agent bound"
         );
         // A row from before the bounds, with a 10 MB reason.
-        let db = cp.store.get().unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(STATUS).unwrap();
-            let st = Status {
-                reason: "x".repeat(10 << 20),
-                ..Default::default()
-            };
-            t.insert("old\tapp", encode(&st).as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
+        cp.store
+            .write(Box::new(|txn| {
+                let mut t = txn.open_table(STATUS).map_err(db_err)?;
+                let st = Status {
+                    reason: "x".repeat(10 << 20),
+                    ..Default::default()
+                };
+                t.insert("old\tapp", encode(&st).as_slice())
+                    .map_err(db_err)?;
+                Ok(Ok(()))
+            }))
+            .await
+            .unwrap();
         let (mut after, mut rows, mut pages) = (String::new(), Vec::new(), 0);
         loop {
             let r = cp.status(&after).await.unwrap();
@@ -747,8 +694,8 @@ mod tests {
     }
 
     /// One failed write left the control store failing for good: redb latches an I/O
-    /// error until the database is closed, and nothing closed it. Now the next request
-    /// opens it again.
+    /// error until the database is closed, and nothing closed it. Now its writer reopens
+    /// it, and the writes after that go through.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn control_store_recovers_after_a_failed_write() {
         use dataweaver_store::{Fault, SimDisk};
@@ -759,6 +706,11 @@ mod tests {
             .unwrap();
         disk.fail_next(1, Fault::Io);
         assert!(cp.update_status("a", "p", |_| {}).await.is_err());
+        let start = std::time::Instant::now();
+        while cp.store.slot.reopens() == 0 {
+            assert!(start.elapsed().as_secs() < 10, "the store was not reopened");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         cp.update_status("a", "p", |s| s.reason = "two".into())
             .await
             .expect("the store was reopened");

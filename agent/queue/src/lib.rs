@@ -157,6 +157,7 @@ impl From<StoreError> for QueueError {
         match e {
             StoreError::Storage(e) => QueueError::Storage(e),
             StoreError::Io { path, source } => QueueError::Io { path, source },
+            StoreError::Reopening => QueueError::unavailable("queue file is being reopened"),
             other => QueueError::unavailable(other.to_string()),
         }
     }
@@ -237,10 +238,8 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Shared {
-    medium: Medium,
-    /// `None` only while the writer reopens the file after a storage failure. Readers hold
-    /// the read guard for the length of their read transaction.
-    db: RwLock<Option<Database>>,
+    /// The queue file, reopened by the writer after a storage failure.
+    slot: dataweaver_store::Slot,
     queue_id: RwLock<String>,
     max_bytes: u64,
     /// Highest seq the sink has acknowledged (everything at or below may be deleted).
@@ -254,8 +253,6 @@ pub(crate) struct Shared {
     durable_acked: watch::Sender<u64>,
     /// The last commit refused or dropped records for lack of room.
     full: std::sync::atomic::AtomicBool,
-    /// A commit failed for its storage and the file has not been reopened since.
-    recovering: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -263,14 +260,7 @@ impl Shared {
         &self,
         f: impl FnOnce(&Database) -> Result<R, QueueError>,
     ) -> Result<R, QueueError> {
-        let guard = self
-            .db
-            .read()
-            .map_err(|_| QueueError::unavailable("queue lock poisoned"))?;
-        match guard.as_ref() {
-            Some(d) => f(d),
-            None => Err(QueueError::unavailable("queue file is being reopened")),
-        }
+        self.slot.read(f)
     }
 }
 
@@ -385,8 +375,7 @@ impl Queue {
             .min(loaded.next_seq.saturating_sub(1));
         let (committed, _) = watch::channel(loaded.next_seq.saturating_sub(1));
         let shared = Arc::new(Shared {
-            medium,
-            db: RwLock::new(Some(database)),
+            slot: dataweaver_store::Slot::new(medium, database),
             queue_id: RwLock::new(loaded.queue_id.clone()),
             max_bytes: cfg.max_bytes,
             acked: AtomicU64::new(acked),
@@ -394,13 +383,12 @@ impl Queue {
             owners: Mutex::new(HashMap::new()),
             durable_acked: watch::channel(acked).0,
             full: Default::default(),
-            recovering: Default::default(),
         });
         let (tx, rx) = mpsc::channel(1024);
-        let w = writer::Writer::new(shared.clone(), rx, cfg, loaded, acked, mirror);
+        let w = writer::Writer::new(shared.clone(), cfg, loaded, acked, mirror);
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || w.run())
+            .spawn(move || w.run(rx))
             .map_err(|source| QueueError::Io {
                 path: PathBuf::from("queue-writer thread"),
                 source,
@@ -539,7 +527,7 @@ impl Queue {
     /// Whether a commit failed for its storage and the writer has not reopened the file
     /// since (it refuses appends meanwhile, and reads may fail).
     pub fn is_recovering(&self) -> bool {
-        self.shared.recovering.load(Ordering::Acquire)
+        self.shared.slot.recovering()
     }
 
     /// Whether the queue is refusing or dropping records for lack of room (as of its last

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable, WriteTransaction};
+
+use dataweaver_store::{Apply, Grouping, Kind, Medium, Slot};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -28,7 +30,6 @@ const MIRROR_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Command>,
     next_seq: u64,
     deleted_upto: u64,
     /// Bytes of stored chunks.
@@ -51,6 +52,19 @@ pub(crate) struct Writer {
     dropping: bool,
     /// The checkpoints' side copy.
     mirror: salvage::Mirror,
+    /// The admission decided for the group being written, for its answers.
+    plan: Option<Plan>,
+    /// A reopen happened: the deletions of acks that came meanwhile are owed a commit.
+    owed: bool,
+}
+
+/// What the admission step decided for a group, and the state it was decided on.
+struct Plan {
+    verdicts: Vec<Verdict>,
+    acked: u64,
+    limit: u64,
+    short: bool,
+    start_seq: u64,
 }
 
 /// A failed commit's appends, waiting for the reopened file to tell whether it landed.
@@ -75,7 +89,6 @@ enum Verdict {
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Command>,
         cfg: &QueueConfig,
         l: Loaded,
         acked: u64,
@@ -86,7 +99,8 @@ impl Writer {
             mirror: salvage::Mirror::start(mirror, l.checkpoints, MIRROR_EVERY),
             dropping: false,
             shared,
-            rx,
+            plan: None,
+            owed: false,
             next_seq: l.next_seq,
             deleted_upto: acked,
             bytes: l.bytes,
@@ -103,52 +117,16 @@ impl Writer {
         }
     }
 
-    pub(crate) fn run(mut self) {
-        let mut stop = false;
-        while !stop {
-            let Some(first) = self.rx.blocking_recv() else {
-                break;
-            };
-            let mut batch = Vec::new();
-            let mut bad = Vec::new();
-            let (mut n, mut bytes) = (0usize, 0usize);
-            stop |= take(first, &mut batch, &mut bad, &mut n, &mut bytes);
-            // Gather what queued up while the previous commit was syncing.
-            let mut lingered = self.linger.is_zero();
-            while !stop && n < self.max_records && bytes < self.max_bytes {
-                match self.rx.try_recv() {
-                    Ok(cmd) => stop |= take(cmd, &mut batch, &mut bad, &mut n, &mut bytes),
-                    Err(_) if !lingered => {
-                        std::thread::sleep(self.linger);
-                        lingered = true;
-                    }
-                    Err(_) => break,
-                }
-            }
-            for (first, done) in bad {
-                let _ = done.send(self.quarantine(first));
-            }
-            // A shutdown taken into this group ends the loop now: recovering would wait for
-            // another one.
-            if !self.commit(batch) && !stop {
-                stop |= self.recover();
-                self.settle_failed(!stop);
-                // Acks that arrived meanwhile woke nobody (their wake-ups were consumed by
-                // the failing commit and the recovery): apply them now, or the last records'
-                // deletion, and so their confirmation to the sink, would wait forever. If
-                // that commit fails too, recover again: idling on a handle redb has latched
-                // failed would fail every read until some command happened to come.
-                while !stop && !self.commit(Vec::new()) {
-                    stop |= self.recover();
-                    self.settle_failed(!stop);
-                }
-            }
-            // A failed commit not settled above (shutdown, or the deletions' commit after a
-            // recovery failed too): refused, as before the reopen nothing is known.
-            self.settle_failed(false);
-        }
+    /// Runs the writer loop on this thread until shutdown.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let shared = self.shared.clone();
+        let grouping = Grouping {
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+            linger: self.linger,
+        };
+        dataweaver_store::writer::run("queue", &shared.slot, &mut rx, &mut self, grouping);
         // Dropping the writer writes the side copy's last changes.
-        tracing::debug!("queue writer stopped");
     }
 
     /// Takes the chunk at `first` out of the queue: its unsent records go to the
@@ -230,8 +208,14 @@ impl Writer {
         Ok(lost)
     }
 
-    /// Commits one group; false if storage failed (the batch was refused).
-    fn commit(&mut self, batch: Vec<Append>) -> bool {
+    /// Admits and writes one group into `txn`: decides per append, in order, against the
+    /// projected size (kept in `plan` for the answers), then writes what is stored and the
+    /// deletions of acknowledged records.
+    fn write_group(
+        &mut self,
+        txn: &WriteTransaction,
+        batch: &[&Append],
+    ) -> Result<Written, QueueError> {
         // Owners before the ack mark: `ack_from` writes them in the opposite order, so the
         // snapshot covers every seq up to `acked`.
         let owners: Vec<(String, u64)> = self
@@ -241,9 +225,6 @@ impl Writer {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default();
         let acked = self.shared.acked.load(Ordering::Acquire);
-        if batch.is_empty() && acked <= self.deleted_upto {
-            return true;
-        }
         // Admission: decide per append, in order, against the projected size.
         let mut projected = self.bytes;
         let mut make_room = false;
@@ -257,12 +238,13 @@ impl Writer {
         // commits that delete acknowledged records always find pages to write.
         let reusable = self
             .shared
-            .medium
+            .slot
+            .medium()
             .size()
             .map(|len| len.saturating_sub(4 * self.bytes + (4 << 20)))
             .unwrap_or(0);
         let mut disk_room = (self.disk_reserve > 0)
-            .then(|| self.shared.medium.free_bytes())
+            .then(|| self.shared.slot.medium().free_bytes())
             .flatten()
             .map(|f| (f + reusable).saturating_sub(self.disk_reserve));
         // After a failed write, a lower limit holds until the queue has drained well below it.
@@ -283,7 +265,7 @@ impl Writer {
             self.dropping = false;
         }
         let mut verdicts = Vec::with_capacity(batch.len());
-        for a in &batch {
+        for a in batch {
             let size: u64 = a.records.iter().map(|r| r.approx_size() as u64).sum();
             let disk_ok = disk_room.is_none_or(|room| room >= 2 * size);
             let fits =
@@ -352,117 +334,143 @@ impl Writer {
                 Verdict::Store { keep } => *keep < a.records.len(),
             });
         let start_seq = self.next_seq;
-        match self.write(&batch, &verdicts, acked, free_target, &owners) {
-            Ok(w) => {
-                let newly_acked = acked > self.deleted_upto;
-                self.deleted_upto = self.deleted_upto.max(acked);
-                self.bytes = w.bytes;
-                // Appends say it afresh; acks alone clear it once the queue has drained
-                // below its low-water mark (an idle agent must not stay unready).
-                let full = if batch.is_empty() {
-                    self.shared.full.load(Ordering::Relaxed)
-                        && self.bytes >= limit / 100 * LOW_WATER_PERCENT
-                } else {
-                    short
-                };
-                self.shared.full.store(full, Ordering::Relaxed);
-                if newly_acked {
-                    self.shared.durable_acked.send_replace(acked);
+        let w = self.write_txn(txn, batch, &verdicts, acked, free_target, &owners);
+        self.plan = Some(Plan {
+            verdicts,
+            acked,
+            limit,
+            short,
+            start_seq,
+        });
+        w
+    }
+
+    /// The group's commit went through: memory follows, and every append is answered.
+    fn answer_committed(&mut self, batch: Vec<Append>, w: Written) {
+        let Some(Plan {
+            verdicts,
+            acked,
+            limit,
+            short,
+            start_seq,
+        }) = self.plan.take()
+        else {
+            return;
+        };
+        let newly_acked = acked > self.deleted_upto;
+        self.deleted_upto = self.deleted_upto.max(acked);
+        self.bytes = w.bytes;
+        // Appends say it afresh; acks alone clear it once the queue has drained
+        // below its low-water mark (an idle agent must not stay unready).
+        let full = if batch.is_empty() {
+            self.shared.full.load(Ordering::Relaxed)
+                && self.bytes >= limit / 100 * LOW_WATER_PERCENT
+        } else {
+            short
+        };
+        self.shared.full.store(full, Ordering::Relaxed);
+        if newly_acked {
+            self.shared.durable_acked.send_replace(acked);
+        }
+        self.next_dead = w.next_dead;
+        self.dropped_newest = w.dropped_newest;
+        self.dropped_oldest = w.dropped_oldest;
+        self.next_seq = w.next_seq;
+        if w.next_seq != start_seq {
+            self.shared.committed.send_replace(w.next_seq - 1);
+        }
+        let mut seq = start_seq;
+        let mut changes = Vec::new();
+        for (a, v) in batch.into_iter().zip(verdicts) {
+            let Append {
+                records,
+                dead,
+                checkpoint,
+                done,
+                ..
+            } = a;
+            let reply = match v {
+                Verdict::Store { keep } => {
+                    if let Some(cp) = checkpoint {
+                        changes.push((cp.key, cp.value));
+                    }
+                    seq += keep as u64;
+                    Ok(Appended {
+                        first_seq: seq - keep as u64,
+                        count: keep,
+                        dropped: records.len() - keep,
+                    })
                 }
-                self.next_dead = w.next_dead;
-                self.dropped_newest = w.dropped_newest;
-                self.dropped_oldest = w.dropped_oldest;
-                self.next_seq = w.next_seq;
-                if w.next_seq != start_seq {
-                    self.shared.committed.send_replace(w.next_seq - 1);
-                }
-                let mut seq = start_seq;
-                let mut changes = Vec::new();
-                for (a, v) in batch.into_iter().zip(verdicts) {
-                    let Append {
-                        records,
-                        dead,
-                        checkpoint,
-                        done,
-                        ..
-                    } = a;
-                    let reply = match v {
-                        Verdict::Store { keep } => {
-                            if let Some(cp) = checkpoint {
-                                changes.push((cp.key, cp.value));
-                            }
-                            seq += keep as u64;
-                            Ok(Appended {
-                                first_seq: seq - keep as u64,
-                                count: keep,
-                                dropped: records.len() - keep,
-                            })
-                        }
-                        Verdict::Refuse => Err(QueueError::Full(Box::new(Refused {
-                            records,
-                            dead,
-                            checkpoint,
-                        }))),
-                    };
-                    let _ = done.send(reply);
-                }
-                if !changes.is_empty() {
-                    self.mirror.update(changes);
-                }
-                true
-            }
-            Err(e) => {
-                // A failed commit stored nothing (redb's transactions are atomic); refuse
-                // the batch so the sources keep their data and retry.
-                tracing::error!(error = %e, "queue commit failed; refusing appends until storage recovers");
-                self.shared.recovering.store(true, Ordering::Release);
-                // Most likely a full disk: what is stored now is what fits. Keep well below
-                // it, so the deletions that free space can always be written.
-                self.soft_limit = Some(self.bytes * 3 / 4);
-                // Answered after the reopen (`settle_failed`): a commit whose final sync
-                // failed may have landed.
-                let landed_next_seq = start_seq
-                    + batch
-                        .iter()
-                        .zip(&verdicts)
-                        .map(|(_, v)| match v {
-                            Verdict::Store { keep } => *keep as u64,
-                            Verdict::Refuse => 0,
-                        })
-                        .sum::<u64>();
-                self.failed = Some(Failed {
-                    batch,
-                    verdicts,
-                    start_seq,
-                    landed_next_seq,
-                    reason: e.to_string(),
-                });
-                false
-            }
+                Verdict::Refuse => Err(QueueError::Full(Box::new(Refused {
+                    records,
+                    dead,
+                    checkpoint,
+                }))),
+            };
+            let _ = done.send(reply);
+        }
+        if !changes.is_empty() {
+            self.mirror.update(changes);
         }
     }
 
-    fn write(
+    /// The group's commit failed: its answers wait for the reopen (`settle_failed`).
+    fn answer_failed(&mut self, batch: Vec<Append>, e: QueueError) {
+        let Some(Plan {
+            verdicts,
+            start_seq,
+            ..
+        }) = self.plan.take()
+        else {
+            // Failed before the admission ran (the file was closed): nothing was written.
+            for mut a in batch {
+                let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+                let _ = done.send(Err(QueueError::Unavailable {
+                    reason: e.to_string(),
+                    refused: Box::new(a.into_refused()),
+                }));
+            }
+            return;
+        };
+        // A failed commit stored nothing (redb's transactions are atomic); refuse
+        // the batch so the sources keep their data and retry.
+        tracing::error!(error = %e, "queue commit failed; refusing appends until storage recovers");
+        // Most likely a full disk: what is stored now is what fits. Keep well below
+        // it, so the deletions that free space can always be written.
+        self.soft_limit = Some(self.bytes * 3 / 4);
+        // Answered after the reopen (`settle_failed`): a commit whose final sync
+        // failed may have landed.
+        let landed_next_seq = start_seq
+            + batch
+                .iter()
+                .zip(&verdicts)
+                .map(|(_, v)| match v {
+                    Verdict::Store { keep } => *keep as u64,
+                    Verdict::Refuse => 0,
+                })
+                .sum::<u64>();
+        self.failed = Some(Failed {
+            batch,
+            verdicts,
+            start_seq,
+            landed_next_seq,
+            reason: e.to_string(),
+        });
+    }
+
+    fn write_txn(
         &self,
-        batch: &[Append],
+        txn: &WriteTransaction,
+        batch: &[&Append],
         verdicts: &[Verdict],
         acked: u64,
         free_target: u64,
         owners: &[(String, u64)],
     ) -> Result<Written, QueueError> {
-        let guard = self
-            .shared
-            .db
-            .read()
-            .map_err(|_| QueueError::unavailable("lock poisoned"))?;
-        let d = guard
-            .as_ref()
-            .ok_or_else(|| QueueError::unavailable("queue file closed"))?;
         // Every commit is synced, deletions too: a deletion persists the sink's ownership of
         // what it acked (`owner:<sink>`), and the agent confirms to the sink only what is
         // durable here (see `sink::journal`).
-        let txn = d.begin_write().map_err(db)?;
-        let w = self.write_tables(&txn, batch, verdicts, acked, free_target)?;
+        let w = self.write_tables(txn, batch, verdicts, acked, free_target)?;
         if acked > self.deleted_upto {
             let mut meta = txn.open_table(META).map_err(db)?;
             // A chunk is deleted only once all of it is acked: the mark itself is kept, or a
@@ -474,14 +482,13 @@ impl Writer {
                     .map_err(db)?;
             }
         }
-        txn.commit().map_err(db)?;
         Ok(w)
     }
 
     fn write_tables(
         &self,
         txn: &WriteTransaction,
-        batch: &[Append],
+        batch: &[&Append],
         verdicts: &[Verdict],
         acked: u64,
         free_target: u64,
@@ -608,54 +615,6 @@ impl Writer {
         Ok(w)
     }
 
-    /// After a storage failure: refuse appends, and close and reopen the file with
-    /// back-off until it works. True if shutdown was requested meanwhile.
-    fn recover(&mut self) -> bool {
-        let mut backoff = dataweaver_store::Backoff::on(&self.shared.medium);
-        loop {
-            let delay = backoff.next_delay();
-            let deadline = std::time::Instant::now() + delay;
-            while std::time::Instant::now() < deadline {
-                match self.rx.try_recv() {
-                    Ok(Command::Append(mut a)) => {
-                        let done = std::mem::replace(&mut a.done, oneshot::channel().0);
-                        let refused = Box::new(a.into_refused());
-                        let _ = done.send(Err(QueueError::Unavailable {
-                            reason: "storage is failing; retry later".into(),
-                            refused,
-                        }));
-                    }
-                    Ok(Command::Quarantine { done, .. }) => {
-                        let _ = done.send(Err(QueueError::unavailable(
-                            "storage is failing; retry later",
-                        )));
-                    }
-                    Ok(Command::Wake) => {}
-                    Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
-                        return true;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
-                        deadline
-                            .saturating_duration_since(std::time::Instant::now())
-                            .min(std::time::Duration::from_millis(10)),
-                    ),
-                }
-            }
-            match self.reopen() {
-                Ok(()) => {
-                    tracing::warn!("queue storage recovered; accepting records again");
-                    return false;
-                }
-                Err(e) => {
-                    // Storage still failing: whether the failed commit landed is not known
-                    // yet, and its sources must not wait on it (they retry, and may stop).
-                    self.settle_failed(false);
-                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "queue storage still failing");
-                }
-            }
-        }
-    }
-
     /// Answers the appends of the commit that failed: stored if the reopened file
     /// (`reopened`) shows that it landed (its `next_seq`), else refused, to be retried. A
     /// commit without records is refused either way (retrying it stores nothing twice).
@@ -695,16 +654,9 @@ impl Writer {
         }
     }
 
-    fn reopen(&mut self) -> Result<(), QueueError> {
-        let mut guard = self
-            .shared
-            .db
-            .write()
-            .map_err(|_| QueueError::unavailable("lock poisoned"))?;
-        // redb latches an I/O failure until the database is closed: drop it first.
-        drop(guard.take());
-        let (d, l) = open_file(&self.shared.medium)?;
-        *guard = Some(d);
+    /// Opens the file again and reloads what memory holds of it.
+    fn reload(&mut self, medium: &Medium) -> Result<Database, QueueError> {
+        let (d, l) = open_file(medium)?;
         self.mirror.replace(l.checkpoints);
         self.next_seq = l.next_seq;
         self.bytes = l.bytes;
@@ -716,44 +668,126 @@ impl Writer {
             .unwrap_or(l.next_seq)
             .saturating_sub(1)
             .min(self.deleted_upto);
-        self.shared.recovering.store(false, Ordering::Release);
-        Ok(())
+        Ok(d)
     }
 }
 
-struct Written {
+/// The appends of a group (its only commands).
+fn appends(group: &[Command]) -> Vec<&Append> {
+    group
+        .iter()
+        .filter_map(|c| match c {
+            Command::Append(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn into_appends(group: Vec<Command>) -> Vec<Append> {
+    group
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Append(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Apply for Writer {
+    type Command = Command;
+    type Error = QueueError;
+    type Written = Written;
+
+    fn kind(&self, cmd: &Command) -> Kind {
+        match cmd {
+            Command::Append(a) => Kind::Group {
+                records: a.records.len(),
+                bytes: a.records.iter().map(Record::approx_size).sum(),
+            },
+            Command::Quarantine { .. } => Kind::Apart,
+            Command::Wake => Kind::Wake,
+            Command::Shutdown => Kind::Shutdown,
+        }
+    }
+
+    fn needs_commit(&mut self, group: &[Command]) -> bool {
+        !group.is_empty() || self.shared.acked.load(Ordering::Acquire) > self.deleted_upto
+    }
+
+    fn write(
+        &mut self,
+        txn: &WriteTransaction,
+        group: &mut [Command],
+    ) -> Result<Written, QueueError> {
+        self.write_group(txn, &appends(group))
+    }
+
+    fn committed(&mut self, group: Vec<Command>, w: Written) {
+        self.answer_committed(into_appends(group), w);
+    }
+
+    fn failed(&mut self, group: Vec<Command>, e: QueueError) {
+        self.answer_failed(into_appends(group), e);
+    }
+
+    fn refuse(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append(mut a) => {
+                let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+                let refused = Box::new(a.into_refused());
+                let _ = done.send(Err(QueueError::Unavailable {
+                    reason: "storage is failing; retry later".into(),
+                    refused,
+                }));
+            }
+            Command::Quarantine { done, .. } => {
+                let _ = done.send(Err(QueueError::unavailable(
+                    "storage is failing; retry later",
+                )));
+            }
+            Command::Wake | Command::Shutdown => {}
+        }
+    }
+
+    fn apart(&mut self, _slot: &Slot, cmd: Command) {
+        if let Command::Quarantine { first, done } = cmd {
+            let _ = done.send(self.quarantine(first));
+        }
+    }
+
+    fn reopen(&mut self, medium: &Medium) -> Result<Database, QueueError> {
+        let r = self.reload(medium);
+        if r.is_err() {
+            // Storage still failing: whether the failed commit landed is not known yet, and
+            // its sources must not wait on it (they retry, and may stop).
+            self.settle_failed(false);
+        }
+        r
+    }
+
+    fn recovered(&mut self, reopened: bool) {
+        // A failed commit not settled by the reopen (shutdown came first): refused, as
+        // before the reopen nothing is known.
+        self.settle_failed(reopened);
+        // Acks that arrived meanwhile woke nobody (their wake-ups were consumed by the
+        // failing commit and the recovery): apply them now, or the last records' deletion,
+        // and so their confirmation to the sink, would wait forever. If that commit fails
+        // too, the writer recovers again: idling on a handle redb has latched failed would
+        // fail every read until some command happened to come.
+        self.owed = reopened;
+    }
+
+    fn follow_up(&mut self) -> Option<Vec<Command>> {
+        std::mem::take(&mut self.owed).then(Vec::new)
+    }
+}
+
+pub(crate) struct Written {
     next_seq: u64,
     bytes: u64,
     next_dead: u64,
     dropped_newest: u64,
     dropped_oldest: u64,
-}
-
-/// A chunk to take out, and who waits for it.
-type Quarantine = (u64, oneshot::Sender<Result<u64, QueueError>>);
-
-/// Adds a command to the batch; true on shutdown.
-fn take(
-    cmd: Command,
-    batch: &mut Vec<Append>,
-    bad: &mut Vec<Quarantine>,
-    n: &mut usize,
-    bytes: &mut usize,
-) -> bool {
-    match cmd {
-        Command::Quarantine { first, done } => {
-            bad.push((first, done));
-            false
-        }
-        Command::Append(a) => {
-            *n += a.records.len();
-            *bytes += a.records.iter().map(Record::approx_size).sum::<usize>();
-            batch.push(a);
-            false
-        }
-        Command::Wake => false,
-        Command::Shutdown => true,
-    }
 }
 
 /// Encodes and inserts one chunk (version 3: the records in the wire encoding, seqs from

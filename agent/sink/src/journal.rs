@@ -59,7 +59,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -129,6 +129,8 @@ impl From<StoreError> for JournalError {
         match e {
             StoreError::Storage(e) => JournalError::Storage(e),
             StoreError::Io { path, source } => JournalError::Io(path, source),
+            StoreError::Reopening => JournalError::Closed,
+            StoreError::Panicked(p) => JournalError::Panicked(p),
             other => JournalError::Io(FILE_NAME.into(), std::io::Error::other(other.to_string())),
         }
     }
@@ -219,16 +221,10 @@ enum Command {
     Reopen,
 }
 
-/// The journal file, closed and reopened by the writer after a storage failure (redb
-/// latches an I/O error until the database is reopened).
+/// The journal file as its readers and its writer share it (closed and reopened by the
+/// writer after a storage failure: redb latches an I/O error until then).
 struct Store {
-    medium: Medium,
-    /// `None` only while being reopened; readers hold the read guard for their transaction.
-    db: RwLock<Option<Database>>,
-    /// A commit failed and the file is not yet reopened: batches are refused meanwhile.
-    failing: std::sync::atomic::AtomicBool,
-    /// Times the file was reopened after a storage failure.
-    reopens: std::sync::atomic::AtomicU64,
+    slot: dataweaver_store::Slot,
     /// Test hook: the next commit fails as a full disk would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
@@ -239,11 +235,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Database) -> Result<R, JournalError>,
     ) -> Result<R, JournalError> {
-        let guard = self.db.read().map_err(|_| JournalError::Closed)?;
-        match guard.as_ref() {
-            Some(d) => f(d),
-            None => Err(JournalError::Closed),
-        }
+        self.slot.read(f)
     }
 }
 
@@ -262,15 +254,10 @@ fn open_file(medium: &Medium, check: bool) -> Result<(Database, Loaded), Journal
 fn catch<R>(f: impl FnOnce() -> Result<R, JournalError>) -> Result<R, JournalError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => Err(JournalError::Panicked(panic_text(&p))),
+        Err(p) => Err(JournalError::Panicked(
+            dataweaver_store::writer::panic_text(&p),
+        )),
     }
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 /// Errors that mean the file's content is bad (as opposed to busy, unreadable, or written
@@ -325,18 +312,14 @@ impl Journal {
         };
         let id = loaded.id;
         let store = Arc::new(Store {
-            medium,
-            db: RwLock::new(Some(database)),
-            failing: Default::default(),
-            reopens: Default::default(),
+            slot: dataweaver_store::Slot::new(medium, database),
             #[cfg(test)]
             fail_next_commit: Default::default(),
         });
         let (changed_tx, changed) = watch::channel(0);
-        let (tx, rx) = mpsc::channel(256);
-        let writer = Writer {
+        let (tx, mut rx) = mpsc::channel(256);
+        let mut writer = Writer {
             store: store.clone(),
-            rx,
             next: loaded.next,
             marks: loaded.marks,
             opts,
@@ -346,7 +329,16 @@ impl Journal {
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                let store = writer.store.clone();
+                dataweaver_store::writer::run(
+                    "journal",
+                    &store.slot,
+                    &mut rx,
+                    &mut writer,
+                    writer::GROUPING,
+                )
+            })
             .map_err(|e| JournalError::Io("journal-writer thread".into(), e))?;
         Ok(Journal {
             id: format!("{id:016x}"),
@@ -359,17 +351,13 @@ impl Journal {
     /// Whether storage is failing (the last commit failed; cleared by the next one that
     /// succeeds): batches are refused meanwhile (the sink's `/ready` says so).
     pub fn failing(&self) -> bool {
-        self.store
-            .failing
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.store.slot.failing()
     }
 
     /// Times the file was reopened after a storage failure: a drainer whose commit failed
     /// waits for the next one before it reads back what was committed.
     pub fn reopens(&self) -> u64 {
-        self.store
-            .reopens
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.store.slot.reopens()
     }
 
     /// Random id of this journal file, told to agents in `Welcome`.

@@ -63,15 +63,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         }
     };
     let key = format!("mqtt:{source}:{}", cfg.client_id);
-    let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(
-        pipeline
-            .checkpoint(&key)
-            .ok()
-            .flatten()
-            .and_then(|v| ciborium::from_reader::<Vec<(u16, u64, bool)>, _>(&v[..]).ok())
-            .map(|v| v.into_iter().map(|(k, h, r)| (k, (h, r))).collect())
-            .unwrap_or_default(),
-    ));
+    let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(load_pending(&pipeline, &key, &source)));
     let c = &pipeline.counters;
     let counters = Counters {
         received: c.counter(&format!("{source}.received")),
@@ -236,10 +228,73 @@ fn remember(recent: &mut std::collections::VecDeque<u16>, pkid: u16) {
     }
 }
 
-/// QoS 2 ids seen: content hash, and whether the broker released the id since. Released
-/// ids are kept for a while: Mosquitto was seen redelivering a message (DUP set, same id)
-/// after it had already sent PUBREL for it, around a session takeover by a restarted agent.
-type Pending = HashMap<u16, (u64, bool)>;
+/// QoS 2 ids seen: content hash, and when the broker released the id (the release's
+/// number, counting up; 0: not released yet). Released ids are kept for a while: Mosquitto
+/// 2.0 redelivers a message (DUP set, same id) after it sent PUBREL for it when a
+/// reconnect ended before it could resend that PUBREL (its reconnect reset turns a
+/// `resend_pubrel` message back into a publish).
+type Pending = HashMap<u16, (u64, u64)>;
+
+/// A stored entry's release: a flag before release numbers were stored.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredRelease {
+    Order(u64),
+    Flag(bool),
+}
+
+/// Decodes the stored QoS 2 state (entries of either format).
+fn decode_pending(v: &[u8]) -> Result<Pending, ciborium::de::Error<std::io::Error>> {
+    let entries: Vec<(u16, u64, StoredRelease)> = ciborium::from_reader(v)?;
+    // Old entries without a number were released before any numbered one.
+    Ok(entries
+        .into_iter()
+        .map(|(k, h, r)| {
+            let order = match r {
+                StoredRelease::Order(o) => o,
+                StoredRelease::Flag(released) => u64::from(released),
+            };
+            (k, (h, order))
+        })
+        .collect())
+}
+
+/// The released ids of `pend`, oldest release first, and the next release's number.
+fn release_order(pend: &Pending) -> (std::collections::VecDeque<(u64, u16)>, u64) {
+    let mut r: Vec<(u64, u16)> = pend
+        .iter()
+        .filter(|(_, (_, o))| *o > 0)
+        .map(|(k, (_, o))| (*o, *k))
+        .collect();
+    r.sort_unstable();
+    let next = r.last().map_or(1, |(o, _)| o + 1);
+    (r.into_iter().collect(), next)
+}
+
+/// The QoS 2 state stored with the last commit. Unreadable, it is said loudly: the
+/// redeliveries of what was queued before the restart would be queued again.
+fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> Pending {
+    let stored = match pipeline.checkpoint(key) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(%source, error = %e, "mqtt QoS 2 state unreadable; redeliveries of messages queued before the restart may be queued twice");
+            return Pending::new();
+        }
+    };
+    let Some(v) = stored else {
+        return Pending::new();
+    };
+    let pending = match decode_pending(&v) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(%source, error = %e, "mqtt QoS 2 state does not decode; redeliveries of messages queued before the restart may be queued twice");
+            return Pending::new();
+        }
+    };
+    let released = pending.values().filter(|e| e.1 > 0).count();
+    tracing::info!(%source, unreleased = pending.len() - released, released, "mqtt QoS 2 state loaded");
+    pending
+}
 
 /// Released ids kept for recognising such late redeliveries.
 const RELEASED_KEEP: usize = 1024;
@@ -311,13 +366,10 @@ async fn commit_loop(
     counters: Counters,
     shutdown: CancellationToken,
 ) {
-    // Release order, oldest first, to bound what is kept (ids released before a restart
-    // come first, in any order).
-    let mut released: std::collections::VecDeque<u16> = lock(&pending)
-        .iter()
-        .filter(|(_, (_, r))| *r)
-        .map(|(k, _)| *k)
-        .collect();
+    // Release order, oldest first, to bound what is kept. Restored from the stored release
+    // numbers: in the map's order, a restart pruned recent releases before old ones, and a
+    // late redelivery of one of those was queued again.
+    let (mut released, mut next_release) = release_order(&lock(&pending));
     while let Some(first) = rx.recv().await {
         let mut msgs = vec![first];
         while msgs.len() < COMMIT_MAX {
@@ -336,14 +388,16 @@ async fn commit_loop(
                 let p = match m {
                     Msg::Released(pkid) => {
                         if let Some(e) = pend.get_mut(&pkid)
-                            && !e.1
+                            && e.1 == 0
                         {
-                            e.1 = true;
-                            released.push_back(pkid);
+                            e.1 = next_release;
+                            released.push_back((next_release, pkid));
+                            next_release += 1;
                         }
                         while released.len() > RELEASED_KEEP {
-                            if let Some(old) = released.pop_front()
-                                && pend.get(&old).is_some_and(|e| e.1)
+                            // Only that release: the id may have been reused since.
+                            if let Some((order, old)) = released.pop_front()
+                                && pend.get(&old).is_some_and(|e| e.1 == order)
                             {
                                 pend.remove(&old);
                             }
@@ -366,7 +420,7 @@ async fn commit_loop(
                         continue;
                     }
                     // A new message (DUP clear) may reuse a released id.
-                    pend.insert(p.pkid, (h, false));
+                    pend.insert(p.pkid, (h, 0));
                 }
                 records.push(Record {
                     ts_ns,
@@ -380,7 +434,7 @@ async fn commit_loop(
         }
         held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         let checkpoint = qos2.then(|| {
-            let ids: Vec<(u16, u64, bool)> = lock(&pending)
+            let ids: Vec<(u16, u64, u64)> = lock(&pending)
                 .iter()
                 .map(|(k, (h, r))| (*k, *h, *r))
                 .collect();
@@ -411,5 +465,44 @@ async fn commit_loop(
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a restart the released ids were rebuilt in the hash map's order, so the
+    /// pruning that keeps [`RELEASED_KEEP`] of them dropped recent releases as readily as
+    /// old ones; Mosquitto's late redelivery of a recently released message (DUP set, same
+    /// id) then was not recognised and was queued a second time.
+    #[test]
+    fn released_ids_are_pruned_oldest_first_after_a_restart() {
+        let pend: Pending = (0..3000u16)
+            .map(|i| {
+                let id = i.wrapping_mul(7919);
+                (id, (u64::from(i), u64::from(i) + 1))
+            })
+            .collect();
+        let mut value = Vec::new();
+        let stored: Vec<(u16, u64, u64)> = pend.iter().map(|(k, (h, o))| (*k, *h, *o)).collect();
+        ciborium::into_writer(&stored, &mut value).unwrap();
+        let (order, next) = release_order(&decode_pending(&value).unwrap());
+        assert_eq!(next, 3001);
+        let ids: Vec<u16> = order.iter().map(|(_, id)| *id).collect();
+        let expected: Vec<u16> = (0..3000u16).map(|i| i.wrapping_mul(7919)).collect();
+        assert_eq!(ids, expected, "oldest release first");
+    }
+
+    /// State stored before release numbers (a flag per id) still loads: an unreadable
+    /// state would let every redelivery of the last session be queued again.
+    #[test]
+    fn qos2_state_of_the_flag_format_still_loads() {
+        let old: Vec<(u16, u64, bool)> = vec![(1, 11, false), (2, 22, true)];
+        let mut value = Vec::new();
+        ciborium::into_writer(&old, &mut value).unwrap();
+        let p = decode_pending(&value).unwrap();
+        assert_eq!(p[&1], (11, 0));
+        assert_eq!(p[&2], (22, 1));
     }
 }

@@ -1,7 +1,8 @@
-//! The durable-store core under the queue and the sink journal: where a redb database
-//! lives ([`Medium`]: a file, or a simulated disk for tests), how it is opened (small
-//! cache, owner-only file), the free space the writer admits against, and the back-off of
-//! a writer reopening after a storage failure.
+//! The durable-store core under the queue, the sink journal and the control store: where a
+//! redb database lives ([`Medium`]: a file, or a simulated disk for tests), how it is
+//! opened (small cache, owner-only file), the free space the writer admits against, and
+//! the writer thread ([`writer`]: group commit, reopen with back-off after a storage
+//! failure, typed errors) each of them runs its writes through.
 //!
 //! # Why a medium and not a path
 //! redb opens a database on any [`redb::StorageBackend`]. With [`SimDisk`] the same queue
@@ -15,6 +16,7 @@
 pub mod fsmode;
 pub mod seeds;
 mod sim;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use redb::Database;
 
 pub use sim::{Fault, SimDisk};
+pub use writer::{Apply, Grouping, Kind, Slot};
 
 /// Where a store's database lives.
 #[derive(Debug, Clone)]
@@ -47,6 +50,12 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// The writer is reopening the database after a storage failure; retry later.
+    #[error("the store is being reopened after a storage failure")]
+    Reopening,
+    /// redb panicked (a corrupt page); the writer recovers as from a storage error.
+    #[error("the storage engine panicked: {0}")]
+    Panicked(String),
 }
 
 impl Medium {

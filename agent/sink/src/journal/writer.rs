@@ -3,10 +3,10 @@
 //! by refusing until a reopen (with back-off) succeeds.
 
 use super::*;
+use dataweaver_store::{Apply, Grouping, Kind};
 
 pub(super) struct Writer {
     pub(super) store: Arc<Store>,
-    pub(super) rx: mpsc::Receiver<Command>,
     pub(super) next: u64,
     pub(super) marks: Marks,
     pub(super) opts: JournalOptions,
@@ -17,32 +17,182 @@ pub(super) struct Writer {
     pub(super) held: Vec<Command>,
 }
 
-impl Writer {
-    pub(super) fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut batch = vec![first];
-            let mut n = 0;
-            // Bound a commit group to a few tens of MiB of batches.
-            while n < (32 << 20) {
-                match self.rx.try_recv() {
-                    Ok(c) => {
-                        if let Command::Submit(s) = &c {
-                            n += s.batch.len();
-                        }
-                        batch.push(c);
+/// A commit group takes a few tens of MiB of batches at most.
+pub(super) const GROUPING: Grouping = Grouping {
+    max_records: usize::MAX,
+    max_bytes: 32 << 20,
+    linger: std::time::Duration::ZERO,
+};
+
+/// One answer per command of a group, and the next entry number, once it committed.
+pub(super) struct Written {
+    answers: Vec<Option<Result<Outcome, String>>>,
+    next: u64,
+}
+
+impl Apply for Writer {
+    type Command = Command;
+    type Error = JournalError;
+    type Written = Written;
+
+    fn kind(&self, cmd: &Command) -> Kind {
+        match cmd {
+            Command::Submit(s) => Kind::Group {
+                records: 0,
+                bytes: s.batch.len(),
+            },
+            Command::Confirm { .. } | Command::Resolve { .. } => Kind::Group {
+                records: 0,
+                bytes: 0,
+            },
+            Command::Reopen => Kind::Reopen,
+        }
+    }
+
+    fn write(
+        &mut self,
+        txn: &WriteTransaction,
+        batch: &mut [Command],
+    ) -> Result<Written, JournalError> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut next = self.next;
+        {
+            let mut j = txn.open_table(JOURNAL).map_err(db)?;
+            let mut m = txn.open_table(MARKS).map_err(db)?;
+            let mut q = txn.open_table(QUARANTINE).map_err(db)?;
+            let mut inst = txn.open_table(INSTANCES).map_err(db)?;
+            let mut buf = Vec::new();
+            for cmd in batch.iter_mut() {
+                let answer = match cmd {
+                    Command::Submit(s) => {
+                        self.submit(s, &mut j, &mut m, &mut q, &mut next, &mut buf)?
                     }
-                    Err(_) => break,
-                }
+                    Command::Reopen => None,
+                    Command::Confirm {
+                        agent_id,
+                        queue_id,
+                        upto,
+                        ..
+                    } => {
+                        if let Some(mut mark) = self.mark(agent_id, queue_id)
+                            && *upto > mark.confirmed
+                        {
+                            mark.confirmed = *upto;
+                            self.set_mark(&mut m, agent_id, queue_id, mark)?;
+                        }
+                        None
+                    }
+                    Command::Resolve {
+                        agent_id,
+                        queue_id,
+                        confirm_upto,
+                        delivered_upto,
+                        incarnation,
+                        ..
+                    } => Some(
+                        match self.resolve(
+                            agent_id,
+                            queue_id,
+                            *confirm_upto,
+                            *delivered_upto,
+                            *incarnation,
+                            (&mut j, &mut m, &mut q),
+                            &mut inst,
+                            &mut buf,
+                        )? {
+                            Ok(h) => Ok(Outcome::Stored(h)),
+                            // Carried as `Rejected` to the answer below.
+                            Err(r) if r.code == dataweaver_wire::REFUSED_FORKED => {
+                                Ok(Outcome::Rejected(r.reason))
+                            }
+                            Err(r) => Err(r.reason),
+                        },
+                    ),
+                };
+                answers.push(answer);
             }
-            self.commit(batch);
-            // Once per round, so a disk that keeps failing does not spin here.
-            if !self.held.is_empty() {
-                let held = std::mem::take(&mut self.held);
-                self.commit(held);
+        }
+        #[cfg(test)]
+        if self
+            .store
+            .fail_next_commit
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // The loop drops the transaction: aborted, as a failed fsync leaves nothing.
+            return Err(JournalError::Io(
+                PathBuf::from(FILE_NAME),
+                std::io::Error::other("simulated full disk"),
+            ));
+        }
+        Ok(Written { answers, next })
+    }
+
+    fn committed(&mut self, batch: Vec<Command>, w: Written) {
+        self.next = w.next;
+        self.generation += 1;
+        self.changed.send_replace(self.generation);
+        for (cmd, answer) in batch.into_iter().zip(w.answers) {
+            match (cmd, answer) {
+                (Command::Submit(s), Some(a)) => {
+                    let _ = s.done.send(a);
+                }
+                (
+                    Command::Confirm {
+                        done: Some(done), ..
+                    },
+                    _,
+                ) => {
+                    let _ = done.send(());
+                }
+                (Command::Resolve { done, .. }, Some(a)) => {
+                    let _ = done.send(match a {
+                        Ok(Outcome::Stored(h)) => Ok(h),
+                        Ok(Outcome::Rejected(reason)) => Err(dataweaver_wire::Refusal {
+                            reason,
+                            code: dataweaver_wire::REFUSED_FORKED,
+                        }),
+                        Err(reason) => Err(dataweaver_wire::Refusal { reason, code: 0 }),
+                    });
+                }
+                _ => {}
             }
         }
     }
 
+    fn failed(&mut self, batch: Vec<Command>, e: JournalError) {
+        // Nothing was acked: agents resend (confirmations are kept for after the reopen),
+        // and every stream with a batch here ends, so none can commit a later batch over
+        // the gap. The reopen also reloads the marks changed in memory by the write.
+        tracing::error!(error = %e, "journal commit failed; reopening the journal");
+        for cmd in batch {
+            self.refuse_or_hold(cmd, &e.to_string());
+        }
+    }
+
+    fn refuse(&mut self, cmd: Command) {
+        self.refuse_or_hold(cmd, "journal storage is failing; retry later");
+    }
+
+    fn reopen(&mut self, medium: &Medium) -> Result<Database, JournalError> {
+        let (d, loaded) = open_file(medium, false)?;
+        (self.next, self.marks) = (loaded.next, loaded.marks);
+        Ok(d)
+    }
+
+    fn recovered(&mut self, reopened: bool) {
+        // Still `failing` until a commit goes through: reopening works on a full disk too.
+        if reopened {
+            self.generation += 1;
+            self.changed.send_replace(self.generation);
+        }
+    }
+
+    fn follow_up(&mut self) -> Option<Vec<Command>> {
+        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+}
+
+impl Writer {
     fn mark(&self, agent: &str, queue: &str) -> Option<Mark> {
         self.marks.get(agent).and_then(|q| q.get(queue)).copied()
     }
@@ -60,151 +210,6 @@ impl Writer {
             *slot = m;
         }
         Ok(())
-    }
-
-    fn commit(&mut self, mut batch: Vec<Command>) {
-        if batch.iter().any(|c| matches!(c, Command::Reopen)) {
-            // Storage failed: what came with the request is refused now, as what comes
-            // during the recovery is. Held until the file reopens, a batch's stream would
-            // wait for as long as storage fails (for ever on a dead disk). Confirmations
-            // wait: they only need a commit, and refusing one would lose it.
-            for c in batch {
-                self.refuse_or_hold(c, "journal storage is failing; retry later");
-            }
-            self.recover();
-            batch = std::mem::take(&mut self.held);
-        }
-        let store = self.store.clone();
-        let guard = match store.db.read() {
-            Ok(g) => g,
-            Err(_) => return,
-        };
-        // One answer per command, sent only once the transaction committed.
-        let mut answers: Vec<Option<Result<Outcome, String>>> = Vec::with_capacity(batch.len());
-        let mut next = self.next;
-        let result = catch(|| {
-            let d = guard.as_ref().ok_or(JournalError::Closed)?;
-            let txn = d.begin_write().map_err(db)?;
-            {
-                let mut j = txn.open_table(JOURNAL).map_err(db)?;
-                let mut m = txn.open_table(MARKS).map_err(db)?;
-                let mut q = txn.open_table(QUARANTINE).map_err(db)?;
-                let mut inst = txn.open_table(INSTANCES).map_err(db)?;
-                let mut buf = Vec::new();
-                for cmd in &mut batch {
-                    let answer = match cmd {
-                        Command::Submit(s) => {
-                            self.submit(s, &mut j, &mut m, &mut q, &mut next, &mut buf)?
-                        }
-                        Command::Reopen => None,
-                        Command::Confirm {
-                            agent_id,
-                            queue_id,
-                            upto,
-                            ..
-                        } => {
-                            if let Some(mut mark) = self.mark(agent_id, queue_id)
-                                && *upto > mark.confirmed
-                            {
-                                mark.confirmed = *upto;
-                                self.set_mark(&mut m, agent_id, queue_id, mark)?;
-                            }
-                            None
-                        }
-                        Command::Resolve {
-                            agent_id,
-                            queue_id,
-                            confirm_upto,
-                            delivered_upto,
-                            incarnation,
-                            ..
-                        } => Some(
-                            match self.resolve(
-                                agent_id,
-                                queue_id,
-                                *confirm_upto,
-                                *delivered_upto,
-                                *incarnation,
-                                (&mut j, &mut m, &mut q),
-                                &mut inst,
-                                &mut buf,
-                            )? {
-                                Ok(h) => Ok(Outcome::Stored(h)),
-                                // Carried as `Rejected` to the answer below.
-                                Err(r) if r.code == dataweaver_wire::REFUSED_FORKED => {
-                                    Ok(Outcome::Rejected(r.reason))
-                                }
-                                Err(r) => Err(r.reason),
-                            },
-                        ),
-                    };
-                    answers.push(answer);
-                }
-            }
-            #[cfg(test)]
-            if self
-                .store
-                .fail_next_commit
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
-                // Dropping the transaction aborts it, as a failed fsync leaves nothing.
-                drop(txn);
-                return Err(JournalError::Io(
-                    PathBuf::from(FILE_NAME),
-                    std::io::Error::other("simulated full disk"),
-                ));
-            }
-            txn.commit().map_err(db)?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => {
-                self.store
-                    .failing
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                self.next = next;
-                self.generation += 1;
-                self.changed.send_replace(self.generation);
-                for (cmd, answer) in batch.into_iter().zip(answers) {
-                    match (cmd, answer) {
-                        (Command::Submit(s), Some(a)) => {
-                            let _ = s.done.send(a);
-                        }
-                        (
-                            Command::Confirm {
-                                done: Some(done), ..
-                            },
-                            _,
-                        ) => {
-                            let _ = done.send(());
-                        }
-                        (Command::Resolve { done, .. }, Some(a)) => {
-                            let _ = done.send(match a {
-                                Ok(Outcome::Stored(h)) => Ok(h),
-                                Ok(Outcome::Rejected(reason)) => Err(dataweaver_wire::Refusal {
-                                    reason,
-                                    code: dataweaver_wire::REFUSED_FORKED,
-                                }),
-                                Err(reason) => Err(dataweaver_wire::Refusal { reason, code: 0 }),
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => {
-                // Nothing was acked: agents resend (confirmations are kept for after the
-                // reopen), and every stream with a batch here ends, so none can commit a
-                // later batch over the gap. A failed write latches redb until the file is
-                // reopened, which also reloads the marks changed in memory above.
-                tracing::error!(error = %e, "journal commit failed; reopening the journal");
-                for cmd in batch {
-                    self.refuse_or_hold(cmd, &e.to_string());
-                }
-                drop(guard);
-                self.recover();
-            }
-        }
     }
 
     /// One batch inside the transaction: `None` never (a submit always gets an answer).
@@ -439,53 +444,6 @@ impl Writer {
             Command::Reopen => {}
             other => refuse(other, reason),
         }
-    }
-
-    /// Closes and reopens the file until that works, refusing what arrives meanwhile.
-    fn recover(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.store.failing.store(true, Relaxed);
-        let mut backoff = dataweaver_store::Backoff::on(&self.store.medium);
-        loop {
-            let delay = backoff.next_delay();
-            let deadline = std::time::Instant::now() + delay;
-            while std::time::Instant::now() < deadline {
-                match self.rx.try_recv() {
-                    Ok(cmd) => self.refuse_or_hold(cmd, "journal storage is failing; retry later"),
-                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(
-                        deadline
-                            .saturating_duration_since(std::time::Instant::now())
-                            .min(std::time::Duration::from_millis(10)),
-                    ),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return,
-                }
-            }
-            match self.reopen() {
-                Ok(()) => {
-                    // Still `failing` until a commit goes through: reopening works on a
-                    // full disk too.
-                    tracing::warn!("journal storage recovered");
-                    self.generation += 1;
-                    self.changed.send_replace(self.generation);
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "journal storage still failing");
-                }
-            }
-        }
-    }
-
-    fn reopen(&mut self) -> Result<(), JournalError> {
-        let mut guard = self.store.db.write().map_err(|_| JournalError::Closed)?;
-        drop(guard.take());
-        let (d, loaded) = open_file(&self.store.medium, false)?;
-        *guard = Some(d);
-        (self.next, self.marks) = (loaded.next, loaded.marks);
-        self.store
-            .reopens
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(())
     }
 }
 
