@@ -18,29 +18,42 @@ use crate::sink::{ControlError, MODULES, STATUS};
 pub(crate) type WriteFn =
     Box<dyn FnOnce(&WriteTransaction) -> Result<Result<(), ControlError>, ControlError> + Send>;
 
-/// A write and who waits for its commit.
-pub(crate) struct Write {
-    f: Option<WriteFn>,
-    done: oneshot::Sender<Result<(), ControlError>>,
+/// A request to the writer thread.
+pub(crate) enum Command {
+    /// A write, and who waits for its commit.
+    Write {
+        f: Option<WriteFn>,
+        done: oneshot::Sender<Result<(), ControlError>>,
+    },
+    /// A read failed for its storage: redb latches that too, so reopen the file.
+    Reopen,
 }
 
 /// The store: the file as readers share it, and the writer thread's queue.
 pub(crate) struct Store {
     pub(crate) slot: Arc<Slot>,
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::Sender<Command>,
 }
 
 /// Modules are read once per agent that needs one: a small cache, not redb's 1 GiB.
 const CACHE_BYTES: usize = 1 << 20;
 
 /// Opens the file and makes sure both tables exist (a read of a missing one would fail).
+/// A panic of redb (a corrupt page) is an error: the writer keeps trying, with back-off.
 fn open_db(medium: &Medium) -> Result<Database, ControlError> {
-    let d = medium.open(CACHE_BYTES, false)?;
-    let txn = d.begin_write().map_err(db_err)?;
-    txn.open_table(MODULES).map_err(db_err)?;
-    txn.open_table(STATUS).map_err(db_err)?;
-    txn.commit().map_err(db_err)?;
-    Ok(d)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let d = medium.open(CACHE_BYTES, false)?;
+        let txn = d.begin_write().map_err(db_err)?;
+        txn.open_table(MODULES).map_err(db_err)?;
+        txn.open_table(STATUS).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(d)
+    }))
+    .unwrap_or_else(|p| {
+        Err(ControlError::Open(StoreError::Panicked(
+            writer::panic_text(p.as_ref()),
+        )))
+    })
 }
 
 pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> ControlError {
@@ -73,22 +86,28 @@ impl Store {
     pub(crate) async fn write(&self, f: WriteFn) -> Result<(), ControlError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Write { f: Some(f), done })
+            .send(Command::Write { f: Some(f), done })
             .await
             .map_err(|_| ControlError::Task("control writer stopped".into()))?;
         rx.await
             .map_err(|_| ControlError::Task("control writer stopped".into()))?
     }
 
-    /// Runs `f` on the open file, on a blocking thread.
+    /// Runs `f` on the open file, on a blocking thread. A storage error has the writer
+    /// reopen the file, as a failed write does.
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, ControlError> + Send + 'static,
     ) -> Result<T, ControlError> {
         let slot = self.slot.clone();
-        tokio::task::spawn_blocking(move || slot.read(f))
+        let r = tokio::task::spawn_blocking(move || slot.read(f))
             .await
-            .map_err(|e| ControlError::Task(e.to_string()))?
+            .map_err(|e| ControlError::Task(e.to_string()))?;
+        if let Err(ControlError::Storage(e)) = &r {
+            tracing::error!(error = %e, "control store read failed; reopening it");
+            let _ = self.tx.try_send(Command::Reopen);
+        }
+        r
     }
 }
 
@@ -96,47 +115,59 @@ impl Store {
 struct Writer;
 
 impl Apply for Writer {
-    type Command = Write;
+    type Command = Command;
     type Error = ControlError;
     type Written = Vec<Result<(), ControlError>>;
 
-    fn kind(&self, _: &Write) -> Kind {
-        Kind::Group {
-            records: 1,
-            bytes: 0,
+    fn kind(&self, cmd: &Command) -> Kind {
+        match cmd {
+            Command::Write { .. } => Kind::Group {
+                records: 1,
+                bytes: 0,
+            },
+            Command::Reopen => Kind::Reopen,
         }
     }
 
     fn write(
         &mut self,
         txn: &WriteTransaction,
-        group: &mut [Write],
+        group: &mut [Command],
     ) -> Result<Self::Written, ControlError> {
         let mut answers = Vec::with_capacity(group.len());
-        for w in group {
-            answers.push(match w.f.take() {
-                Some(f) => f(txn)?,
-                None => Ok(()),
+        for cmd in group {
+            answers.push(match cmd {
+                Command::Write { f, .. } => match f.take() {
+                    Some(f) => f(txn)?,
+                    None => Ok(()),
+                },
+                Command::Reopen => Ok(()),
             });
         }
         Ok(answers)
     }
 
-    fn committed(&mut self, group: Vec<Write>, answers: Self::Written) {
-        for (w, a) in group.into_iter().zip(answers) {
-            let _ = w.done.send(a);
+    fn committed(&mut self, group: Vec<Command>, answers: Self::Written) {
+        for (cmd, a) in group.into_iter().zip(answers) {
+            if let Command::Write { done, .. } = cmd {
+                let _ = done.send(a);
+            }
         }
     }
 
-    fn failed(&mut self, group: Vec<Write>, e: ControlError) {
+    fn failed(&mut self, group: Vec<Command>, e: ControlError) {
         tracing::error!(error = %e, "control store write failed; reopening it");
-        for w in group {
-            let _ = w.done.send(Err(ControlError::Failed(e.to_string())));
+        for cmd in group {
+            if let Command::Write { done, .. } = cmd {
+                let _ = done.send(Err(ControlError::Failed(e.to_string())));
+            }
         }
     }
 
-    fn refuse(&mut self, w: Write) {
-        let _ = w.done.send(Err(ControlError::Open(StoreError::Reopening)));
+    fn refuse(&mut self, cmd: Command) {
+        if let Command::Write { done, .. } = cmd {
+            let _ = done.send(Err(ControlError::Open(StoreError::Reopening)));
+        }
     }
 
     fn reopen(&mut self, medium: &Medium) -> Result<Database, ControlError> {

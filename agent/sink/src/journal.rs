@@ -326,6 +326,9 @@ impl Journal {
             changed: changed_tx,
             generation: 0,
             held: Vec::new(),
+            owe_commit: false,
+            commit_empty: false,
+            followed: false,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())

@@ -474,3 +474,24 @@ async fn corrupt_journal_is_set_aside_and_salvaged() {
     let out = try_put(&j, "a", hwm + 1, hwm + 5).await;
     assert_eq!(out, Ok(Outcome::Stored(hwm + 5)));
 }
+
+/// After a reopen the drainer asked for (its own commit failed), the journal stayed
+/// `failing` until some agent's command committed: the sink's `/ready` said unready, and
+/// a sink taken out of rotation for it got no traffic to clear it. The writer now commits
+/// once after the reopen, so `failing` clears as soon as the disk takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_clears_after_a_reopen_the_drainer_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+    j.reopen().await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while j.reopens() == 0 || j.failing() {
+        assert!(
+            std::time::Instant::now() < until,
+            "still failing after the reopen (reopens {})",
+            j.reopens()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -15,6 +15,15 @@ pub(super) struct Writer {
     /// Confirmations that came while storage failed: applied once it works again (an
     /// agent sends each one once; refused, its records would wait for its next stream).
     pub(super) held: Vec<Command>,
+    /// A reopen happened: one commit is owed, empty or not, so that `failing` clears as
+    /// soon as the disk takes writes again (the sink's `/ready` reads it; an unready sink
+    /// may get no traffic to clear it otherwise).
+    pub(super) owe_commit: bool,
+    /// The next group is that owed commit: written even when empty.
+    pub(super) commit_empty: bool,
+    /// The follow-up of this round was tried: held confirmations are retried once per
+    /// round, so a disk that keeps failing does not keep the writer from its channel.
+    pub(super) followed: bool,
 }
 
 /// A commit group takes a few tens of MiB of batches at most.
@@ -47,6 +56,10 @@ impl Apply for Writer {
             },
             Command::Reopen => Kind::Reopen,
         }
+    }
+
+    fn needs_commit(&mut self, group: &[Command]) -> bool {
+        std::mem::take(&mut self.commit_empty) || !group.is_empty()
     }
 
     fn write(
@@ -184,11 +197,20 @@ impl Apply for Writer {
         if reopened {
             self.generation += 1;
             self.changed.send_replace(self.generation);
+            self.owe_commit = true;
         }
     }
 
     fn follow_up(&mut self) -> Option<Vec<Command>> {
-        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+        if std::mem::take(&mut self.followed) {
+            return None;
+        }
+        if self.held.is_empty() && !self.owe_commit {
+            return None;
+        }
+        self.followed = true;
+        self.commit_empty = std::mem::take(&mut self.owe_commit);
+        Some(std::mem::take(&mut self.held))
     }
 }
 
