@@ -423,12 +423,8 @@ impl Writer {
         }) = self.plan.take()
         else {
             // Failed before the admission ran (the file was closed): nothing was written.
-            for mut a in batch {
-                let done = std::mem::replace(&mut a.done, oneshot::channel().0);
-                let _ = done.send(Err(QueueError::Unavailable {
-                    reason: e.to_string(),
-                    refused: Box::new(a.into_refused()),
-                }));
+            for a in batch {
+                refuse_unavailable(a, e.to_string());
             }
             return;
         };
@@ -672,6 +668,15 @@ impl Writer {
     }
 }
 
+/// Answers an append that was not stored: storage is failing, its records are handed back.
+fn refuse_unavailable(mut a: Append, reason: String) {
+    let done = std::mem::replace(&mut a.done, oneshot::channel().0);
+    let _ = done.send(Err(QueueError::Unavailable {
+        reason,
+        refused: Box::new(a.into_refused()),
+    }));
+}
+
 /// The appends of a group (its only commands).
 fn appends(group: &[Command]) -> Vec<&Append> {
     group
@@ -732,14 +737,7 @@ impl Apply for Writer {
 
     fn refuse(&mut self, cmd: Command) {
         match cmd {
-            Command::Append(mut a) => {
-                let done = std::mem::replace(&mut a.done, oneshot::channel().0);
-                let refused = Box::new(a.into_refused());
-                let _ = done.send(Err(QueueError::Unavailable {
-                    reason: "storage is failing; retry later".into(),
-                    refused,
-                }));
-            }
+            Command::Append(a) => refuse_unavailable(a, "storage is failing; retry later".into()),
             Command::Quarantine { done, .. } => {
                 let _ = done.send(Err(QueueError::unavailable(
                     "storage is failing; retry later",
