@@ -329,6 +329,7 @@ impl Journal {
             owe_commit: false,
             commit_empty: false,
             followed: false,
+            commit_failed: false,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())

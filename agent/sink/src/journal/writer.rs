@@ -15,8 +15,8 @@ pub(super) struct Writer {
     /// Confirmations that came while storage failed: applied once it works again (an
     /// agent sends each one once; refused, its records would wait for its next stream).
     pub(super) held: Vec<Command>,
-    /// A reopen happened: one commit is owed, empty or not, so that `failing` clears as
-    /// soon as the disk takes writes again (the sink's `/ready` reads it; an unready sink
+    /// A reopen the drainer asked for happened: one commit is owed, empty or not, so that
+    /// `failing` clears as soon as the disk takes writes again (the sink's `/ready` reads it; an unready sink
     /// may get no traffic to clear it otherwise).
     pub(super) owe_commit: bool,
     /// The next group is that owed commit: written even when empty.
@@ -24,6 +24,9 @@ pub(super) struct Writer {
     /// The follow-up of this round was tried: held confirmations are retried once per
     /// round, so a disk that keeps failing does not keep the writer from its channel.
     pub(super) followed: bool,
+    /// The recovery under way follows a failed commit (not a reopen the drainer asked
+    /// for): no commit is owed after it, the next command's commit clears `failing`.
+    pub(super) commit_failed: bool,
 }
 
 /// A commit group takes a few tens of MiB of batches at most.
@@ -177,6 +180,7 @@ impl Apply for Writer {
         // and every stream with a batch here ends, so none can commit a later batch over
         // the gap. The reopen also reloads the marks changed in memory by the write.
         tracing::error!(error = %e, "journal commit failed; reopening the journal");
+        self.commit_failed = true;
         for cmd in batch {
             self.refuse_or_hold(cmd, &e.to_string());
         }
@@ -197,7 +201,7 @@ impl Apply for Writer {
         if reopened {
             self.generation += 1;
             self.changed.send_replace(self.generation);
-            self.owe_commit = true;
+            self.owe_commit = !std::mem::take(&mut self.commit_failed);
         }
     }
 
