@@ -242,7 +242,10 @@ fn publish(port: u16, m: Messages, c: &Client) -> std::thread::JoinHandle<Result
         .set_clean_session(true)
         .set_inflight(20);
     if let Some(ca) = &c.ca {
-        let tls = dataweaver::tls::plain_client_config(ca, None).expect("client TLS");
+        let tls = dataweaver::tls::plain_client_config(
+            &dataweaver::tls::TlsMaterial::load(ca, None).expect("CA"),
+        )
+        .expect("client TLS");
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
@@ -413,6 +416,14 @@ fn kill_while_publishing(kind: Kind, qos: u8) {
                 }
             }
             mosquitto_qos2_summary(&w.dir.path().join("mosquitto.log"), "dw-test-agent", n);
+            // For a post-mortem: DATAWEAVER_KEEP_FAILED=DIR keeps the run's logs and data.
+            if let Some(keep) = std::env::var_os("DATAWEAVER_KEEP_FAILED") {
+                let _ = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(w.dir.path())
+                    .arg(&keep)
+                    .status();
+            }
         }
         assert_eq!(dups, 0, "QoS 2 is exactly once into the queue");
     } else {

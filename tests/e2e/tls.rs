@@ -14,7 +14,11 @@ async fn try_connect(
     identity: Option<(&std::path::Path, &std::path::Path)>,
     name: &str,
 ) -> Result<forward::Session, ForwardError> {
-    let client = tls::client_config(ca, identity, Duration::from_secs(3)).unwrap();
+    let client = tls::client_config(
+        &tls::TlsMaterial::load(ca, identity).unwrap(),
+        Duration::from_secs(3),
+    )
+    .unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let r = tokio::time::timeout(

@@ -43,9 +43,9 @@ impl Downstream for Stages {
     ) -> BoxFuture<'a, Result<Appended, EmitError>> {
         Box::pin(async move {
             match hold {
-                None => self.emit(records, rejected, checkpoint).await,
+                None => self.store(records, rejected, checkpoint).await,
                 Some(shutdown) => {
-                    self.emit_held(records, rejected, checkpoint, shutdown)
+                    self.store_held(records, rejected, checkpoint, shutdown)
                         .await
                 }
             }
@@ -97,7 +97,7 @@ impl Stages {
     /// Transforms `records` and stores the result, the records that failed (as dead
     /// letters, with `rejected` ones from the source's codec) and `checkpoint` in one
     /// transaction; returns when durable.
-    async fn emit(
+    async fn store(
         &self,
         records: Vec<Record>,
         rejected: Vec<(Record, String)>,
@@ -127,10 +127,10 @@ impl Stages {
             .fetch_add(dead as u64, Ordering::Relaxed);
     }
 
-    /// [`emit`](Self::emit) for a source that holds its records while the queue refuses
+    /// [`store`](Self::store) for a source that holds its records while the queue refuses
     /// (see `Pipeline::emit_held`): transforms once, then retries the append with back-off
     /// until it is accepted or `shutdown`.
-    async fn emit_held(
+    async fn store_held(
         &self,
         records: Vec<Record>,
         rejected: Vec<(Record, String)>,

@@ -60,9 +60,9 @@ pub async fn request(t: &AdminTarget, req: AdminRequest) -> Result<AdminReply, C
             wire::MAX_CONTROL_FRAME / (1024 * 1024)
         )));
     }
-    let client =
-        dataweaver_tls::client_config(&t.ca, Some((&t.cert, &t.key)), Duration::from_secs(30))
-            .map_err(|e| ControlError::Format(e.to_string()))?;
+    let client = dataweaver_tls::TlsMaterial::load(&t.ca, Some((&t.cert, &t.key)))
+        .and_then(|m| dataweaver_tls::client_config(&m, Duration::from_secs(30)))
+        .map_err(|e| ControlError::Format(e.to_string()))?;
     let addr = tokio::net::lookup_host(&t.sink)
         .await
         .map_err(|e| err(&e))?

@@ -21,8 +21,7 @@ impl Link {
     /// The link `cfg` describes (its TLS files are read now).
     pub fn new(cfg: &ForwardConfig) -> Result<Link, ForwardError> {
         let client = dataweaver_tls::client_config(
-            &cfg.tls.ca,
-            Some((&cfg.tls.cert, &cfg.tls.key)),
+            &cfg.tls.load()?,
             Duration::from_millis(cfg.idle_timeout_ms),
         )?;
         Ok(Link {

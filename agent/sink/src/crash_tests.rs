@@ -81,6 +81,7 @@ async fn submit(j: &Journal, agent: &str, from: u64, to: u64) -> Result<Outcome,
         .map_err(|e| e.to_string())?
         .await
         .map_err(|_| "journal closed".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 async fn resolve(j: &Journal, agent: &str, confirm_upto: u64) -> Result<u64, String> {

@@ -151,6 +151,37 @@ impl Default for JournalOptions {
     }
 }
 
+/// Why the journal did not take a batch: the stream that sent it must end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The batch came before its queue's `Resolve` on this stream.
+    #[error("batch before Resolve")]
+    NotResolved,
+    /// Another process of this queue resolved since this stream began (a copy of the
+    /// data directory): the stream's next `Resolve` tells which one is the copy.
+    #[error("another process of this queue took it over; resolve again")]
+    TakenOver,
+    /// The batch starts past what the journal holds of its queue.
+    #[error(
+        "batch starts at seq {from} but this journal holds seqs of the queue only up to {hwm}: \
+         refusing to store past a gap"
+    )]
+    Gap {
+        /// The batch's first seq.
+        from: u64,
+        /// The last seq the journal holds of the queue.
+        hwm: u64,
+    },
+    /// The journal's storage is failing or being reopened: the agent retries later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A `Resolve` for a new queue id of an agent that holds as many unsettled ones here
+    /// as it may (`max_queues_per_agent`).
+    #[error("{0}")]
+    TooManyQueues(String),
+}
+
 /// What became of a submitted batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -174,7 +205,7 @@ struct Submit {
     invalid: Option<String>,
     /// The agent process that sent it (`Resolve.instance` of its stream).
     instance: u64,
-    done: oneshot::Sender<Result<Outcome, String>>,
+    done: oneshot::Sender<Result<Outcome, Refused>>,
 }
 
 /// Journal entries decoded for the outputs.
@@ -465,7 +496,7 @@ impl Journal {
         batch: bytes::Bytes,
         info: &BatchInfo,
         instance: u64,
-    ) -> Result<oneshot::Receiver<Result<Outcome, String>>, JournalError> {
+    ) -> Result<oneshot::Receiver<Result<Outcome, Refused>>, JournalError> {
         let (done, rx) = oneshot::channel();
         let s = Submit {
             agent_id: agent_id.into(),

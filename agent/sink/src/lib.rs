@@ -40,7 +40,7 @@ use dataweaver_core::Counters;
 use dataweaver_tls as tls;
 use dataweaver_wire::session::sink::{self as stream, Effect, SinkStream};
 use dataweaver_wire::{self as wire, AgentFrame, SinkFrame, agent_frame, sink_frame};
-pub use journal::{Journal, JournalError, JournalOptions, Outcome};
+pub use journal::{Journal, JournalError, JournalOptions, Outcome, Refused};
 use output::Output;
 
 /// Errors that stop the sink from starting.
@@ -87,7 +87,8 @@ impl Sink {
     /// Opens the journal and outputs and binds the QUIC endpoint.
     pub fn bind(cfg: &SinkConfig) -> Result<Sink, SinkError> {
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
-        let mut server = tls::server_config(&cfg.tls, idle)?;
+        let material = cfg.tls.load()?;
+        let mut server = tls::server_config(&material, idle)?;
         let mut transport = tls::transport_config(idle);
         // One connection can never hold more streams than its agent may; agents use no
         // unidirectional streams.
@@ -113,10 +114,7 @@ impl Sink {
             .collect::<Result<Vec<_>, _>>()?;
         let sink_id = match &cfg.sink_id {
             Some(id) => id.clone(),
-            None => tls::load_certs(&cfg.tls.cert)?
-                .first()
-                .and_then(tls::common_name)
-                .unwrap_or_else(|| "sink".into()),
+            None => material.common_name().unwrap_or_else(|| "sink".into()),
         };
         let reset_key = tls::stateless_reset_key(&cfg.data_dir)?;
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
@@ -612,7 +610,8 @@ async fn serve_stream(
     });
     let _abort_reader = scopeguard(move || reader.abort());
     // Submitted batches in order: what the journal will say, and the frame's budget.
-    let mut pending: VecDeque<(oneshot::Receiver<Result<Outcome, String>>, Held)> = VecDeque::new();
+    let mut pending: VecDeque<(oneshot::Receiver<Result<Outcome, Refused>>, Held)> =
+        VecDeque::new();
     let mut held: Held = None;
     // The budget of the frame just answered: released once its answer is written.
     let mut answered: Held = None;
@@ -680,7 +679,7 @@ async fn serve_stream(
                         rejected.fetch_add(1, Ordering::Relaxed);
                         stream::Outcome::Rejected(reason)
                     }
-                    Ok(Err(e)) => stream::Outcome::Failed(e),
+                    Ok(Err(e)) => stream::Outcome::Failed(e.to_string()),
                     Err(_) => stream::Outcome::Failed("journal closed".into()),
                 });
             }

@@ -553,7 +553,7 @@ impl World {
                         Ok(rx) => match rx.await {
                             Ok(Ok(Outcome::Stored(last))) => sink::Outcome::Stored(last),
                             Ok(Ok(Outcome::Rejected(r))) => sink::Outcome::Rejected(r),
-                            Ok(Err(e)) => sink::Outcome::Failed(e),
+                            Ok(Err(e)) => sink::Outcome::Failed(e.to_string()),
                             Err(_) => sink::Outcome::Failed("journal closed".into()),
                         },
                         Err(e) => sink::Outcome::Failed(e.to_string()),

@@ -30,14 +30,27 @@ pub enum SourceConfig {
 impl SourceConfig {
     /// The configured or default name.
     pub fn name(&self) -> &str {
+        let name = match self {
+            SourceConfig::File(f) => &f.name,
+            SourceConfig::Tcp(n) | SourceConfig::Udp(n) => &n.name,
+            SourceConfig::Stdin(n) => &n.name,
+            SourceConfig::Http(h) => &h.name,
+            SourceConfig::HostMetrics(h) => &h.name,
+            SourceConfig::Mqtt(m) => &m.name,
+        };
+        name.as_deref().unwrap_or(self.kind())
+    }
+
+    /// The source's `type` in the config file.
+    pub fn kind(&self) -> &'static str {
         match self {
-            SourceConfig::File(f) => f.name.as_deref().unwrap_or("file"),
-            SourceConfig::Tcp(n) => n.name.as_deref().unwrap_or("tcp"),
-            SourceConfig::Udp(n) => n.name.as_deref().unwrap_or("udp"),
-            SourceConfig::Stdin(n) => n.name.as_deref().unwrap_or("stdin"),
-            SourceConfig::Http(h) => h.name.as_deref().unwrap_or("http"),
-            SourceConfig::HostMetrics(h) => h.name.as_deref().unwrap_or("host_metrics"),
-            SourceConfig::Mqtt(m) => m.name.as_deref().unwrap_or("mqtt"),
+            SourceConfig::File(_) => "file",
+            SourceConfig::Tcp(_) => "tcp",
+            SourceConfig::Udp(_) => "udp",
+            SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::Http(_) => "http",
+            SourceConfig::HostMetrics(_) => "host_metrics",
+            SourceConfig::Mqtt(_) => "mqtt",
         }
     }
 }
@@ -101,6 +114,27 @@ pub struct MqttTls {
     pub key: Option<PathBuf>,
     /// Name to check the broker's certificate against (default: the broker's host).
     pub server_name: Option<String>,
+}
+
+impl MqttSourceConfig {
+    /// The broker's host and port, read from `broker` (`host:port`).
+    pub(crate) fn broker_addr(&self) -> Result<(String, u16), String> {
+        match self.broker.rsplit_once(':') {
+            Some((h, port)) if !h.is_empty() => match port.parse::<u16>() {
+                Ok(port) => Ok((h.to_string(), port)),
+                Err(_) => Err(format!("`{}` is not host:port", self.broker)),
+            },
+            _ => Err(format!("`{}` is not host:port", self.broker)),
+        }
+    }
+}
+
+impl MqttTls {
+    /// Reads and checks the CA and, if given, the client certificate and key.
+    pub(crate) fn load(&self) -> Result<dataweaver_tls::TlsMaterial, dataweaver_tls::TlsError> {
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        dataweaver_tls::TlsMaterial::load(&self.ca, identity)
+    }
 }
 
 /// A TCP or UDP line listener.
@@ -373,21 +407,47 @@ fn line_size(p: &mut Problems, key: String, v: usize) {
     p.range(key, v as u64, 1, MAX_RECORD_BYTES as u64);
 }
 
+/// A file source's globs, compiled: what it matches paths against.
+#[derive(Debug, Default)]
+pub(crate) struct Globs {
+    pub(crate) include: Vec<glob::Pattern>,
+    pub(crate) exclude: Vec<glob::Pattern>,
+}
+
+impl FileSourceConfig {
+    /// Compiles `include` and `exclude`, or names every bad glob by its key
+    /// (`include[1]`). `validate` and the running source both build them here, so a glob
+    /// `validate` accepts is exactly the one that runs.
+    pub(crate) fn globs(&self) -> Result<Globs, Vec<(String, String)>> {
+        let mut bad = Vec::new();
+        let mut compile = |list: &str, globs: &[String]| {
+            let mut out = Vec::with_capacity(globs.len());
+            for (k, g) in globs.iter().enumerate() {
+                match glob::Pattern::new(g) {
+                    Ok(p) => out.push(p),
+                    Err(e) => bad.push((format!("{list}[{k}]"), format!("bad glob `{g}`: {e}"))),
+                }
+            }
+            out
+        };
+        let include = compile("include", &self.include);
+        let exclude = compile("exclude", &self.exclude);
+        if bad.is_empty() {
+            Ok(Globs { include, exclude })
+        } else {
+            Err(bad)
+        }
+    }
+}
+
 impl Check for FileSourceConfig {
     fn check(&self, at: &str, p: &mut Problems) {
         if self.include.is_empty() {
             p.push(key(at, "include"), "at least one glob is needed");
         }
-        for (k, g) in self.include.iter().chain(&self.exclude).enumerate() {
-            if let Err(e) = glob::Pattern::new(g) {
-                let (list, k) = match k.checked_sub(self.include.len()) {
-                    None => ("include", k),
-                    Some(k) => ("exclude", k),
-                };
-                p.push(
-                    key(at, &format!("{list}[{k}]")),
-                    format!("bad glob `{g}`: {e}"),
-                );
+        if let Err(bad) = self.globs() {
+            for (k, message) in bad {
+                p.push(key(at, &k), message);
             }
         }
         p.nonzero(key(at, "poll_interval_ms"), self.poll_interval_ms);
@@ -497,16 +557,8 @@ impl Check for HostMetricsConfig {
 
 impl Check for MqttSourceConfig {
     fn check(&self, at: &str, p: &mut Problems) {
-        match self
-            .broker
-            .rsplit_once(':')
-            .map(|(h, port)| (h, port.parse::<u16>()))
-        {
-            Some((h, Ok(_))) if !h.is_empty() => {}
-            _ => p.push(
-                key(at, "broker"),
-                format!("`{}` is not host:port", self.broker),
-            ),
+        if let Err(e) = self.broker_addr() {
+            p.push(key(at, "broker"), e);
         }
         if self.client_id.is_empty() {
             p.push(key(at, "client_id"), "must not be empty");
@@ -525,9 +577,16 @@ impl Check for MqttSourceConfig {
             p.push(key(at, "password"), "needs a username");
         }
         if let Some(t) = &self.tls {
-            p.file(key(at, "tls.ca"), &t.ca);
             if t.cert.is_some() != t.key.is_some() {
                 p.push(key(at, "tls.cert"), "cert and key go together");
+            } else {
+                let files = [
+                    ("ca", Some(&t.ca)),
+                    ("cert", t.cert.as_ref()),
+                    ("key", t.key.as_ref()),
+                ];
+                let files = files.into_iter().filter_map(|(k, f)| Some((k, f?)));
+                dataweaver_tls::check_material(&key(at, "tls"), files, || t.load(), p);
             }
         }
         // MQTT carries keep-alive as 16-bit seconds.

@@ -237,17 +237,13 @@ impl FileSource {
             }),
             exact: cfg.codec == Codec::Binary,
         };
-        // Validated with the config; a pattern that still fails to parse matches nothing.
-        let include = cfg
-            .include
-            .iter()
-            .filter_map(|g| glob::Pattern::new(g).ok())
-            .collect();
-        let exclude = cfg
-            .exclude
-            .iter()
-            .filter_map(|g| glob::Pattern::new(g).ok())
-            .collect();
+        // `validate` compiled the same globs; one that still fails here matches nothing.
+        let crate::config::Globs { include, exclude } = cfg.globs().unwrap_or_else(|bad| {
+            for (key, error) in bad {
+                tracing::error!(%source, %key, %error, "file source: a bad glob, so it matches nothing");
+            }
+            Default::default()
+        });
         let bases = cfg.include.iter().map(|g| base_of(g)).collect();
         let c = &pipeline.counters;
         let stats = Stats {

@@ -11,7 +11,7 @@
 //!   (PUBREL) are stored, with a hash of topic and payload, in the *same* transaction as the
 //!   records (the source's checkpoint). A redelivery after a crash (DUP set, same id, same
 //!   content) is recognised and acknowledged without being queued twice. Released ids are
-//!   kept a while too (see `Pending`): Mosquitto 2.0 was seen redelivering after PUBREL.
+//!   kept too, for the whole id space (see `mqtt/qos2.rs`): Mosquitto 2.0 redelivers after PUBREL.
 //!
 //! rumqttc forgets the ids of incoming QoS 2 messages on every reconnect and then treats
 //! the broker's PUBREL for them as a protocol error; after each CONNACK the source re-arms
@@ -20,7 +20,6 @@
 //! (the broker never saw our PUBCOMP before a crash): such an id is remembered and re-armed
 //! on the next connect, so the broker gets its PUBCOMP instead of a reconnect loop.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::MqttSourceConfig;
 use crate::codec;
+
+mod qos2;
 use crate::pipeline::Pipeline;
 use dataweaver_core::Checkpoint;
 use dataweaver_core::{Record, now_ns};
@@ -63,7 +64,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         }
     };
     let key = format!("mqtt:{source}:{}", cfg.client_id);
-    let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(load_pending(&pipeline, &key, &source)));
+    let pending = Arc::new(Mutex::new(load_pending(&pipeline, &key, &source)));
     let c = &pipeline.counters;
     let counters = Counters {
         received: c.counter(&format!("{source}.received")),
@@ -119,7 +120,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
                 // Mosquitto was seen redelivering after `session_present = false` (a
                 // reconnect racing the killed connection's cleanup), and the DUP flag plus
                 // the content hash keep the check safe.
-                let mut ids: Vec<u16> = lock(&pending).keys().copied().collect();
+                let mut ids = lock(&pending).rearm_ids(REARM_RECENT);
                 ids.extend(rearm_extra.iter().copied());
                 rearm_qos2(&mut eventloop, &ids);
                 for t in &cfg.topics {
@@ -228,78 +229,47 @@ fn remember(recent: &mut std::collections::VecDeque<u16>, pkid: u16) {
     }
 }
 
-/// QoS 2 ids seen: content hash, and when the broker released the id (the release's
-/// number, counting up; 0: not released yet). Released ids are kept for a while: Mosquitto
-/// 2.0 redelivers a message (DUP set, same id) after it sent PUBREL for it when a
-/// reconnect ended before it could resend that PUBREL (its reconnect reset turns a
-/// `resend_pubrel` message back into a publish).
-type Pending = HashMap<u16, (u64, u64)>;
-
-/// A stored entry's release: a flag before release numbers were stored.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum StoredRelease {
-    Order(u64),
-    Flag(bool),
-}
-
-/// Decodes the stored QoS 2 state (entries of either format).
-fn decode_pending(v: &[u8]) -> Result<Pending, ciborium::de::Error<std::io::Error>> {
-    let entries: Vec<(u16, u64, StoredRelease)> = ciborium::from_reader(v)?;
-    // Old entries without a number were released before any numbered one.
-    Ok(entries
-        .into_iter()
-        .map(|(k, h, r)| {
-            let order = match r {
-                StoredRelease::Order(o) => o,
-                StoredRelease::Flag(released) => u64::from(released),
-            };
-            (k, (h, order))
-        })
-        .collect())
-}
-
-/// The released ids of `pend`, oldest release first, and the next release's number.
-fn release_order(pend: &Pending) -> (std::collections::VecDeque<(u64, u16)>, u64) {
-    let mut r: Vec<(u64, u16)> = pend
-        .iter()
-        .filter(|(_, (_, o))| *o > 0)
-        .map(|(k, (_, o))| (*o, *k))
-        .collect();
-    r.sort_unstable();
-    let next = r.last().map_or(1, |(o, _)| o + 1);
-    (r.into_iter().collect(), next)
-}
-
-/// The QoS 2 state stored with the last commit. Unreadable, it is said loudly: the
-/// redeliveries of what was queued before the restart would be queued again.
-fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> Pending {
-    let stored = match pipeline.checkpoint(key) {
-        Ok(v) => v,
+/// The QoS 2 state stored with the last commit: the main checkpoint and its segments
+/// (see [`qos2`]). Unreadable, it is said loudly: the redeliveries of what was queued before
+/// the restart would be queued again.
+fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> qos2::State {
+    let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(%source, error = %e, "mqtt QoS 2 state {what}; redeliveries of messages queued before the restart may be queued twice");
+    };
+    let main = match pipeline.checkpoint(key) {
+        Ok(Some(v)) => qos2::decode_pending(&v).unwrap_or_else(|e| {
+            unreadable("does not decode", &e);
+            Default::default()
+        }),
+        Ok(None) => Default::default(),
         Err(e) => {
-            tracing::error!(%source, error = %e, "mqtt QoS 2 state unreadable; redeliveries of messages queued before the restart may be queued twice");
-            return Pending::new();
+            unreadable("unreadable", &e);
+            Default::default()
         }
     };
-    let Some(v) = stored else {
-        return Pending::new();
-    };
-    let pending = match decode_pending(&v) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(%source, error = %e, "mqtt QoS 2 state does not decode; redeliveries of messages queued before the restart may be queued twice");
-            return Pending::new();
+    let prefix = qos2::segment_prefix(key);
+    let mut segments = Vec::new();
+    match pipeline.checkpoints(&prefix) {
+        Ok(stored) => {
+            for (k, v) in stored {
+                let first = k.strip_prefix(&prefix).and_then(|f| f.parse::<u64>().ok());
+                match (first, qos2::decode_pending(&v)) {
+                    (Some(first), Ok(entries)) => segments.push((first, entries)),
+                    (_, Err(e)) => unreadable("segment does not decode", &e),
+                    (None, _) => unreadable("segment key is malformed", &k),
+                }
+            }
         }
-    };
-    let released = pending.values().filter(|e| e.1 > 0).count();
-    tracing::info!(%source, unreleased = pending.len() - released, released, "mqtt QoS 2 state loaded");
-    pending
+        Err(e) => unreadable("segments unreadable", &e),
+    }
+    segments.sort_by_key(|(first, _)| *first);
+    let state = qos2::State::load(main, segments);
+    let (unreleased, released) = state.counts();
+    tracing::info!(%source, unreleased, released, "mqtt QoS 2 state loaded");
+    state
 }
 
-/// Released ids kept for recognising such late redeliveries.
-const RELEASED_KEEP: usize = 1024;
-
-fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+fn lock(m: &Mutex<qos2::State>) -> std::sync::MutexGuard<'_, qos2::State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -312,11 +282,7 @@ fn qos(n: u8) -> QoS {
 }
 
 fn options(cfg: &MqttSourceConfig) -> Result<MqttOptions, String> {
-    let (host, port) = cfg
-        .broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| format!("broker `{}` is not host:port", cfg.broker))?;
+    let (host, port) = cfg.broker_addr()?;
     let mut o = MqttOptions::new(&cfg.client_id, host, port);
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(1)))
         .set_clean_session(cfg.clean_session)
@@ -325,9 +291,10 @@ fn options(cfg: &MqttSourceConfig) -> Result<MqttOptions, String> {
         o.set_credentials(u, cfg.password.as_deref().unwrap_or(""));
     }
     if let Some(t) = &cfg.tls {
-        let identity = t.cert.as_deref().zip(t.key.as_deref());
-        let tls =
-            dataweaver_tls::plain_client_config(&t.ca, identity).map_err(|e| e.to_string())?;
+        let tls = t
+            .load()
+            .and_then(|m| dataweaver_tls::plain_client_config(&m))
+            .map_err(|e| e.to_string())?;
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
@@ -362,14 +329,10 @@ async fn commit_loop(
     source: String,
     codec_kind: crate::Codec,
     key: String,
-    pending: Arc<Mutex<Pending>>,
+    pending: Arc<Mutex<qos2::State>>,
     counters: Counters,
     shutdown: CancellationToken,
 ) {
-    // Release order, oldest first, to bound what is kept. Restored from the stored release
-    // numbers: in the map's order, a restart pruned recent releases before old ones, and a
-    // late redelivery of one of those was queued again.
-    let (mut released, mut next_release) = release_order(&lock(&pending));
     while let Some(first) = rx.recv().await {
         let mut msgs = vec![first];
         while msgs.len() < COMMIT_MAX {
@@ -387,21 +350,7 @@ async fn commit_loop(
             for m in msgs {
                 let p = match m {
                     Msg::Released(pkid) => {
-                        if let Some(e) = pend.get_mut(&pkid)
-                            && e.1 == 0
-                        {
-                            e.1 = next_release;
-                            released.push_back((next_release, pkid));
-                            next_release += 1;
-                        }
-                        while released.len() > RELEASED_KEEP {
-                            // Only that release: the id may have been reused since.
-                            if let Some((order, old)) = released.pop_front()
-                                && pend.get(&old).is_some_and(|e| e.1 == order)
-                            {
-                                pend.remove(&old);
-                            }
-                        }
+                        pend.release(pkid);
                         qos2 = true;
                         continue;
                     }
@@ -412,15 +361,12 @@ async fn commit_loop(
                 };
                 if p.qos == QoS::ExactlyOnce {
                     qos2 = true;
-                    let h = content_hash(p);
-                    if p.dup && pend.get(&p.pkid).is_some_and(|e| e.0 == h) {
+                    if pend.seen(p.pkid, content_hash(p), p.dup) {
                         // Queued before a crash or reconnect; only the PUBREC was missing
-                        // (or the broker redelivered after releasing: see `Pending`).
+                        // (or the broker redelivered after releasing: see `qos2`).
                         counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    // A new message (DUP clear) may reuse a released id.
-                    pend.insert(p.pkid, (h, 0));
                 }
                 records.push(Record {
                     ts_ns,
@@ -433,18 +379,27 @@ async fn commit_loop(
             }
         }
         held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        let checkpoint = qos2.then(|| {
-            let ids: Vec<(u16, u64, u64)> = lock(&pending)
-                .iter()
-                .map(|(k, (h, r))| (*k, *h, *r))
-                .collect();
-            let mut value = Vec::new();
-            // Cannot fail: a Vec of integer triples into a Vec.
-            let _ = ciborium::into_writer(&ids, &mut value);
-            Checkpoint {
-                key: key.clone(),
-                value,
+        if qos2 {
+            // Closed segments are durable before the main checkpoint stops carrying them.
+            let writes = lock(&pending).closed();
+            for w in writes {
+                let segment = Checkpoint {
+                    key: qos2::segment_key(&key, w.first),
+                    value: w.value.clone(),
+                };
+                match pipeline.store_checkpoint(segment).await {
+                    Ok(()) => lock(&pending).stored(&w),
+                    Err(e) => {
+                        // The main checkpoint keeps carrying them; tried again next commit.
+                        tracing::warn!(%source, error = %e, "mqtt QoS 2 state segment not stored");
+                        break;
+                    }
+                }
             }
+        }
+        let checkpoint = qos2.then(|| Checkpoint {
+            key: key.clone(),
+            value: lock(&pending).main(),
         });
         let (records, rejected) = codec::decode_all(codec_kind, records);
         if let Err(e) = pipeline
@@ -465,44 +420,5 @@ async fn commit_loop(
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// After a restart the released ids were rebuilt in the hash map's order, so the
-    /// pruning that keeps [`RELEASED_KEEP`] of them dropped recent releases as readily as
-    /// old ones; Mosquitto's late redelivery of a recently released message (DUP set, same
-    /// id) then was not recognised and was queued a second time.
-    #[test]
-    fn released_ids_are_pruned_oldest_first_after_a_restart() {
-        let pend: Pending = (0..3000u16)
-            .map(|i| {
-                let id = i.wrapping_mul(7919);
-                (id, (u64::from(i), u64::from(i) + 1))
-            })
-            .collect();
-        let mut value = Vec::new();
-        let stored: Vec<(u16, u64, u64)> = pend.iter().map(|(k, (h, o))| (*k, *h, *o)).collect();
-        ciborium::into_writer(&stored, &mut value).unwrap();
-        let (order, next) = release_order(&decode_pending(&value).unwrap());
-        assert_eq!(next, 3001);
-        let ids: Vec<u16> = order.iter().map(|(_, id)| *id).collect();
-        let expected: Vec<u16> = (0..3000u16).map(|i| i.wrapping_mul(7919)).collect();
-        assert_eq!(ids, expected, "oldest release first");
-    }
-
-    /// State stored before release numbers (a flag per id) still loads: an unreadable
-    /// state would let every redelivery of the last session be queued again.
-    #[test]
-    fn qos2_state_of_the_flag_format_still_loads() {
-        let old: Vec<(u16, u64, bool)> = vec![(1, 11, false), (2, 22, true)];
-        let mut value = Vec::new();
-        ciborium::into_writer(&old, &mut value).unwrap();
-        let p = decode_pending(&value).unwrap();
-        assert_eq!(p[&1], (11, 0));
-        assert_eq!(p[&2], (22, 1));
     }
 }

@@ -33,12 +33,104 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// Reads and checks the three files: the TLS material this side runs on.
+    pub fn load(&self) -> Result<TlsMaterial, TlsError> {
+        TlsMaterial::load(&self.ca, Some((&self.cert, &self.key)))
+    }
+}
+
 impl Check for TlsFiles {
     fn check(&self, at: &str, p: &mut Problems) {
-        use dataweaver_core::check::key;
-        for (name, file) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
-            p.file(key(at, name), file);
+        check_material(
+            at,
+            [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)],
+            || self.load(),
+            p,
+        );
+    }
+}
+
+/// Checks TLS files the way they will be loaded: each must exist, and then `load` (the
+/// very loader the component runs) must accept them; its error is placed at the key of
+/// the file it names. So a file that is not PEM, or a key that does not match its
+/// certificate, is a `validate` error with its line, not a failure at the first connection.
+pub fn check_material<'a>(
+    at: &str,
+    files: impl IntoIterator<Item = (&'a str, &'a PathBuf)>,
+    load: impl FnOnce() -> Result<TlsMaterial, TlsError>,
+    p: &mut Problems,
+) {
+    use dataweaver_core::check::key;
+    let files: Vec<_> = files.into_iter().collect();
+    let missing = files.iter().filter(|(_, f)| !f.is_file()).count();
+    for (name, file) in &files {
+        p.file(key(at, name), file);
+    }
+    if missing > 0 {
+        return;
+    }
+    if let Err(e) = load() {
+        let name = match &e {
+            TlsError::Pem { path, .. } => files.iter().find(|(_, f)| *f == path),
+            _ => None,
         }
+        .map_or("ca", |(name, _)| name);
+        p.push(key(at, name), e.to_string());
+    }
+}
+
+/// TLS material read from PEM files and checked: the roots of the CA this side trusts
+/// and, for mutual TLS, this side's certificate chain and the private key that matches it.
+/// Built once from the config by the same loader `validate` runs.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    roots: Arc<rustls::RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        TlsMaterial {
+            roots: self.roots.clone(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(chain, key)| (chain.clone(), key.clone_key())),
+        }
+    }
+}
+
+impl TlsMaterial {
+    /// Reads `ca` and, if given, this side's `(cert, key)`: every file must parse, the CA
+    /// must be a usable root, and the key must match the certificate.
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<TlsMaterial, TlsError> {
+        let roots = Arc::new(roots(ca)?);
+        let identity = match identity {
+            None => None,
+            Some((cert, key)) => {
+                let chain = load_certs(cert)?;
+                let k = load_key(key)?;
+                rustls::sign::CertifiedKey::from_der(chain.clone(), k.clone_key(), &provider())
+                    .map_err(|e| TlsError::Pem {
+                        path: key.into(),
+                        message: format!("not the key of {}: {e}", cert.display()),
+                    })?;
+                Some((chain, k))
+            }
+        };
+        Ok(TlsMaterial { roots, identity })
+    }
+
+    /// The Common Name of this side's certificate, if it has one.
+    pub fn common_name(&self) -> Option<String> {
+        common_name(self.identity.as_ref()?.0.first()?)
+    }
+
+    fn identity(&self) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        self.identity
+            .as_ref()
+            .map(|(chain, key)| (chain.clone(), key.clone_key()))
     }
 }
 
@@ -141,17 +233,20 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     t
 }
 
-/// The sink's QUIC server config: its certificate, and client certificates required from `ca`.
-pub fn server_config(tls: &TlsFiles, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(&tls.ca)?),
-        provider(),
-    )
-    .build()?;
+/// The sink's QUIC server config: its certificate, and client certificates required from
+/// the CA of `tls`.
+pub fn server_config(tls: &TlsMaterial, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(tls.roots.clone(), provider())
+            .build()?;
+    let (chain, key) = tls.identity().ok_or_else(|| TlsError::Pem {
+        path: PathBuf::new(),
+        message: "a server needs its own certificate and key".into(),
+    })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)?;
+        .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
@@ -160,17 +255,14 @@ pub fn server_config(tls: &TlsFiles, idle: Duration) -> Result<quinn::ServerConf
     Ok(server)
 }
 
-/// The agent's QUIC client config: trusts only `ca`, presents `identity` (cert, key) if given.
-pub fn client_config(
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-    idle: Duration,
-) -> Result<quinn::ClientConfig, TlsError> {
+/// The agent's QUIC client config: trusts only the CA of `tls`, presents its certificate
+/// if it has one.
+pub fn client_config(tls: &TlsMaterial, idle: Duration) -> Result<quinn::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca)?);
-    let mut cfg = match identity {
-        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        .with_root_certificates(tls.roots.clone());
+    let mut cfg = match tls.identity() {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -181,17 +273,14 @@ pub fn client_config(
     Ok(client)
 }
 
-/// A TLS client configuration for other protocols (MQTT brokers): our CA file, an
-/// optional client certificate, TLS 1.2 or 1.3 (brokers often lack 1.3), ring only.
-pub fn plain_client_config(
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-) -> Result<rustls::ClientConfig, TlsError> {
+/// A TLS client configuration for other protocols (MQTT brokers): the CA of `tls`, its
+/// client certificate if it has one, TLS 1.2 or 1.3 (brokers often lack 1.3), ring only.
+pub fn plain_client_config(tls: &TlsMaterial) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca)?);
-    Ok(match identity {
-        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        .with_root_certificates(tls.roots.clone());
+    Ok(match tls.identity() {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
     })
 }

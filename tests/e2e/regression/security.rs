@@ -194,12 +194,12 @@ fn agent_certificate_cannot_flood_the_control_store() {
     let port = w.port;
     let certs2 = certs.clone();
     rt.block_on(async move {
-        let client = dataweaver::tls::client_config(
+        let material = dataweaver::tls::TlsMaterial::load(
             &certs2.join("ca.pem"),
             Some((&certs2.join("edge-1.pem"), &certs2.join("edge-1.key"))),
-            Duration::from_secs(10),
         )
         .unwrap();
+        let client = dataweaver::tls::client_config(&material, Duration::from_secs(10)).unwrap();
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let start = Instant::now();
         let conn = loop {

@@ -15,15 +15,15 @@ use crate::util::*;
 /// A QUIC connection to the world's sink as agent `name`, retried while the sink starts.
 async fn raw_connect(w: &World, name: &str) -> (quinn::Endpoint, quinn::Connection) {
     let c = w.certs();
-    let client = tls::client_config(
+    let material = tls::TlsMaterial::load(
         &c.join("ca.pem"),
         Some((
             &c.join(format!("{name}.pem")),
             &c.join(format!("{name}.key")),
         )),
-        Duration::from_secs(5),
     )
     .unwrap();
+    let client = tls::client_config(&material, Duration::from_secs(5)).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(client);
     let addr: SocketAddr = format!("127.0.0.1:{}", w.port).parse().unwrap();
@@ -313,7 +313,7 @@ async fn rejecting_sink(
         cert: c.join("sink.pem"),
         key: c.join("sink.key"),
     };
-    let server = tls::server_config(&files, Duration::from_secs(5)).unwrap();
+    let server = tls::server_config(&files.load().unwrap(), Duration::from_secs(5)).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let endpoint = quinn::Endpoint::server(server, addr).unwrap();
     let rejected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

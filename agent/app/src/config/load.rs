@@ -714,16 +714,49 @@ include = ["*.log"]
         assert_eq!(e.key, "forward.sinks", "{e}");
     }
 
-    /// Writes `text` as `a.toml` in a fresh directory (with the TLS files it names) and
-    /// loads it as an agent config.
+    /// Writes `text` as `a.toml` in a fresh directory (with the TLS files it names: a CA
+    /// and identities `a` and `b`) and loads it as an agent config.
     fn load(text: &str) -> ConfigError {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["ca.pem", "a.pem", "a.key"] {
-            std::fs::write(dir.path().join(f), "x").unwrap();
+        dataweaver_tls::init_ca(dir.path()).unwrap();
+        for name in ["a", "b"] {
+            dataweaver_tls::issue(dir.path(), name, false, &[], false).unwrap();
         }
+        std::fs::write(dir.path().join("not-pem.pem"), "x").unwrap();
         let p = dir.path().join("a.toml");
         std::fs::write(&p, text).unwrap();
         load_agent(&p).unwrap_err()
+    }
+
+    /// `validate` only checked that the TLS files existed: a CA that is not PEM, or a key
+    /// that is not the certificate's, passed and failed at the first connection. It now
+    /// loads them with the loader the agent runs, and places the problem at the file's key.
+    #[test]
+    fn validate_loads_tls_files_and_names_the_bad_one() {
+        let cases = [
+            (
+                r#"ca = "not-pem.pem", cert = "a.pem", key = "a.key""#,
+                "forward.tls.ca",
+                "no certificate",
+            ),
+            (
+                r#"ca = "ca.pem", cert = "a.pem", key = "b.key""#,
+                "forward.tls.key",
+                "not the key of",
+            ),
+        ];
+        for (files, key, says) in cases {
+            let e = load(&OK.replace(
+                r#"tls = { ca = "ca.pem", cert = "a.pem", key = "a.key" }"#,
+                &format!("tls = {{ {files} }}\nwindow = 0"),
+            ));
+            assert_eq!(
+                lines(&e),
+                [(5, key.into()), (6, "forward.window".into())],
+                "{e}"
+            );
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     fn lines(e: &ConfigError) -> Vec<(usize, String)> {

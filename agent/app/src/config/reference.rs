@@ -96,43 +96,35 @@ type = "stdout"
 
 fn agent_ranges() -> Ranges {
     match parse::<AgentConfig>(Path::new("sample.toml"), AGENT_SAMPLE) {
-        Ok(c) => ranges(c.bounds(), AGENT_SAMPLE, "pipelines[0].sources"),
+        Ok(c) => {
+            let tags = c.pipelines[0].sources.iter().map(|s| s.kind()).collect();
+            ranges(c.bounds(), tags, "pipelines[0].sources")
+        }
         Err(e) => panic!("the reference's agent sample must parse: {e}"),
     }
 }
 
 fn sink_ranges() -> Ranges {
     match parse::<SinkConfig>(Path::new("sample.toml"), SINK_SAMPLE) {
-        Ok(c) => ranges(c.bounds(), SINK_SAMPLE, "outputs"),
+        Ok(c) => {
+            let tags = c.outputs.iter().map(|o| o.kind()).collect();
+            ranges(c.bounds(), tags, "outputs")
+        }
         Err(e) => panic!("the reference's sink sample must parse: {e}"),
     }
 }
 
-/// The bounds of a sample, keyed as the reference shows them.
-fn ranges(bounds: Vec<check::Bound>, sample: &str, tagged: &str) -> Ranges {
-    let doc: toml::Table = toml::from_str(sample).unwrap_or_default();
-    let tags: Vec<String> = tagged
-        .split(['.', '['])
-        .filter(|s| !s.is_empty())
-        .try_fold(&toml::Value::Table(doc.clone()), |v, seg| match seg {
-            "0]" => v.get(0),
-            k => v.get(k),
-        })
-        .and_then(toml::Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|t| t.get("type").and_then(|t| t.as_str()).unwrap_or("").into())
-                .collect()
-        })
-        .unwrap_or_default();
+/// The bounds of a sample, keyed as the reference shows them; `tags` are the `type`s of
+/// the list of tagged tables at `tagged`, in order.
+fn ranges(bounds: Vec<check::Bound>, tags: Vec<&'static str>, tagged: &str) -> Ranges {
     let mut out = Ranges::new();
     for (key, _, min, max) in bounds {
         let variant = key
             .strip_prefix(&format!("{tagged}["))
             .and_then(|r| r.split(']').next())
             .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| tags.get(n).cloned())
-            .unwrap_or_default();
+            .and_then(|n| tags.get(n))
+            .map_or_else(String::new, |t| t.to_string());
         out.insert((variant, unindexed(&key)), (min, max));
     }
     out

@@ -29,7 +29,7 @@ pub(crate) fn encode(from: u64, to: u64) -> bytes::Bytes {
     .into()
 }
 
-async fn try_put(j: &Journal, agent: &str, from: u64, to: u64) -> Result<Outcome, String> {
+async fn try_put(j: &Journal, agent: &str, from: u64, to: u64) -> Result<Outcome, Refused> {
     let batch = encode(from, to);
     let info = scan_batch(&batch).unwrap();
     j.submit(agent, "q", batch, &info, 0)
@@ -171,14 +171,16 @@ async fn failed_commit_leaves_no_gap_in_the_journal() {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let later = loop {
         match try_put(&j, "a", 4, 6).await {
-            Err(e) if e.contains("failing") && std::time::Instant::now() < until => {
+            Err(Refused::Unavailable(e))
+                if e.contains("failing") && std::time::Instant::now() < until =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
             other => break other,
         }
     };
     let refused = later.expect_err("4..=6 would leave 1..=3 missing");
-    assert!(refused.contains("gap"), "{refused}");
+    assert!(matches!(refused, Refused::Gap { .. }), "{refused}");
     // The resend from the agent's ack mark is stored, not taken for a duplicate.
     assert_eq!(try_put(&j, "a", 1, 3).await, Ok(Outcome::Stored(3)));
     assert_eq!(try_put(&j, "a", 4, 6).await, Ok(Outcome::Stored(6)));

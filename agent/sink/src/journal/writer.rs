@@ -38,7 +38,7 @@ pub(super) const GROUPING: Grouping = Grouping {
 
 /// One answer per command of a group, and the next entry number, once it committed.
 pub(super) struct Written {
-    answers: Vec<Option<Result<Outcome, String>>>,
+    answers: Vec<Option<Result<Outcome, Refused>>>,
     next: u64,
 }
 
@@ -121,7 +121,7 @@ impl Apply for Writer {
                             Err(r) if r.code == dataweaver_wire::REFUSED_FORKED => {
                                 Ok(Outcome::Rejected(r.reason))
                             }
-                            Err(r) => Err(r.reason),
+                            Err(r) => Err(Refused::TooManyQueues(r.reason)),
                         },
                     ),
                 };
@@ -167,7 +167,10 @@ impl Apply for Writer {
                             reason,
                             code: dataweaver_wire::REFUSED_FORKED,
                         }),
-                        Err(reason) => Err(dataweaver_wire::Refusal { reason, code: 0 }),
+                        Err(reason) => Err(dataweaver_wire::Refusal {
+                            reason: reason.to_string(),
+                            code: 0,
+                        }),
                     });
                 }
                 _ => {}
@@ -247,24 +250,21 @@ impl Writer {
         q: &mut QuarantineTable<'_>,
         next: &mut u64,
         buf: &mut Vec<u8>,
-    ) -> Result<Option<Result<Outcome, String>>, JournalError> {
+    ) -> Result<Option<Result<Outcome, Refused>>, JournalError> {
         let Some(mut mark) = self.mark(&s.agent_id, &s.queue_id) else {
-            return Ok(Some(Err("batch before Resolve".into())));
+            return Ok(Some(Err(Refused::NotResolved)));
         };
         if s.instance != 0 && mark.instance != 0 && s.instance != mark.instance {
             // Another process of this queue resolved since this stream began (a copy of
             // the data directory): its seqs and ours overlap. The stream ends; its next
             // `Resolve` tells whether this process is the copy.
-            return Ok(Some(Err(
-                "another process of this queue took it over; resolve again".into(),
-            )));
+            return Ok(Some(Err(Refused::TakenOver)));
         }
         if s.from > mark.hwm.saturating_add(1) {
-            return Ok(Some(Err(format!(
-                "batch starts at seq {} but this journal holds seqs of the queue only up to {}: \
-                 refusing to store past a gap",
-                s.from, mark.hwm
-            ))));
+            return Ok(Some(Err(Refused::Gap {
+                from: s.from,
+                hwm: mark.hwm,
+            })));
         }
         if let Some(reason) = &s.invalid {
             if s.last > mark.hwm {
@@ -488,7 +488,7 @@ type Tables<'a, 't> = (
 pub(super) fn refuse(cmd: Command, reason: &str) {
     match cmd {
         Command::Submit(s) => {
-            let _ = s.done.send(Err(reason.to_string()));
+            let _ = s.done.send(Err(Refused::Unavailable(reason.to_string())));
         }
         Command::Resolve { done, .. } => {
             let _ = done.send(Err(dataweaver_wire::Refusal {
