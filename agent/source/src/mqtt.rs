@@ -379,24 +379,6 @@ async fn commit_loop(
             }
         }
         held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        if qos2 {
-            // Closed segments are durable before the main checkpoint stops carrying them.
-            let writes = lock(&pending).closed();
-            for w in writes {
-                let segment = Checkpoint {
-                    key: qos2::segment_key(&key, w.first),
-                    value: w.value.clone(),
-                };
-                match pipeline.store_checkpoint(segment).await {
-                    Ok(()) => lock(&pending).stored(&w),
-                    Err(e) => {
-                        // The main checkpoint keeps carrying them; tried again next commit.
-                        tracing::warn!(%source, error = %e, "mqtt QoS 2 state segment not stored");
-                        break;
-                    }
-                }
-            }
-        }
         let checkpoint = qos2.then(|| Checkpoint {
             key: key.clone(),
             value: lock(&pending).main(),
@@ -418,6 +400,25 @@ async fn commit_loop(
                     continue;
                 }
                 counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if qos2 {
+            // Closed segments, from the state just committed (whose main checkpoint still
+            // carries them), are stored before a later main checkpoint drops them.
+            let writes = lock(&pending).closed();
+            for w in writes {
+                let segment = Checkpoint {
+                    key: qos2::segment_key(&key, w.first),
+                    value: w.value.clone(),
+                };
+                match pipeline.store_checkpoint(segment).await {
+                    Ok(()) => lock(&pending).stored(&w),
+                    Err(e) => {
+                        // The main checkpoint keeps carrying them; tried again next commit.
+                        tracing::warn!(%source, error = %e, "mqtt QoS 2 state segment not stored");
+                        break;
+                    }
+                }
             }
         }
     }

@@ -1,12 +1,17 @@
 //! The MQTT source's QoS 2 state, without I/O: which packet ids were queued (with a hash
 //! of topic and payload) and when the broker released each, and how that state is stored.
 //!
-//! Released ids are kept for the whole id space, not a fixed count: Mosquitto 2.0
-//! redelivers a message (DUP set, same id) after it sent PUBREL for it when a reconnect
-//! ended before it could resend that PUBREL (its reconnect reset turns a `resend_pubrel`
-//! message back into a publish), and 2.0.11 lets far more than `max_inflight_messages` be
-//! in flight (fixed in 2.0.13), so under load such a redelivery came thousands of releases
-//! later, after a window of 1,024 kept ids had forgotten it, and was queued twice.
+//! Released ids are kept for the last 32,768 releases: Mosquitto 2.0 redelivers a message
+//! (DUP set, same id) after it sent PUBREL for it when a reconnect ended before it could
+//! resend that PUBREL (its reconnect reset turns a `resend_pubrel` message back into a
+//! publish), and 2.0.11 lets far more than `max_inflight_messages` be in flight (fixed in
+//! 2.0.13), so under load such a redelivery came 2,500–4,300 releases later, after a
+//! window of 1,024 kept ids had forgotten it, and was queued twice.
+//!
+//! The window must also end well before an id comes round again (a broker that hands out
+//! ids in sequence reuses one after 65,535 messages): a kept release of the same content
+//! would make the redelivery of a *new* message under that id, whose first delivery a
+//! crash cut off before its commit, look like a copy and drop it.
 //!
 //! Storing every kept id with every commit would cost ~1 MiB per commit, so the state is
 //! stored in two parts:
@@ -20,8 +25,9 @@ use std::collections::{HashMap, VecDeque};
 
 /// Releases per stored segment.
 pub(super) const SEGMENT: u64 = 1024;
-/// Segments kept: with the open one they cover the whole 16-bit id space.
-pub(super) const SEGMENTS: usize = 64;
+/// Segments kept: with the open one, the last 32,768 releases (half the id space; see
+/// the module docs for both bounds).
+pub(super) const SEGMENTS: usize = 31;
 
 /// QoS 2 ids seen: content hash, and when the broker released the id (the release's
 /// number, counting up from 1; 0: not released yet).
@@ -95,8 +101,10 @@ impl State {
         let mut pend = main;
         let mut firsts = VecDeque::new();
         let mut from_segments: Vec<(u16, (u64, u64))> = Vec::new();
+        let mut segments_newest: Option<u64> = None;
         for (first, seg) in segments {
             firsts.push_back(first);
+            segments_newest = seg.values().map(|e| e.1).chain(segments_newest).max();
             from_segments.extend(seg);
         }
         // Not released in the main checkpoint: received again after any stored release.
@@ -116,7 +124,7 @@ impl State {
             .map(|(k, (_, o))| (*o, *k))
             .collect();
         released.sort_unstable();
-        let next_release = released.last().map_or(1, |(o, _)| o + 1);
+        let newest_stored = segments_newest.map_or(0, |o| o + 1);
         // What the main checkpoint carried beyond the last stored segment (all of it, from
         // a version without segments) is written out as segments from here.
         let open_from = firsts
@@ -124,6 +132,14 @@ impl State {
             .map(|f| f + SEGMENT)
             .or_else(|| released.first().map(|(o, _)| *o))
             .unwrap_or(1);
+        // Releases go on after every one stored, and never below the open segment, even when
+        // the ids released last were received again since (unreleased in the main
+        // checkpoint): a release numbered below `open_from` would be in no checkpoint.
+        let next_release = released
+            .last()
+            .map_or(1, |(o, _)| o + 1)
+            .max(newest_stored)
+            .max(open_from);
         let mut s = State {
             pend,
             released: released.into(),
@@ -150,7 +166,8 @@ impl State {
 
     /// `(unreleased, released)` counts.
     pub(super) fn counts(&self) -> (usize, usize) {
-        (self.pend.len() - self.released.len(), self.released.len())
+        let released = self.pend.values().filter(|e| e.1 > 0).count();
+        (self.pend.len() - released, released)
     }
 
     /// The broker released `pkid` (PUBREL).
@@ -177,7 +194,7 @@ impl State {
     }
 
     fn prune(&mut self) {
-        while self.released.len() > SEGMENTS * SEGMENT as usize + SEGMENT as usize {
+        while self.released.len() > (SEGMENTS + 1) * SEGMENT as usize {
             // Only that release: the id may have been reused since.
             if let Some((order, old)) = self.released.pop_front()
                 && self.pend.get(&old).is_some_and(|e| e.1 == order)
@@ -187,8 +204,9 @@ impl State {
         }
     }
 
-    /// The segments that closed since the last call, to store before the next main
-    /// checkpoint (then [`stored`](Self::stored)), and the old ones to delete.
+    /// The segments that closed since the last call, to store once the main checkpoint
+    /// that still carries them has committed (so they are built from committed state),
+    /// each then passed to [`stored`](Self::stored); and the old ones to delete.
     pub(super) fn closed(&self) -> Vec<SegmentWrite> {
         let mut out = Vec::new();
         let mut first = self.open_from;
@@ -245,8 +263,10 @@ impl State {
 mod tests {
     use super::*;
 
-    /// Stores what `s` asks for into `stored` (main key "m"), as the commit loop does.
+    /// Stores what `s` asks for into `stored` (main key "m"), as the commit loop does: the
+    /// main checkpoint with the records, then the segments that closed.
     fn commit(s: &mut State, stored: &mut HashMap<String, Vec<u8>>) {
+        stored.insert("m".into(), s.main());
         for w in s.closed() {
             let key = segment_key("m", w.first);
             if w.value.is_empty() {
@@ -256,7 +276,6 @@ mod tests {
             }
             s.stored(&w);
         }
-        stored.insert("m".into(), s.main());
     }
 
     fn reload(stored: &HashMap<String, Vec<u8>>) -> State {
@@ -275,13 +294,13 @@ mod tests {
     /// Under load Mosquitto 2.0.11 redelivered messages (DUP set, same id) thousands of
     /// releases after their PUBREL; only the last 1,024 released ids were kept, so such a
     /// redelivery was queued a second time (e2e `qos2_survives_agent_sigkills` under
-    /// load: 466 duplicates). Every released id is now kept until its id is reused, across
-    /// restarts, and what is written per commit stays small.
+    /// load: 466 duplicates). The last 32,768 releases are now kept across restarts, and
+    /// what is written per commit stays small.
     #[test]
     fn a_redelivery_long_after_its_release_is_recognised_after_a_restart() {
         let mut s = State::load(Pending::new(), Vec::new());
         let mut stored = HashMap::new();
-        for id in 1..=40_000u16 {
+        for id in 1..=30_000u16 {
             assert!(!s.seen(id, u64::from(id) * 31, false));
             s.release(id);
             if id % 100 == 0 {
@@ -294,9 +313,9 @@ mod tests {
         }
         commit(&mut s, &mut stored);
         let mut s = reload(&stored);
-        assert_eq!(s.counts(), (0, 40_000));
+        assert_eq!(s.counts(), (0, 30_000));
         assert!(s.seen(1, 31, true), "the first release is still known");
-        assert!(s.seen(40_000, 40_000 * 31, true));
+        assert!(s.seen(30_000, 30_000 * 31, true));
         assert!(!s.seen(2, 0, true), "other content under a known id is new");
         // Releases go on after the restart; ids wrap around and are reused.
         for i in 0..70_000u32 {
@@ -352,5 +371,59 @@ mod tests {
         let closed = s.closed();
         assert_eq!(closed.len(), 2, "releases 1..=2048 form two segments");
         assert_eq!(closed[0].first, 1);
+    }
+
+    /// Found by review: a restart whose open segment was empty, after the ids released last
+    /// had been received again (unreleased in the main checkpoint), numbered its next
+    /// releases below the open segment; no checkpoint carried them, and after the next
+    /// restart a late redelivery of those messages would have been queued again.
+    #[test]
+    fn releases_after_a_restart_are_numbered_within_the_open_segment() {
+        let mut s = State::load(Pending::new(), Vec::new());
+        let mut stored = HashMap::new();
+        for id in 1..=SEGMENT as u16 {
+            s.seen(id, 1, false);
+            s.release(id);
+        }
+        commit(&mut s, &mut stored);
+        // The last ids come again with new content, not yet released.
+        for id in 1000..=SEGMENT as u16 {
+            s.seen(id, 2, false);
+        }
+        commit(&mut s, &mut stored);
+        let mut s = reload(&stored);
+        for id in 1000..=SEGMENT as u16 {
+            s.release(id);
+        }
+        commit(&mut s, &mut stored);
+        let mut s = reload(&stored);
+        for id in 1000..=SEGMENT as u16 {
+            assert!(s.seen(id, 2, true), "the release of {id} is stored");
+        }
+    }
+
+    /// Found by review: with every release kept, an id that came round again (a broker
+    /// handing out ids in sequence) still matched its old release, so a new message of the
+    /// same content whose first delivery a crash cut off before its commit would have been
+    /// dropped as a copy. The window now ends well before an id comes back.
+    #[test]
+    fn an_id_that_comes_round_again_with_the_same_content_is_a_new_message() {
+        let mut s = State::load(Pending::new(), Vec::new());
+        let mut stored = HashMap::new();
+        for i in 0..65_535u32 {
+            let id = (i % 65_535 + 1) as u16;
+            s.seen(id, 5, false);
+            s.release(id);
+            if i % 100 == 0 {
+                commit(&mut s, &mut stored);
+            }
+        }
+        commit(&mut s, &mut stored);
+        let mut s = reload(&stored);
+        assert!(
+            !s.seen(1, 5, true),
+            "id 1, released 65,534 releases ago, is forgotten"
+        );
+        assert!(s.seen(65_535, 5, true), "the last release is known");
     }
 }
