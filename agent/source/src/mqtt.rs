@@ -11,7 +11,8 @@
 //!   (PUBREL) are stored, with a hash of topic and payload, in the *same* transaction as the
 //!   records (the source's checkpoint). A redelivery after a crash (DUP set, same id, same
 //!   content) is recognised and acknowledged without being queued twice. Released ids are
-//!   kept too, for the whole id space (see `mqtt/qos2.rs`): Mosquitto 2.0 redelivers after PUBREL.
+//!   kept too, for the last 32,768 releases (see `mqtt/qos2.rs`): Mosquitto 2.0 redelivers
+//!   after PUBREL.
 //!
 //! rumqttc forgets the ids of incoming QoS 2 messages on every reconnect and then treats
 //! the broker's PUBREL for them as a protocol error; after each CONNACK the source re-arms
@@ -32,10 +33,10 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod qos2;
+
 use crate::MqttSourceConfig;
 use crate::codec;
-
-mod qos2;
 use crate::pipeline::Pipeline;
 use dataweaver_core::Checkpoint;
 use dataweaver_core::{Record, now_ns};

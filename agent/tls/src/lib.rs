@@ -93,10 +93,7 @@ impl Clone for TlsMaterial {
     fn clone(&self) -> Self {
         TlsMaterial {
             roots: self.roots.clone(),
-            identity: self
-                .identity
-                .as_ref()
-                .map(|(chain, key)| (chain.clone(), key.clone_key())),
+            identity: self.identity(),
         }
     }
 }
