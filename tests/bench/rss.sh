@@ -2,7 +2,9 @@
 # Peak RSS of an agent forwarding 1,000,000 256-byte lines to a local sink, as the `e2e`
 # bench runs them, without the bench's own reader: `tests/bench/rss.sh BINARY [WRAPPER...]`.
 # Prints the agent's VmHWM, RssAnon, RssFile and threads once the last line is in the
-# sink's JSONL. A WRAPPER (e.g. `heaptrack -o /tmp/agent`) runs the agent under a profiler.
+# sink's JSONL, then the bytes each process moved through read and write calls (rchar,
+# wchar: files and sockets, page cache hits included) and to the disk (write_bytes).
+# A WRAPPER (e.g. `heaptrack -o /tmp/agent`) runs the agent under a profiler.
 set -euo pipefail
 bin="$(realpath "$1")"
 shift
@@ -49,3 +51,8 @@ DATAWEAVER_LOG=warn "${wrap[@]}" "$bin" agent --config agent.toml 2>agent.log &
 until [ "$(cat out/*.jsonl 2>/dev/null | wc -l)" -ge 1000000 ]; do sleep 0.5; done
 pid=$(pgrep -f -n "^$bin agent --config agent.toml")
 grep -E "VmHWM|RssAnon|RssFile|Threads" "/proc/$pid/status"
+spid=$(pgrep -f -n "^$bin sink --config sink.toml")
+for p in "agent $pid" "sink $spid"; do
+  set -- $p
+  echo "$1 I/O: $(grep -E '^(rchar|wchar|write_bytes)' "/proc/$2/io" | tr '\n' ' ')"
+done

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -758,14 +758,23 @@ pub fn encode_batch(
     max_records: usize,
     max_bytes: usize,
 ) -> Result<Option<(BytesMut, u64)>, QueueError> {
+    use bytes::Buf;
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, uint64};
-    let mut batch = Vec::new();
+    // The batch is written after room for the longest frame head (length, key, varint),
+    // and the head goes in front of it once its length is known: the records are copied
+    // once, into a buffer sized for the whole batch (growing it by doubling, then copying
+    // the batch into the frame, moved every byte three times).
+    const HEAD: usize = 4 + 1 + 10;
+    let mut buf = BytesMut::with_capacity(
+        HEAD + 16 + max_bytes.saturating_add(max_records).min(wire::MAX_FRAME),
+    );
+    buf.resize(HEAD, 0);
     if batch_id != 0 {
-        uint64::encode(1, &batch_id, &mut batch);
+        uint64::encode(1, &batch_id, &mut buf);
     }
     let last = queue.read_encoded(from, max_records, max_bytes, |_, record| {
-        encode_key(2, WireType::LengthDelimited, &mut batch);
-        batch.extend_from_slice(record);
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        buf.extend_from_slice(record);
     })?;
     let Some(last) = last else {
         return Ok(None);
@@ -773,15 +782,18 @@ pub fn encode_batch(
     // Seqs between `from` and the first record were dropped here: the sink must not take
     // the batch for one that skips over seqs it never got.
     if from != 0 {
-        uint64::encode(3, &from, &mut batch);
+        uint64::encode(3, &from, &mut buf);
     }
+    let len = buf.len() - HEAD;
     // `AgentFrame.batch` is field 2 of the frame.
-    let body = 1 + encoded_len_varint(batch.len() as u64) + batch.len();
-    let mut buf = BytesMut::with_capacity(4 + body);
-    buf.put_u32(body as u32);
-    encode_key(2, WireType::LengthDelimited, &mut buf);
-    encode_varint(batch.len() as u64, &mut buf);
-    buf.extend_from_slice(&batch);
+    let body = 1 + encoded_len_varint(len as u64) + len;
+    let start = HEAD - (4 + 1 + encoded_len_varint(len as u64));
+    let mut head = &mut buf[start..HEAD];
+    head[..4].copy_from_slice(&(body as u32).to_be_bytes());
+    head = &mut head[4..];
+    encode_key(2, WireType::LengthDelimited, &mut head);
+    encode_varint(len as u64, &mut head);
+    buf.advance(start);
     Ok(Some((buf, last)))
 }
 

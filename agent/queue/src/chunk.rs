@@ -77,6 +77,11 @@ pub(crate) fn begin(buf: &mut Vec<u8>, count: usize) {
     buf.extend_from_slice(&[0; HEADER - 5]);
 }
 
+/// Sets the record count of the chunk in `buf` (begun with [`begin`]).
+pub(crate) fn set_count(buf: &mut [u8], count: usize) {
+    buf[1..5].copy_from_slice(&(count as u32).to_le_bytes());
+}
+
 /// Seals the chunk in `buf`: writes its checksum.
 pub(crate) fn seal(buf: &mut [u8]) {
     let c = crc(buf);

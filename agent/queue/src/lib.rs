@@ -564,7 +564,9 @@ impl Queue {
     }
 
     /// Calls `f` with the seq and the wire bytes (length-delimited `wire::Record`) of every
-    /// record with seq ≥ `from`, up to the limits (at least one record if any), as stored:
+    /// record with seq ≥ `from`, up to the limits (at least one record if any; more bytes
+    /// than `max_bytes` only if that one record is larger; chunks after the first only
+    /// whole), as stored:
     /// what the forwarder puts in a `Batch` without decoding it. Returns the last seq
     /// given. Blocking.
     pub fn read_encoded(
@@ -589,9 +591,23 @@ impl Queue {
                 if first.saturating_add(u64::from(p.count)) <= from {
                     continue;
                 }
+                // A later chunk goes in whole or waits for the next read: a batch that
+                // ended inside a chunk made the next one read and check all of it again.
+                if n > 0
+                    && p.version == chunk::V3
+                    && (bytes + p.body.len() > max_bytes || n + p.count as usize > max_records)
+                {
+                    break;
+                }
                 let p = verified(first, v.value())?;
                 let mut full = false;
                 chunk::for_each_encoded(first, &p, from, |seq, rec| {
+                    // `max_bytes` is a bound, not a target: what a batch is stored in (the
+                    // sink's journal page) is sized by it.
+                    if n > 0 && bytes + rec.len() > max_bytes {
+                        full = true;
+                        return false;
+                    }
                     f(seq, rec);
                     last = Some(seq);
                     n += 1;

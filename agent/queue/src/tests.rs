@@ -364,3 +364,107 @@ async fn ack_mark_inside_a_chunk_survives_a_reopen() {
     assert_eq!(q.stats().unwrap().depth, 11);
     q.close().await;
 }
+
+/// The sizes of the stored chunks, in order.
+fn chunk_sizes(q: &Queue) -> Vec<(u64, usize)> {
+    q.shared
+        .with_db(|d| {
+            let txn = d.begin_read().map_err(db)?;
+            let t = txn.open_table(CHUNKS).map_err(db)?;
+            let mut out = Vec::new();
+            for e in t.iter().map_err(db)? {
+                let (k, v) = e.map_err(db)?;
+                out.push((k.value(), v.value().len()));
+            }
+            Ok(out)
+        })
+        .unwrap()
+}
+
+fn sized(i: usize) -> Record {
+    Record::new("t/s", "t", vec![b'x'; 250 + i % 7])
+}
+
+/// Found by tracing the queue's I/O under `cargo bench --bench pipeline -- --only e2e`:
+/// chunks were cut at 1 MiB, so 1,024 records of 256 B made a chunk just over 256 KiB,
+/// which redb keeps on a 512 KiB page and writes and reads whole (half of it padding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_stops_short_of_a_power_of_two_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    q.append((0..3000).map(sized).collect(), None)
+        .await
+        .unwrap();
+    let sizes = chunk_sizes(&q);
+    assert!(
+        sizes.len() >= 4,
+        "3,000 records of 256 B span chunks: {sizes:?}"
+    );
+    for (first, len) in &sizes {
+        assert!(
+            *len <= 252 << 10,
+            "chunk {first} is {len} bytes: past the 256 KiB page"
+        );
+    }
+    // Full chunks are full: they stop only when the next record does not fit.
+    for (first, len) in &sizes[..sizes.len() - 1] {
+        assert!(
+            *len > (252 << 10) - 300,
+            "chunk {first} is only {len} bytes"
+        );
+    }
+    // Every record is there, once, in order.
+    let got = q.read(1, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(got.len(), 3000);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, (s, r))| *s == i as u64 + 1 && r.payload.len() == 250 + i % 7)
+    );
+    q.close().await;
+}
+
+/// Found with the chunk above: a batch cut inside a chunk made the next batch read and
+/// check that chunk again. Chunks after a batch's first go in whole, and a batch never
+/// holds more than `max_bytes` of records unless its one record is larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_later_chunks_whole_and_stays_within_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
+    q.append((0..3000).map(sized).collect(), None)
+        .await
+        .unwrap();
+    let starts: Vec<u64> = chunk_sizes(&q).iter().map(|c| c.0).collect();
+    let read = |from: u64, max_bytes: usize| {
+        let (mut n, mut bytes) = (0usize, 0usize);
+        let last = q
+            .read_encoded(from, 2048, max_bytes, |_, r| {
+                n += 1;
+                bytes += r.len();
+            })
+            .unwrap();
+        (last, n, bytes)
+    };
+    // From the start of a chunk: two whole chunks fit 504 KiB.
+    let (last, _, bytes) = read(1, 504 << 10);
+    assert!(bytes <= 504 << 10);
+    assert_eq!(last, Some(starts[2] - 1), "two whole chunks");
+    // From inside a chunk: the rest of it, then only whole chunks.
+    let from = starts[1] - 10;
+    let (last, n, bytes) = read(from, 504 << 10);
+    assert!(bytes <= 504 << 10);
+    assert_eq!(
+        last,
+        Some(starts[2] - 1),
+        "the rest of the first, then one whole chunk"
+    );
+    assert_eq!(n as u64, starts[2] - from);
+    // A small limit cuts inside a chunk, never past the limit.
+    let (last, n, bytes) = read(1, 10_000);
+    assert!(bytes <= 10_000 && n > 1, "{n} records, {bytes} bytes");
+    assert_eq!(last, Some(n as u64));
+    // One record larger than the limit still goes, alone.
+    let (last, n, _) = read(5, 10);
+    assert_eq!((last, n), (Some(5), 1));
+    q.close().await;
+}

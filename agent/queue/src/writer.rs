@@ -23,7 +23,13 @@ use dataweaver_core::Record;
 /// Most records in one chunk: about one forward batch, so the forwarder rarely decodes a
 /// chunk only to use part of it.
 const CHUNK_MAX_RECORDS: usize = 1024;
-const CHUNK_MAX_BYTES: usize = 1 << 20;
+/// Largest chunk of more than one record. redb keeps a large value on a page of its own
+/// whose size is the next power of two, and reads, writes and checksums that page whole: a
+/// chunk just over 256 KiB took a 512 KiB page, half of it padding that the writer wrote and
+/// the forwarder and the deletion read back. Chunks stop short of the power of two (with
+/// room for the leaf's own header), and two fit the forwarder's default batch
+/// (`forward.batch_max_bytes`, 504 KiB).
+const CHUNK_MAX_BYTES: usize = 252 << 10;
 /// The checkpoints' side copy is rewritten at most this often: its lag is what a corrupt
 /// queue file can make a source read twice.
 const MIRROR_EVERY: Duration = Duration::from_secs(1);
@@ -523,31 +529,20 @@ impl Writer {
                 "queue full: dropped the oldest records (drop_oldest)"
             );
         }
-        let mut pending: Vec<&Record> = Vec::new();
-        let mut pending_bytes = 0;
-        let mut buf = Vec::new();
+        let mut open = ChunkBuf::default();
         for (a, v) in batch.iter().zip(verdicts) {
             match v {
                 Verdict::Store { keep } => {
                     w.dropped_newest += (a.records.len() - keep) as u64;
                     for r in a.records.iter().take(*keep) {
-                        pending_bytes += r.approx_size();
-                        pending.push(r);
-                        if pending.len() >= CHUNK_MAX_RECORDS || pending_bytes >= CHUNK_MAX_BYTES {
-                            w.bytes += put_chunk(&mut chunks, w.next_seq, &pending, &mut buf)?;
-                            w.next_seq += pending.len() as u64;
-                            pending.clear();
-                            pending_bytes = 0;
-                        }
+                        open.push(&mut chunks, &mut w, r)?;
                     }
                 }
                 Verdict::Refuse => {}
             }
         }
-        if !pending.is_empty() {
-            w.bytes += put_chunk(&mut chunks, w.next_seq, &pending, &mut buf)?;
-            w.next_seq += pending.len() as u64;
-        }
+        open.finish(&mut chunks, &mut w)?;
+        let mut buf = open.buf;
         if acked > self.deleted_upto {
             let mut removed = 0u64;
             chunks
@@ -788,20 +783,62 @@ pub(crate) struct Written {
     dropped_oldest: u64,
 }
 
-/// Encodes and inserts one chunk (version 3: the records in the wire encoding, seqs from
-/// `first`); returns its stored size.
-fn put_chunk(
-    table: &mut redb::Table<u64, &[u8]>,
-    first: u64,
-    records: &[&Record],
-    buf: &mut Vec<u8>,
-) -> Result<u64, QueueError> {
-    chunk::begin(buf, records.len());
-    for (i, r) in records.iter().enumerate() {
-        chunk::put_record(buf, first + i as u64, r);
+/// The chunk being filled in a commit: records are encoded into it as they come, and it is
+/// stored once it is full (by count, or because the next record would take it past
+/// [`CHUNK_MAX_BYTES`]).
+#[derive(Default)]
+struct ChunkBuf {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl ChunkBuf {
+    /// Adds `r` with the next seq of `w`, storing the chunk first if `r` does not fit.
+    fn push(
+        &mut self,
+        table: &mut redb::Table<u64, &[u8]>,
+        w: &mut Written,
+        r: &Record,
+    ) -> Result<(), QueueError> {
+        if self.count == 0 {
+            if self.buf.capacity() == 0 {
+                // Room for a full chunk at once: growing by doubling copied it over again.
+                self.buf.reserve(CHUNK_MAX_BYTES + 4096);
+            }
+            chunk::begin(&mut self.buf, 0);
+        }
+        let mark = self.buf.len();
+        chunk::put_record(&mut self.buf, w.next_seq + self.count as u64, r);
+        if self.count > 0 && self.buf.len() > CHUNK_MAX_BYTES {
+            // Encoded again in the next chunk, where its seq is the first: once per chunk.
+            self.buf.truncate(mark);
+            self.finish(table, w)?;
+            chunk::begin(&mut self.buf, 0);
+            chunk::put_record(&mut self.buf, w.next_seq, r);
+        }
+        self.count += 1;
+        if self.count >= CHUNK_MAX_RECORDS {
+            self.finish(table, w)?;
+        }
+        Ok(())
     }
-    // One checksum per chunk (not per record): read back before anything is sent.
-    chunk::seal(buf);
-    table.insert(first, buf.as_slice()).map_err(db)?;
-    Ok(buf.len() as u64)
+
+    /// Stores the chunk, if it has records, under its first seq.
+    fn finish(
+        &mut self,
+        table: &mut redb::Table<u64, &[u8]>,
+        w: &mut Written,
+    ) -> Result<(), QueueError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        chunk::set_count(&mut self.buf, self.count);
+        // One checksum per chunk (not per record): read back before anything is sent.
+        chunk::seal(&mut self.buf);
+        table.insert(w.next_seq, self.buf.as_slice()).map_err(db)?;
+        w.bytes += self.buf.len() as u64;
+        w.next_seq += self.count as u64;
+        self.count = 0;
+        Ok(())
+    }
 }
