@@ -253,6 +253,9 @@ pub(crate) struct Shared {
     durable_acked: watch::Sender<u64>,
     /// The last commit refused or dropped records for lack of room.
     full: std::sync::atomic::AtomicBool,
+    /// Bytes of stored chunks as of the last commit, kept by the writer: what `stats`
+    /// reports without reading every chunk.
+    bytes: AtomicU64,
 }
 
 impl Shared {
@@ -383,6 +386,7 @@ impl Queue {
             owners: Mutex::new(HashMap::new()),
             durable_acked: watch::channel(acked).0,
             full: Default::default(),
+            bytes: AtomicU64::new(loaded.bytes),
         });
         let (tx, rx) = mpsc::channel(1024);
         let w = writer::Writer::new(shared.clone(), cfg, loaded, acked, mirror);
@@ -664,7 +668,8 @@ impl Queue {
     /// Depth, bytes and counters. Blocking.
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let acked = self.acked();
-        self.shared.with_db(|d| stats_of(d, acked))
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        self.shared.with_db(|d| stats_of(d, acked, Some(bytes)))
     }
 
     /// Stops the writer after it has committed everything already appended.
@@ -836,16 +841,24 @@ fn meta_u64(
     Ok(meta.get(key).map_err(db)?.map(|v| le_u64(v.value())))
 }
 
-fn stats_of(d: &Database, acked: u64) -> Result<Stats, QueueError> {
+/// The queue's stats; `bytes` is the size of the stored chunks when the caller knows it, or
+/// `None` to add them up (every chunk is read: only for a file no agent has open).
+fn stats_of(d: &Database, acked: u64, bytes: Option<u64>) -> Result<Stats, QueueError> {
     let txn = d.begin_read().map_err(db)?;
     let chunks = txn.open_table(CHUNKS).map_err(db)?;
     let meta = txn.open_table(META).map_err(db)?;
     let dead = txn.open_table(DEAD).map_err(db)?;
     let next_seq = meta_u64(&meta, "next_seq")?.unwrap_or(1);
-    let mut bytes = 0;
-    for e in chunks.iter().map_err(db)? {
-        bytes += e.map_err(db)?.1.value().len() as u64;
-    }
+    let bytes = match bytes {
+        Some(b) => b,
+        None => {
+            let mut sum = 0;
+            for e in chunks.iter().map_err(db)? {
+                sum += e.map_err(db)?.1.value().len() as u64;
+            }
+            sum
+        }
+    };
     let (first, oldest_ts_ns) = match chunks.first().map_err(db)? {
         Some((k, v)) => {
             let first_rec = decode_chunk(k.value(), v.value())

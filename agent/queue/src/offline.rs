@@ -112,7 +112,7 @@ pub fn offline_stats(dir: &Path) -> Result<Stats, QueueError> {
             .open(&path)
             .map_err(db)
     })?;
-    salvage::guarded("reading the file", || stats_of(&d, 0))
+    salvage::guarded("reading the file", || stats_of(&d, 0, None))
 }
 
 /// What [`export`] wrote and what it could not read.

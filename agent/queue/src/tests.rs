@@ -468,3 +468,35 @@ async fn a_batch_takes_later_chunks_whole_and_stays_within_max_bytes() {
     assert_eq!((last, n), (Some(5), 1));
     q.close().await;
 }
+
+/// Found while tracing the queue's I/O: `stats` added up the size of every stored chunk,
+/// reading the whole queue, and the agent's `/metrics` and `/ready` call it on every
+/// scrape and probe, so a queue that had grown during a sink outage was read through
+/// again and again, just when it was large. The size is the writer's count now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_do_not_read_every_chunk() {
+    let disk = dataweaver_store::SimDisk::new();
+    let q = Queue::open_on(
+        dataweaver_store::Medium::Sim(disk.clone()),
+        None,
+        &QueueConfig::default(),
+    )
+    .unwrap();
+    // 8 MiB of records: four times redb's cache.
+    for i in 0..8 {
+        q.append((i * 4000..(i + 1) * 4000).map(sized).collect(), None)
+            .await
+            .unwrap();
+    }
+    let before = disk.read_bytes();
+    let st = q.stats().unwrap();
+    let read = disk.read_bytes() - before;
+    assert_eq!(st.depth, 32_000);
+    assert_eq!(
+        st.bytes,
+        chunk_sizes(&q).iter().map(|c| c.1 as u64).sum::<u64>()
+    );
+    // The first chunk (for the oldest record's age) and a few pages of the tree.
+    assert!(read <= 1 << 20, "stats read {read} bytes of an 8 MiB queue");
+    q.close().await;
+}

@@ -205,6 +205,7 @@ impl Writer {
         txn.commit().map_err(db)?;
         self.next_dead += dead;
         self.bytes = self.bytes.saturating_sub(len);
+        self.shared.bytes.store(self.bytes, Ordering::Relaxed);
         if dead > 0 {
             tracing::error!(first_seq = first, records = dead, %reason, "a queue chunk failed its checksum or decoding: its records were dead-lettered, not sent");
         }
@@ -366,6 +367,7 @@ impl Writer {
         let newly_acked = acked > self.deleted_upto;
         self.deleted_upto = self.deleted_upto.max(acked);
         self.bytes = w.bytes;
+        self.shared.bytes.store(self.bytes, Ordering::Relaxed);
         // Appends say it afresh; acks alone clear it once the queue has drained
         // below its low-water mark (an idle agent must not stay unready).
         let full = if batch.is_empty() {
@@ -651,6 +653,7 @@ impl Writer {
         self.mirror.replace(l.checkpoints);
         self.next_seq = l.next_seq;
         self.bytes = l.bytes;
+        self.shared.bytes.store(self.bytes, Ordering::Relaxed);
         self.next_dead = l.next_dead;
         self.dropped_newest = l.dropped_newest;
         self.dropped_oldest = l.dropped_oldest;

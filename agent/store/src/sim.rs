@@ -55,6 +55,8 @@ struct State {
     unsynced: Vec<Op>,
     /// Operations so far (writes, length changes, syncs).
     ops: u64,
+    /// Bytes read so far (reads are not operations: they change nothing).
+    read_bytes: u64,
     /// From this operation on, everything fails: the machine died there.
     crash_at: Option<u64>,
     crashed: bool,
@@ -94,6 +96,11 @@ impl SimDisk {
     /// Operations performed so far.
     pub fn ops(&self) -> u64 {
         self.lock().ops
+    }
+
+    /// Bytes read from the disk so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.lock().read_bytes
     }
 
     /// Operation `op` (counted from 1) and every one after it fail: the machine dies there.
@@ -240,7 +247,7 @@ impl redb::StorageBackend for SimBackend {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), Error> {
-        let s = self.0.lock();
+        let mut s = self.0.lock();
         if s.crashed {
             return Err(Error::other("simulated crash: the disk is gone"));
         }
@@ -250,6 +257,7 @@ impl redb::StorageBackend for SimBackend {
             .get(from..from.saturating_add(out.len()))
             .ok_or_else(|| Error::from(ErrorKind::UnexpectedEof))?;
         out.copy_from_slice(slice);
+        s.read_bytes += out.len() as u64;
         Ok(())
     }
 
