@@ -59,6 +59,11 @@ pub struct SinkLimits {
     pub max_frame_bytes_per_agent: u64,
     /// The same for all agents together.
     pub max_frame_bytes: u64,
+    /// Bytes of journaled batches one agent may hold that it has not confirmed (an agent
+    /// confirms what it recorded as acknowledged, a few batches behind: `window` ×
+    /// `batch_max_bytes` of each of its queues). Beyond it the agent's batches are refused
+    /// until it confirms, so one that never does cannot fill the sink's disk.
+    pub max_unconfirmed_bytes_per_agent: u64,
 }
 
 impl Default for SinkLimits {
@@ -71,6 +76,7 @@ impl Default for SinkLimits {
             max_queues_per_agent: 64,
             max_frame_bytes_per_agent: 256 << 20,
             max_frame_bytes: 1 << 30,
+            max_unconfirmed_bytes_per_agent: 256 << 20,
         }
     }
 }
@@ -161,6 +167,10 @@ impl Check for SinkConfig {
         for (k, v) in [
             ("max_frame_bytes_per_agent", l.max_frame_bytes_per_agent),
             ("max_frame_bytes", l.max_frame_bytes),
+            (
+                "max_unconfirmed_bytes_per_agent",
+                l.max_unconfirmed_bytes_per_agent,
+            ),
         ] {
             p.range(
                 key(at, &format!("limits.{k}")),

@@ -36,6 +36,13 @@
 //!   record reaches exactly one sink's outputs, even across failover.
 //! - The drainer deletes drained entries in the transaction that records its output
 //!   positions; unconfirmed entries stay until confirmed or discarded.
+//! - **No round reads what it has no use for.** Where each entry stands (unconfirmed, by
+//!   agent and queue; confirmed, by entry number) is kept in memory (`index`): a drain
+//!   round reads only the entries it outputs, a `Resolve` only its own queue's.
+//! - **Bounded unconfirmed bytes per agent.** An agent holding
+//!   `max_unconfirmed_bytes_per_agent` of entries it has not confirmed has its next batch
+//!   refused ([`Refused::Unconfirmed`]) until it confirms them (its next stream's
+//!   `Resolve` does): one that never confirms cannot fill the disk other agents need.
 //! - **Never a crash loop.** The file is opened with redb's integrity check (every page's
 //!   checksum), under `catch_unwind`. A file that fails or panics is renamed
 //!   `journal.redb.corrupt-<unix seconds>`, logged loudly, and what still decodes from it
@@ -57,7 +64,7 @@
 //! (ambiguous once a name contains `/`); opening a version-1 file moves them to `marks`
 //! (split at the last `/`: queue ids never contain one) and drops those tables.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,6 +75,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use dataweaver_store::{Medium, StoreError};
 use dataweaver_wire::{Batch, BatchInfo, JournalEntry, JournalHeader, Record};
 
+mod index;
 mod salvage;
 mod writer;
 
@@ -141,12 +149,15 @@ impl From<StoreError> for JournalError {
 pub struct JournalOptions {
     /// Queue ids one agent may hold marks for.
     pub max_queues_per_agent: usize,
+    /// Bytes of entries one agent may hold unconfirmed; one entry is always taken.
+    pub max_unconfirmed_bytes_per_agent: u64,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             max_queues_per_agent: 64,
+            max_unconfirmed_bytes_per_agent: 256 << 20,
         }
     }
 }
@@ -180,6 +191,11 @@ pub enum Refused {
     /// as it may (`max_queues_per_agent`).
     #[error("{0}")]
     TooManyQueues(String),
+    /// The agent holds as many unconfirmed bytes here as it may
+    /// (`max_unconfirmed_bytes_per_agent`): it confirms them (a new stream's `Resolve`
+    /// does) before more is taken.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// What became of a submitted batch.
@@ -256,6 +272,8 @@ enum Command {
 /// writer after a storage failure: redb latches an I/O error until then).
 struct Store {
     slot: dataweaver_store::Slot,
+    /// Confirmed entries waiting for the outputs.
+    ready: index::Ready,
     /// Test hook: the next commit fails as a full disk would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
@@ -346,8 +364,11 @@ impl Journal {
             (Err(e), _) => return Err(e),
         };
         let id = loaded.id;
+        let ready = index::Ready::default();
+        ready.replace(loaded.ready);
         let store = Arc::new(Store {
             slot: dataweaver_store::Slot::new(medium, database),
+            ready,
             #[cfg(test)]
             fail_next_commit: Default::default(),
         });
@@ -357,6 +378,7 @@ impl Journal {
             store: store.clone(),
             next: loaded.next,
             marks: loaded.marks,
+            unconfirmed: loaded.unconfirmed,
             opts,
             changed: changed_tx,
             generation: 0,
@@ -522,53 +544,37 @@ impl Journal {
 
     /// Confirmed entries ready for the outputs, oldest first: at least one if any, then
     /// more while their encoded size stays under `max_bytes`; and the entries met on the
-    /// way that do not decode. Blocking.
+    /// way that do not decode. Reads only those entries. Blocking.
     pub fn read_drainable(&self, max_bytes: usize) -> Result<Drainable, JournalError> {
+        let keys = self.store.ready.oldest(max_bytes);
+        if keys.is_empty() {
+            return Ok(Drainable::default());
+        }
         self.store.with_db(|d| {
             let txn = d.begin_read().map_err(db)?;
             let t = txn.open_table(JOURNAL).map_err(db)?;
-            let marks = txn.open_table(MARKS).map_err(db)?;
-            // Confirmed marks met so far: few distinct queues per round.
-            let mut seen: Vec<(String, String, u64)> = Vec::new();
             let mut out = Drainable::default();
-            let mut bytes = 0;
-            for e in t.iter().map_err(db)? {
-                let (k, v) = e.map_err(db)?;
-                let h = match JournalHeader::decode(v.value()) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        out.bad.push((k.value(), format!("entry header: {e}")));
-                        continue;
-                    }
+            let mut gone = Vec::new();
+            for k in keys {
+                // Gone: drained before a reopen rebuilt the index from an older read.
+                let Some(v) = t.get(k).map_err(db)? else {
+                    gone.push(k);
+                    continue;
                 };
-                let mark = match seen
-                    .iter()
-                    .find(|(a, q, _)| *a == h.agent_id && *q == h.queue_id)
-                {
-                    Some((_, _, m)) => *m,
-                    None => {
-                        let m = marks
-                            .get((h.agent_id.as_str(), h.queue_id.as_str()))
-                            .map_err(db)?
-                            .map_or(0, |v| v.value().1);
-                        seen.push((h.agent_id, h.queue_id, m));
-                        m
-                    }
-                };
-                if h.last_seq > mark {
-                    continue; // not ours yet
-                }
-                bytes += v.value().len();
-                if !out.entries.is_empty() && bytes > max_bytes {
-                    break;
-                }
                 match decode_entry(v.value()) {
-                    Ok(entry) => out.entries.push((k.value(), entry)),
-                    Err(why) => out.bad.push((k.value(), why)),
+                    Ok(entry) => out.entries.push((k, entry)),
+                    Err(why) => out.bad.push((k, why)),
                 }
             }
+            self.store.ready.remove(gone);
             Ok(out)
         })
+    }
+
+    /// After the drainer's round committed: its entries (drained or quarantined) are no
+    /// longer waiting for the outputs.
+    pub(crate) fn drained(&self, keys: impl IntoIterator<Item = u64>) {
+        self.store.ready.remove(keys);
     }
 
     /// Rows in the quarantine table. Blocking.
@@ -663,6 +669,11 @@ struct Loaded {
     next: u64,
     marks: Marks,
     id: u64,
+    /// Entries waiting for their agent's confirmation.
+    unconfirmed: index::Unconfirmed,
+    /// Confirmed entries, and entries whose header does not decode (the drainer
+    /// quarantines them).
+    ready: std::collections::BTreeMap<u64, index::ReadyEntry>,
 }
 
 fn init(db: &Database) -> Result<Loaded, JournalError> {
@@ -726,10 +737,65 @@ fn init(db: &Database) -> Result<Loaded, JournalError> {
                 m.instance = v.value();
             }
         }
-        out = Loaded { next, marks, id };
+        let (unconfirmed, ready) = index_entries(&j, &marks)?;
+        out = Loaded {
+            next,
+            marks,
+            id,
+            unconfirmed,
+            ready,
+        };
     }
     txn.commit().map_err(self::db)?;
     Ok(out)
+}
+
+/// Reads where each entry stands: once per open, so that no later round has to.
+fn index_entries(
+    j: &impl ReadableTable<u64, &'static [u8]>,
+    marks: &Marks,
+) -> Result<
+    (
+        index::Unconfirmed,
+        std::collections::BTreeMap<u64, index::ReadyEntry>,
+    ),
+    JournalError,
+> {
+    let mut unconfirmed = index::Unconfirmed::default();
+    let mut ready = std::collections::BTreeMap::new();
+    for e in j.iter().map_err(db)? {
+        let (k, v) = e.map_err(db)?;
+        let bytes = v.value().len() as u64;
+        let Ok(h) = JournalHeader::decode(v.value()) else {
+            let entry = index::ReadyEntry {
+                bytes,
+                agent: String::new(),
+                queue: String::new(),
+            };
+            ready.insert(k.value(), entry);
+            continue;
+        };
+        let confirmed = marks
+            .get(&h.agent_id)
+            .and_then(|q| q.get(&h.queue_id))
+            .map_or(0, |m| m.confirmed);
+        if h.last_seq <= confirmed {
+            let entry = index::ReadyEntry {
+                bytes,
+                agent: h.agent_id,
+                queue: h.queue_id,
+            };
+            ready.insert(k.value(), entry);
+        } else {
+            let w = index::Waiting {
+                key: k.value(),
+                last_seq: h.last_seq,
+                bytes,
+            };
+            unconfirmed.push(&h.agent_id, &h.queue_id, w);
+        }
+    }
+    Ok((unconfirmed, ready))
 }
 
 /// Adds a version-1 mark (`"<agent>/<queue>"` → `v`) to `merged`, split at the last `/`

@@ -102,6 +102,7 @@ impl Sink {
             &cfg.data_dir,
             JournalOptions {
                 max_queues_per_agent: cfg.limits.max_queues_per_agent,
+                max_unconfirmed_bytes_per_agent: cfg.limits.max_unconfirmed_bytes_per_agent,
             },
         )?;
         let control =
@@ -837,6 +838,7 @@ pub(crate) fn drain_round(
         journal::quarantine_entries(&txn, &bad)?;
         txn.commit().map_err(journal::db)
     })?;
+    journal.drained(keys.into_iter().chain(bad.iter().map(|(k, _)| *k)));
     quarantined.fetch_add(bad.len() as u64, Ordering::Relaxed);
     for o in outputs.iter_mut() {
         o.committed();

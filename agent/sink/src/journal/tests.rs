@@ -13,10 +13,15 @@ use dataweaver_wire::{Header, scan_batch};
 
 /// An encoded batch of seqs `from..=to`, payloads `r<seq>`.
 pub(crate) fn encode(from: u64, to: u64) -> bytes::Bytes {
+    encode_payloads(from, to, |seq| format!("r{seq}").into_bytes())
+}
+
+/// An encoded batch of seqs `from..=to` with the payloads `payload` gives.
+fn encode_payloads(from: u64, to: u64, payload: impl Fn(u64) -> Vec<u8>) -> bytes::Bytes {
     let records: Vec<Record> = (from..=to)
         .map(|seq| Record {
             seq,
-            payload: format!("r{seq}").into_bytes().into(),
+            payload: payload(seq).into(),
             ..Default::default()
         })
         .collect();
@@ -30,7 +35,11 @@ pub(crate) fn encode(from: u64, to: u64) -> bytes::Bytes {
 }
 
 async fn try_put(j: &Journal, agent: &str, from: u64, to: u64) -> Result<Outcome, Refused> {
-    let batch = encode(from, to);
+    submit_q(j, agent, encode(from, to)).await
+}
+
+/// Submits `batch` to queue `q` of `agent` and waits for the outcome.
+async fn submit_q(j: &Journal, agent: &str, batch: bytes::Bytes) -> Result<Outcome, Refused> {
     let info = scan_batch(&batch).unwrap();
     j.submit(agent, "q", batch, &info, 0)
         .await
@@ -83,16 +92,7 @@ async fn a_copy_of_a_queue_is_refused_as_forked_and_a_restart_is_not() {
     );
     // Process 2 goes on; the instance survives a reopen of the file.
     drop(j);
-    // The writer thread lets go of the file once it sees the last handle gone.
-    let mut reopened = Journal::open(dir.path());
-    for _ in 0..100 {
-        if reopened.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        reopened = Journal::open(dir.path());
-    }
-    let j = reopened.unwrap();
+    let j = reopen(|| Journal::open(dir.path())).await;
     assert_eq!(j.resolve("a", "q", &resolve(2, 10)).await, Ok(20));
     let refused = j.resolve("a", "q", &resolve(3, 10)).await.unwrap_err();
     assert_eq!(refused.code, dataweaver_wire::REFUSED_FORKED);
@@ -101,6 +101,19 @@ async fn a_copy_of_a_queue_is_refused_as_forked_and_a_restart_is_not() {
         Ok(20),
         "unchecked: instance 0"
     );
+}
+
+/// Opens the journal again once the last handle's writer thread has let go of the file.
+async fn reopen(open: impl Fn() -> Result<Journal, JournalError>) -> Journal {
+    let mut reopened = open();
+    for _ in 0..100 {
+        if reopened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        reopened = open();
+    }
+    reopened.unwrap()
 }
 
 async fn put(j: &Journal, agent: &str, from: u64, to: u64) {
@@ -222,6 +235,9 @@ async fn undecodable_journal_entry_is_quarantined_not_fatal() {
         txn.commit().map_err(db)
     })
     .unwrap();
+    // They are in the file when it opens.
+    drop(j);
+    let j = reopen(|| Journal::open(dir.path())).await;
     put(&j, "a", 1, 2).await;
     j.confirm("a", "q", 2).await.unwrap();
     // Resolve scans the entries of (bad, q) and must not fail on them.
@@ -400,6 +416,7 @@ async fn queue_ids_per_agent_are_capped() {
         dir.path(),
         JournalOptions {
             max_queues_per_agent: 3,
+            ..JournalOptions::default()
         },
     )
     .unwrap();
@@ -496,4 +513,128 @@ async fn failing_clears_after_a_reopen_the_drainer_asked_for() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// Seqs `from..=to` of `agent`'s queue `q`, payloads of `size` bytes.
+async fn put_sized(
+    j: &Journal,
+    agent: &str,
+    from: u64,
+    to: u64,
+    size: usize,
+) -> Result<Outcome, Refused> {
+    submit_q(j, agent, encode_payloads(from, to, |_| vec![b'x'; size])).await
+}
+
+/// Every drain round and every `Resolve` read the whole journal, skipping entries that
+/// wait for their agent's confirmation (an entry's header is read with its whole page):
+/// an agent that sent batches and never confirmed them made every other agent's delivery
+/// slower. Now a round reads only what it outputs, and a `Resolve` only its own queue's
+/// entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_confirms_does_not_make_others_read_its_entries() {
+    let disk = dataweaver_store::SimDisk::new();
+    let j = Journal::open_on(Medium::Sim(disk.clone()), JournalOptions::default()).unwrap();
+    resolve_t(&j, "silent", "q", 0, 0).await.unwrap();
+    // 24 MiB unconfirmed: three times the journal's cache.
+    for n in 0..60 {
+        let out = put_sized(&j, "silent", n * 100 + 1, n * 100 + 100, 4000).await;
+        assert_eq!(out, Ok(Outcome::Stored(n * 100 + 100)));
+    }
+    resolve_t(&j, "good", "q", 0, 0).await.unwrap();
+    put(&j, "good", 1, 10).await;
+    j.confirm_durable("good", "q", 10).await.unwrap();
+    let before = disk.read_bytes();
+    let round = j.read_drainable(usize::MAX).unwrap();
+    assert_eq!(round.entries.len(), 1, "only the confirmed entry");
+    let read = disk.read_bytes() - before;
+    assert!(read < 2 << 20, "a drain round read {read} bytes");
+    let before = disk.read_bytes();
+    assert_eq!(resolve_t(&j, "good", "q", 10, 0).await, Ok(10));
+    let read = disk.read_bytes() - before;
+    assert!(read < 2 << 20, "a resolve read {read} bytes");
+    // The silent agent's entries are still there, and drain once it confirms.
+    assert_eq!(resolve_t(&j, "silent", "q", 6000, 0).await, Ok(6000));
+    let seqs: Vec<u64> = j
+        .read_drainable(usize::MAX)
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|(_, e)| e.agent_id == "silent")
+        .flat_map(|(_, e)| e.records.iter().map(|r| r.seq))
+        .collect();
+    assert_eq!(seqs, (1..=6000).collect::<Vec<_>>());
+}
+
+/// Nothing bounded what one agent could hold journaled and unconfirmed: one that never
+/// confirmed filled the sink's disk until the free-space admission refused every agent.
+/// Now its batches are refused once it holds its share; other agents go on, and it is
+/// taken again once it confirms, also after the journal is reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
+    let disk = dataweaver_store::SimDisk::new();
+    let opts = JournalOptions {
+        max_unconfirmed_bytes_per_agent: 2 << 20,
+        ..JournalOptions::default()
+    };
+    let j = Journal::open_on(Medium::Sim(disk.clone()), opts).unwrap();
+    resolve_t(&j, "silent", "q", 0, 0).await.unwrap();
+    resolve_t(&j, "good", "q", 0, 0).await.unwrap();
+    // 400 KB a batch: the sixth would pass 2 MiB.
+    let mut last = 0;
+    let refused = loop {
+        match put_sized(&j, "silent", last + 1, last + 100, 4000).await {
+            Ok(Outcome::Stored(l)) => last = l,
+            Ok(other) => panic!("{other:?}"),
+            Err(r) => break r,
+        }
+        assert!(last <= 1000, "never refused");
+    };
+    assert_eq!(last, 500);
+    assert!(
+        matches!(&refused, Refused::Unconfirmed(r) if r.contains("max_unconfirmed_bytes_per_agent")),
+        "{refused:?}"
+    );
+    // Another agent is not affected, whether it confirms or not.
+    for n in 0..5 {
+        let out = put_sized(&j, "good", n * 100 + 1, n * 100 + 100, 4000).await;
+        assert_eq!(out, Ok(Outcome::Stored(n * 100 + 100)));
+        j.confirm_durable("good", "q", n * 100 + 100).await.unwrap();
+    }
+    // Confirming makes room.
+    j.confirm_durable("silent", "q", 100).await.unwrap();
+    assert_eq!(
+        put_sized(&j, "silent", 501, 600, 4000).await,
+        Ok(Outcome::Stored(600))
+    );
+    assert!(put_sized(&j, "silent", 601, 700, 4000).await.is_err());
+    // What it holds is counted again from the file after a reopen.
+    drop(j);
+    let j = reopen(|| Journal::open_on(Medium::Sim(disk.clone()), opts)).await;
+    assert_eq!(resolve_t(&j, "silent", "q", 0, 0).await, Ok(600));
+    assert!(
+        matches!(
+            put_sized(&j, "silent", 601, 700, 4000).await,
+            Err(Refused::Unconfirmed(_))
+        ),
+        "still over its share after the reopen"
+    );
+    // A new stream's Resolve confirms, and the agent goes on.
+    assert_eq!(resolve_t(&j, "silent", "q", 600, 0).await, Ok(600));
+    assert_eq!(
+        put_sized(&j, "silent", 601, 700, 4000).await,
+        Ok(Outcome::Stored(700))
+    );
+    let drained: usize = j
+        .read_drainable(usize::MAX)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|(_, e)| e.records.len())
+        .sum();
+    assert_eq!(
+        drained,
+        600 + 500,
+        "silent's 600 and good's 500 confirmed records"
+    );
 }

@@ -9,6 +9,9 @@ pub(super) struct Writer {
     pub(super) store: Arc<Store>,
     pub(super) next: u64,
     pub(super) marks: Marks,
+    /// Entries waiting for their agent's confirmation (changed while a transaction is
+    /// built: a failed commit's reopen reloads them, with the marks).
+    pub(super) unconfirmed: index::Unconfirmed,
     pub(super) opts: JournalOptions,
     pub(super) changed: watch::Sender<u64>,
     pub(super) generation: u64,
@@ -36,10 +39,12 @@ pub(super) const GROUPING: Grouping = Grouping {
     linger: std::time::Duration::ZERO,
 };
 
-/// One answer per command of a group, and the next entry number, once it committed.
+/// One answer per command of a group, the next entry number, and the entries it made
+/// ready for the outputs, once it committed.
 pub(super) struct Written {
     answers: Vec<Option<Result<Outcome, Refused>>>,
     next: u64,
+    ready: Vec<(u64, index::ReadyEntry)>,
 }
 
 impl Apply for Writer {
@@ -72,6 +77,7 @@ impl Apply for Writer {
     ) -> Result<Written, JournalError> {
         let mut answers = Vec::with_capacity(batch.len());
         let mut next = self.next;
+        let mut ready = Vec::new();
         {
             let mut j = txn.open_table(JOURNAL).map_err(db)?;
             let mut m = txn.open_table(MARKS).map_err(db)?;
@@ -81,7 +87,7 @@ impl Apply for Writer {
             for cmd in batch.iter_mut() {
                 let answer = match cmd {
                     Command::Submit(s) => {
-                        self.submit(s, &mut j, &mut m, &mut q, &mut next, &mut buf)?
+                        self.submit(s, (&mut j, &mut m, &mut q), &mut next, &mut ready, &mut buf)?
                     }
                     Command::Reopen => None,
                     Command::Confirm {
@@ -95,6 +101,7 @@ impl Apply for Writer {
                         {
                             mark.confirmed = *upto;
                             self.set_mark(&mut m, agent_id, queue_id, mark)?;
+                            self.make_ready(agent_id, queue_id, *upto, &mut ready);
                         }
                         None
                     }
@@ -114,6 +121,7 @@ impl Apply for Writer {
                             *incarnation,
                             (&mut j, &mut m, &mut q),
                             &mut inst,
+                            &mut ready,
                             &mut buf,
                         )? {
                             Ok(h) => Ok(Outcome::Stored(h)),
@@ -140,11 +148,16 @@ impl Apply for Writer {
                 std::io::Error::other("simulated full disk"),
             ));
         }
-        Ok(Written { answers, next })
+        Ok(Written {
+            answers,
+            next,
+            ready,
+        })
     }
 
     fn committed(&mut self, batch: Vec<Command>, w: Written) {
         self.next = w.next;
+        self.store.ready.add(w.ready);
         self.generation += 1;
         self.changed.send_replace(self.generation);
         for (cmd, answer) in batch.into_iter().zip(w.answers) {
@@ -195,7 +208,11 @@ impl Apply for Writer {
 
     fn reopen(&mut self, medium: &Medium) -> Result<Database, JournalError> {
         let (d, loaded) = open_file(medium, false)?;
-        (self.next, self.marks) = (loaded.next, loaded.marks);
+        // Entry numbers never go back within a process: the drainer may still be about to
+        // forget the last ones it took, and must not forget a new entry of the same number.
+        self.next = self.next.max(loaded.next);
+        (self.marks, self.unconfirmed) = (loaded.marks, loaded.unconfirmed);
+        self.store.ready.replace(loaded.ready);
         Ok(d)
     }
 
@@ -245,10 +262,9 @@ impl Writer {
     fn submit(
         &mut self,
         s: &mut Submit,
-        j: &mut JournalTable<'_>,
-        m: &mut MarksTable<'_>,
-        q: &mut QuarantineTable<'_>,
+        (j, m, q): Tables<'_, '_>,
         next: &mut u64,
+        ready: &mut Vec<(u64, index::ReadyEntry)>,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Result<Outcome, Refused>>, JournalError> {
         let Some(mut mark) = self.mark(&s.agent_id, &s.queue_id) else {
@@ -282,6 +298,19 @@ impl Writer {
         if s.last <= mark.hwm {
             return Ok(Some(Ok(Outcome::Stored(s.last)))); // all duplicates
         }
+        let held = self.unconfirmed.bytes(&s.agent_id);
+        let max = self.opts.max_unconfirmed_bytes_per_agent;
+        if held > 0 && held.saturating_add(s.batch.len() as u64) > max {
+            tracing::warn!(
+                agent = %s.agent_id, held, max,
+                "refusing a batch: the agent holds as many unconfirmed bytes as it may"
+            );
+            return Ok(Some(Err(Refused::Unconfirmed(format!(
+                "agent {} holds {held} bytes at this sink that it has not confirmed \
+                 (max_unconfirmed_bytes_per_agent = {max}): confirm them before sending more",
+                s.agent_id
+            )))));
+        }
         // Kept as received; duplicates at its start are only marked.
         let entry = JournalEntry {
             agent_id: std::mem::take(&mut s.agent_id),
@@ -295,6 +324,23 @@ impl Writer {
             .encode(buf)
             .map_err(|e| JournalError::Corrupt(*next, e.to_string()))?;
         j.insert(*next, buf.as_slice()).map_err(db)?;
+        let bytes = buf.len() as u64;
+        if s.last <= mark.confirmed {
+            // Confirmed ahead of time (a `Resolve` may name seqs not sent yet).
+            let e = index::ReadyEntry {
+                bytes,
+                agent: entry.agent_id.clone(),
+                queue: entry.queue_id.clone(),
+            };
+            ready.push((*next, e));
+        } else {
+            let w = index::Waiting {
+                key: *next,
+                last_seq: s.last,
+                bytes,
+            };
+            self.unconfirmed.push(&entry.agent_id, &entry.queue_id, w);
+        }
         *next += 1;
         mark.hwm = s.last;
         self.set_mark(m, &entry.agent_id, &entry.queue_id, mark)?;
@@ -313,11 +359,12 @@ impl Writer {
         (instance, inherited_upto): (u64, u64),
         (j, m, q): Tables<'_, '_>,
         inst: &mut InstancesTable<'_>,
+        ready: &mut Vec<(u64, index::ReadyEntry)>,
         buf: &mut Vec<u8>,
     ) -> Result<Result<u64, dataweaver_wire::Refusal>, JournalError> {
         if self.mark(agent, queue).is_none() {
             let held = self.marks.get(agent).map_or(0, |q| q.len());
-            if held >= self.opts.max_queues_per_agent && !self.evict_settled(agent, j, m)? {
+            if held >= self.opts.max_queues_per_agent && !self.evict_settled(agent, m, ready)? {
                 return Ok(Err(dataweaver_wire::Refusal {
                     reason: format!(
                         "agent {agent} already holds {held} queue ids at this sink \
@@ -360,23 +407,22 @@ impl Writer {
         // Unconfirmed records up to what the agent delivered elsewhere are not ours: drop
         // them, keep the rest. Nothing below `delivered_upto` is ever sent here again.
         let mut top = ours.max(delivered_upto);
+        self.make_ready(agent, queue, ours, ready);
         let mut rewrite = Vec::new();
         let mut bad = Vec::new();
-        for e in j.iter().map_err(db)? {
-            let (k, v) = e.map_err(db)?;
-            let Ok(hd) = JournalHeader::decode(v.value()) else {
-                continue; // the drainer quarantines it
-            };
-            if hd.agent_id != agent || hd.queue_id != queue || hd.last_seq <= ours {
+        let mut kept = Vec::new();
+        // Only this queue's entries, and only those still unconfirmed, are read.
+        for w in self.unconfirmed.take_queue(agent, queue) {
+            let Some(v) = j.get(w.key).map_err(db)? else {
                 continue;
-            }
+            };
             let decoded = JournalEntry::decode(v.value())
                 .map_err(|e| e.to_string())
                 .and_then(|en| en.records().map(|r| (en, r)).map_err(|e| e.to_string()));
             let (mut entry, mut records) = match decoded {
                 Ok(x) => x,
                 Err(why) => {
-                    bad.push((k.value(), why));
+                    bad.push((w.key, why));
                     continue;
                 }
             };
@@ -384,7 +430,7 @@ impl Writer {
             records.retain(|r| r.seq <= ours || r.seq > delivered_upto);
             if records.len() != before {
                 tracing::info!(
-                    entry = k.value(),
+                    entry = w.key,
                     dropped = before - records.len(),
                     "discarding records the agent delivered through another sink"
                 );
@@ -398,9 +444,10 @@ impl Writer {
                 }
                 .encode_to_vec()
                 .into();
-                rewrite.push((k.value(), entry));
+                rewrite.push((w.key, entry));
             } else {
-                top = top.max(hd.last_seq);
+                top = top.max(w.last_seq);
+                kept.push(w);
             }
         }
         for (k, why) in bad {
@@ -419,6 +466,25 @@ impl Writer {
                     .encode(buf)
                     .map_err(|e| JournalError::Corrupt(k, e.to_string()))?;
                 j.insert(k, buf.as_slice()).map_err(db)?;
+                kept.push(index::Waiting {
+                    key: k,
+                    last_seq: entry.last_seq,
+                    bytes: buf.len() as u64,
+                });
+            }
+        }
+        kept.sort_unstable_by_key(|w| w.key);
+        for w in kept {
+            if w.last_seq <= ours {
+                // What is left of it is all ours.
+                let e = index::ReadyEntry {
+                    bytes: w.bytes,
+                    agent: agent.to_string(),
+                    queue: queue.to_string(),
+                };
+                ready.push((w.key, e));
+            } else {
+                self.unconfirmed.push(agent, queue, w);
             }
         }
         mark.confirmed = ours;
@@ -428,28 +494,25 @@ impl Writer {
     }
 
     /// Forgets one settled queue of `agent` (everything confirmed, no entry left) to make
-    /// room for a new one; whether there was one.
+    /// room for a new one; whether there was one. `ready`: entries this transaction made
+    /// ready (not in the shared index until it commits).
     fn evict_settled(
         &mut self,
         agent: &str,
-        j: &mut JournalTable<'_>,
         m: &mut MarksTable<'_>,
+        ready: &[(u64, index::ReadyEntry)],
     ) -> Result<bool, JournalError> {
-        let mut busy: HashSet<String> = HashSet::new();
-        for e in j.iter().map_err(db)? {
-            let (_, v) = e.map_err(db)?;
-            if let Ok(h) = JournalHeader::decode(v.value())
-                && h.agent_id == agent
-            {
-                busy.insert(h.queue_id);
-            }
-        }
-        let Some(queues) = self.marks.get_mut(agent) else {
+        let Some(queues) = self.marks.get(agent) else {
             return Ok(false);
+        };
+        let busy = |q: &str| {
+            self.unconfirmed.holds(agent, q)
+                || ready.iter().any(|(_, e)| e.agent == agent && e.queue == q)
+                || self.store.ready.holds(agent, q)
         };
         let victim = queues
             .iter()
-            .filter(|(q, mk)| mk.confirmed >= mk.hwm && !busy.contains(q.as_str()))
+            .filter(|(q, mk)| mk.confirmed >= mk.hwm && !busy(q))
             .min_by_key(|(_, mk)| mk.hwm)
             .map(|(q, _)| q.clone());
         let Some(victim) = victim else {
@@ -458,9 +521,29 @@ impl Writer {
         m.remove((agent, victim.as_str())).map_err(db)?;
         // Its instance row stays until the queue id comes back (rare): bounded by the queue
         // ids the agent ever had, and read only for queues with marks.
-        queues.remove(&victim);
+        if let Some(queues) = self.marks.get_mut(agent) {
+            queues.remove(&victim);
+        }
         tracing::info!(%agent, queue = %victim, "forgot a settled queue id to make room for a new one");
         Ok(true)
+    }
+
+    /// Moves the queue's entries covered by a confirmation up to `upto` to `ready`.
+    fn make_ready(
+        &mut self,
+        agent: &str,
+        queue: &str,
+        upto: u64,
+        ready: &mut Vec<(u64, index::ReadyEntry)>,
+    ) {
+        for w in self.unconfirmed.take_upto(agent, queue, upto) {
+            let e = index::ReadyEntry {
+                bytes: w.bytes,
+                agent: agent.to_string(),
+                queue: queue.to_string(),
+            };
+            ready.push((w.key, e));
+        }
     }
 
     /// Answers a command that cannot be carried out now; a confirmation is kept for later.
