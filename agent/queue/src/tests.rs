@@ -385,16 +385,22 @@ fn sized(i: usize) -> Record {
     Record::new("t/s", "t", vec![b'x'; 250 + i % 7])
 }
 
+/// A queue in `dir` holding 3,000 [`sized`] records (about 750 KiB: several chunks).
+async fn sized_queue(dir: &std::path::Path) -> Queue {
+    let q = Queue::open(dir, &QueueConfig::default()).unwrap();
+    q.append((0..3000).map(sized).collect(), None)
+        .await
+        .unwrap();
+    q
+}
+
 /// Found by tracing the queue's I/O under `cargo bench --bench pipeline -- --only e2e`:
 /// chunks were cut at 1 MiB, so 1,024 records of 256 B made a chunk just over 256 KiB,
 /// which redb keeps on a 512 KiB page and writes and reads whole (half of it padding).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_stops_short_of_a_power_of_two_page() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
-    q.append((0..3000).map(sized).collect(), None)
-        .await
-        .unwrap();
+    let q = sized_queue(dir.path()).await;
     let sizes = chunk_sizes(&q);
     assert!(
         sizes.len() >= 4,
@@ -430,10 +436,7 @@ async fn a_chunk_stops_short_of_a_power_of_two_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_takes_later_chunks_whole_and_stays_within_max_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(dir.path(), &QueueConfig::default()).unwrap();
-    q.append((0..3000).map(sized).collect(), None)
-        .await
-        .unwrap();
+    let q = sized_queue(dir.path()).await;
     let starts: Vec<u64> = chunk_sizes(&q).iter().map(|c| c.0).collect();
     let read = |from: u64, max_bytes: usize| {
         let (mut n, mut bytes) = (0usize, 0usize);

@@ -65,7 +65,24 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         }
     };
     let key = format!("mqtt:{source}:{}", cfg.client_id);
-    let pending = Arc::new(Mutex::new(load_pending(&pipeline, &key, &source)));
+    let (state, unreadable) = load_pending(&pipeline, &key, &source);
+    // Segments that do not decode are in no state: nothing would ever delete them, and
+    // every restart would report them again.
+    for k in unreadable {
+        let delete = Checkpoint {
+            key: k.clone(),
+            value: Vec::new(),
+        };
+        match pipeline.store_checkpoint(delete).await {
+            Ok(()) => {
+                tracing::warn!(%source, key = %k, "unreadable mqtt QoS 2 state segment deleted")
+            }
+            Err(e) => {
+                tracing::warn!(%source, key = %k, error = %e, "unreadable mqtt QoS 2 state segment not deleted")
+            }
+        }
+    }
+    let pending = Arc::new(Mutex::new(state));
     let c = &pipeline.counters;
     let counters = Counters {
         received: c.counter(&format!("{source}.received")),
@@ -231,9 +248,10 @@ fn remember(recent: &mut std::collections::VecDeque<u16>, pkid: u16) {
 }
 
 /// The QoS 2 state stored with the last commit: the main checkpoint and its segments
-/// (see [`qos2`]). Unreadable, it is said loudly: the redeliveries of what was queued before
-/// the restart would be queued again.
-fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> qos2::State {
+/// (see [`qos2`]), and the keys of segments that do not decode (to delete). Unreadable, it
+/// is said loudly: the redeliveries of what was queued before the restart would be queued
+/// again.
+fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> (qos2::State, Vec<String>) {
     let unreadable = |what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(%source, error = %e, "mqtt QoS 2 state {what}; redeliveries of messages queued before the restart may be queued twice");
     };
@@ -249,25 +267,20 @@ fn load_pending(pipeline: &Pipeline, key: &str, source: &str) -> qos2::State {
         }
     };
     let prefix = qos2::segment_prefix(key);
-    let mut segments = Vec::new();
-    match pipeline.checkpoints(&prefix) {
-        Ok(stored) => {
-            for (k, v) in stored {
-                let first = k.strip_prefix(&prefix).and_then(|f| f.parse::<u64>().ok());
-                match (first, qos2::decode_pending(&v)) {
-                    (Some(first), Ok(entries)) => segments.push((first, entries)),
-                    (_, Err(e)) => unreadable("segment does not decode", &e),
-                    (None, _) => unreadable("segment key is malformed", &k),
-                }
-            }
+    let (segments, bad) = match pipeline.checkpoints(&prefix) {
+        Ok(stored) => qos2::segments_of(&prefix, stored),
+        Err(e) => {
+            unreadable("segments unreadable", &e);
+            Default::default()
         }
-        Err(e) => unreadable("segments unreadable", &e),
+    };
+    for (k, why) in &bad {
+        unreadable(&format!("segment {k} is unreadable"), why);
     }
-    segments.sort_by_key(|(first, _)| *first);
     let state = qos2::State::load(main, segments);
     let (unreleased, released) = state.counts();
     tracing::info!(%source, unreleased, released, "mqtt QoS 2 state loaded");
-    state
+    (state, bad.into_iter().map(|(k, _)| k).collect())
 }
 
 fn lock(m: &Mutex<qos2::State>) -> std::sync::MutexGuard<'_, qos2::State> {

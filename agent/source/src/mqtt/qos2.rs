@@ -21,7 +21,7 @@
 //!   (`<key>:released:<first release>`) before the main checkpoint stops carrying it, the
 //!   last [`SEGMENTS`] of them kept.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Releases per stored segment.
 pub(super) const SEGMENT: u64 = 1024;
@@ -76,6 +76,26 @@ pub(super) fn segment_prefix(key: &str) -> String {
     format!("{key}:released:")
 }
 
+/// Segments that decode (`(first release, entries)`, oldest first), and the keys of those
+/// that do not, with the reason.
+pub(super) type Segments = (Vec<(u64, Pending)>, Vec<(String, String)>);
+
+/// The stored segments under `prefix` that decode, oldest first, and the keys of those
+/// that do not, with the reason.
+pub(super) fn segments_of(prefix: &str, stored: Vec<(String, Vec<u8>)>) -> Segments {
+    let (mut segments, mut bad) = (Vec::new(), Vec::new());
+    for (k, v) in stored {
+        let first = k.strip_prefix(prefix).and_then(|f| f.parse::<u64>().ok());
+        match (first, decode_pending(&v)) {
+            (Some(first), Ok(entries)) => segments.push((first, entries)),
+            (_, Err(e)) => bad.push((k, format!("does not decode: {e}"))),
+            (None, _) => bad.push((k, "malformed key".to_string())),
+        }
+    }
+    segments.sort_by_key(|(first, _)| *first);
+    (segments, bad)
+}
+
 /// A segment to store, or one to delete (`value` empty), before the next main checkpoint.
 pub(super) struct SegmentWrite {
     pub(super) first: u64,
@@ -84,7 +104,10 @@ pub(super) struct SegmentWrite {
 
 /// The QoS 2 state of one MQTT source.
 pub(super) struct State {
-    pub(super) pend: Pending,
+    pend: Pending,
+    /// The ids of `pend` not released yet: the main checkpoint is written with every
+    /// commit, and finds them here instead of in the 32,768 releases `pend` also holds.
+    unreleased: HashSet<u16>,
     /// Released ids, oldest release first.
     released: VecDeque<(u64, u16)>,
     next_release: u64,
@@ -140,8 +163,14 @@ impl State {
             .map_or(1, |(o, _)| o + 1)
             .max(newest_stored)
             .max(open_from);
+        let unreleased = pend
+            .iter()
+            .filter(|(_, (_, o))| *o == 0)
+            .map(|(k, _)| *k)
+            .collect();
         let mut s = State {
             pend,
+            unreleased,
             released: released.into(),
             next_release,
             open_from,
@@ -154,20 +183,15 @@ impl State {
     /// The ids to re-arm on connect (see the module docs of `mqtt`): every unreleased one,
     /// and the `recent` last released ones, whose PUBCOMP a disconnect may have lost.
     pub(super) fn rearm_ids(&self, recent: usize) -> Vec<u16> {
-        let mut ids: Vec<u16> = self
-            .pend
-            .iter()
-            .filter(|(_, (_, o))| *o == 0)
-            .map(|(k, _)| *k)
-            .collect();
+        let mut ids: Vec<u16> = self.unreleased.iter().copied().collect();
         ids.extend(self.released.iter().rev().take(recent).map(|(_, id)| *id));
         ids
     }
 
     /// `(unreleased, released)` counts.
     pub(super) fn counts(&self) -> (usize, usize) {
-        let released = self.pend.values().filter(|e| e.1 > 0).count();
-        (self.pend.len() - released, released)
+        let unreleased = self.unreleased.len();
+        (unreleased, self.pend.len() - unreleased)
     }
 
     /// The broker released `pkid` (PUBREL).
@@ -176,6 +200,7 @@ impl State {
             && e.1 == 0
         {
             e.1 = self.next_release;
+            self.unreleased.remove(&pkid);
             self.released.push_back((self.next_release, pkid));
             self.next_release += 1;
         }
@@ -190,6 +215,7 @@ impl State {
         }
         // A new message (DUP clear) may reuse a released id.
         self.pend.insert(pkid, (hash, 0));
+        self.unreleased.insert(pkid);
         false
     }
 
@@ -249,13 +275,20 @@ impl State {
         }
     }
 
-    /// The main checkpoint: the unreleased ids and the open segment's releases.
+    /// The main checkpoint: the unreleased ids and the open segment's releases (the
+    /// newest in `released`, whose order is the releases').
     pub(super) fn main(&self) -> Vec<u8> {
-        encode(
-            self.pend
-                .iter()
-                .filter(|(_, (_, o))| *o == 0 || *o >= self.open_from),
-        )
+        let unreleased = self
+            .unreleased
+            .iter()
+            .filter_map(|id| Some((id, self.pend.get(id)?)));
+        let open = self
+            .released
+            .iter()
+            .rev()
+            .take_while(|(o, _)| *o >= self.open_from)
+            .filter_map(|(o, id)| Some((id, self.pend.get(id).filter(|e| e.1 == *o)?)));
+        encode(unreleased.chain(open))
     }
 }
 
@@ -337,6 +370,62 @@ mod tests {
             !s.seen(3, 31 * 3, true),
             "the old message of a reused id is gone"
         );
+    }
+
+    /// The main checkpoint and the counts are found from the unreleased ids and the open
+    /// segment instead of a scan of every kept release (32,768) on every commit: they must
+    /// say what the scan said, through releases, id reuse, redeliveries and restarts.
+    #[test]
+    fn the_main_checkpoint_holds_what_a_scan_of_every_id_finds() {
+        let scan = |s: &State| -> Pending {
+            s.pend
+                .iter()
+                .filter(|(_, (_, o))| *o == 0 || *o >= s.open_from)
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        };
+        let mut s = State::load(Pending::new(), Vec::new());
+        let mut stored = HashMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for step in 0..40_000u32 {
+            let id = rng.u16(1..=3000);
+            match rng.u8(0..10) {
+                0..=4 => {
+                    s.seen(id, rng.u64(0..4), rng.bool());
+                }
+                5..=8 => s.release(id),
+                _ => {
+                    commit(&mut s, &mut stored);
+                    if step % 7 == 0 {
+                        s = reload(&stored);
+                    }
+                }
+            }
+            if step % 97 == 0 {
+                assert_eq!(decode_pending(&s.main()).unwrap(), scan(&s), "step {step}");
+                let released = s.pend.values().filter(|e| e.1 > 0).count();
+                assert_eq!(s.counts(), (s.pend.len() - released, released));
+            }
+        }
+    }
+
+    /// A segment that did not decode was reported at every start and never deleted (it is
+    /// in no state, so no later commit named it). It is now handed back for deletion,
+    /// with the others still loaded.
+    #[test]
+    fn a_segment_that_does_not_decode_is_handed_back_for_deletion() {
+        let good = encode([(&7u16, &(70u64, 3u64))].into_iter());
+        let stored = vec![
+            (segment_key("m", 1025), good.clone()),
+            (segment_key("m", 1), vec![0xff, 0x00]),
+            (format!("{}x", segment_prefix("m")), good),
+        ];
+        let (segments, bad) = segments_of(&segment_prefix("m"), stored);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].0, 1025);
+        let keys: Vec<&str> = bad.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, [segment_key("m", 1).as_str(), "m:released:x"]);
+        assert!(bad[0].1.contains("does not decode") && bad[1].1.contains("malformed"));
     }
 
     /// State stored before release numbers (a flag per id) still loads: an unreadable
