@@ -428,6 +428,52 @@ mod tests {
         assert!(bad[0].1.contains("does not decode") && bad[1].1.contains("malformed"));
     }
 
+    /// Crash points between a commit and the segment writes that follow it: whichever of
+    /// those writes reached the store, a restart knows every release the commit held, and
+    /// goes on storing segments from there.
+    #[test]
+    fn a_crash_between_the_commit_and_its_segment_writes_loses_no_release() {
+        let hash = |id: u16| u64::from(id) * 13;
+        for crash_after in 0..=2 {
+            let mut s = State::load(Pending::new(), Vec::new());
+            let mut stored = HashMap::new();
+            // 2,500 releases in one commit: two segments close with it.
+            for id in 1..=2500u16 {
+                s.seen(id, hash(id), false);
+                s.release(id);
+            }
+            stored.insert("m".to_string(), s.main());
+            let writes = s.closed();
+            assert_eq!(writes.len(), 2);
+            for w in writes.into_iter().take(crash_after) {
+                stored.insert(segment_key("m", w.first), w.value.clone());
+                s.stored(&w);
+            }
+            // The process dies here.
+            let mut s = reload(&stored);
+            for id in 1..=2500u16 {
+                assert!(
+                    s.seen(id, hash(id), true),
+                    "crash after {crash_after}: {id} lost"
+                );
+            }
+            // The next commits store what the crash left out, and a restart still knows it.
+            for id in 2501..=3000u16 {
+                s.seen(id, hash(id), false);
+                s.release(id);
+            }
+            commit(&mut s, &mut stored);
+            commit(&mut s, &mut stored);
+            let mut s = reload(&stored);
+            for id in 1..=3000u16 {
+                assert!(
+                    s.seen(id, hash(id), true),
+                    "crash after {crash_after}, then {id} lost"
+                );
+            }
+        }
+    }
+
     /// State stored before release numbers (a flag per id) still loads: an unreadable
     /// state would let every redelivery of the last session be queued again.
     #[test]
