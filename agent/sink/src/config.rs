@@ -64,6 +64,10 @@ pub struct SinkLimits {
     /// `batch_max_bytes` of each of its queues). Beyond it the agent's batches are refused
     /// until it confirms, so one that never does cannot fill the sink's disk.
     pub max_unconfirmed_bytes_per_agent: u64,
+    /// Bytes of journaled batches one agent may hold in all, confirmed or not: while the
+    /// outputs are behind (a broker outage), an agent past it has its batches refused and
+    /// keeps them in its own queue, so one agent cannot take the whole disk.
+    pub max_journal_bytes_per_agent: u64,
 }
 
 impl Default for SinkLimits {
@@ -77,6 +81,7 @@ impl Default for SinkLimits {
             max_frame_bytes_per_agent: 256 << 20,
             max_frame_bytes: 1 << 30,
             max_unconfirmed_bytes_per_agent: 256 << 20,
+            max_journal_bytes_per_agent: 4 << 30,
         }
     }
 }
@@ -157,6 +162,7 @@ impl Check for SinkConfig {
                 "max_unconfirmed_bytes_per_agent",
                 l.max_unconfirmed_bytes_per_agent,
             ),
+            ("max_journal_bytes_per_agent", l.max_journal_bytes_per_agent),
         ] {
             p.range(
                 key(at, &format!("limits.{k}")),

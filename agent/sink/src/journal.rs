@@ -43,6 +43,9 @@
 //!   `max_unconfirmed_bytes_per_agent` of entries it has not confirmed has its next batch
 //!   refused ([`Refused::Unconfirmed`]) until it confirms them (its next stream's
 //!   `Resolve` does): one that never confirms cannot fill the disk other agents need.
+//!   Likewise at `max_journal_bytes_per_agent` of entries in all ([`Refused::Share`]):
+//!   while the outputs are behind, one agent that sends without pause cannot take the
+//!   whole disk (the agents keep the rest in their own queues).
 //! - **Never a crash loop.** The file is opened with redb's integrity check (every page's
 //!   checksum), under `catch_unwind`. A file that fails or panics is renamed
 //!   `journal.redb.corrupt-<unix seconds>`, logged loudly, and what still decodes from it
@@ -151,6 +154,8 @@ pub struct JournalOptions {
     pub max_queues_per_agent: usize,
     /// Bytes of entries one agent may hold unconfirmed; one entry is always taken.
     pub max_unconfirmed_bytes_per_agent: u64,
+    /// Bytes of entries one agent may hold in all, drained or not; one is always taken.
+    pub max_journal_bytes_per_agent: u64,
 }
 
 impl Default for JournalOptions {
@@ -158,6 +163,7 @@ impl Default for JournalOptions {
         JournalOptions {
             max_queues_per_agent: 64,
             max_unconfirmed_bytes_per_agent: 256 << 20,
+            max_journal_bytes_per_agent: 4 << 30,
         }
     }
 }
@@ -196,6 +202,10 @@ pub enum Refused {
     /// does) before more is taken.
     #[error("{0}")]
     Unconfirmed(String),
+    /// The agent holds as many bytes here as it may (`max_journal_bytes_per_agent`), most
+    /// of them waiting for the outputs: it retries once they have drained.
+    #[error("{0}")]
+    Share(String),
 }
 
 /// What became of a submitted batch.

@@ -103,6 +103,7 @@ impl Sink {
             JournalOptions {
                 max_queues_per_agent: cfg.limits.max_queues_per_agent,
                 max_unconfirmed_bytes_per_agent: cfg.limits.max_unconfirmed_bytes_per_agent,
+                max_journal_bytes_per_agent: cfg.limits.max_journal_bytes_per_agent,
             },
         )?;
         let control =

@@ -127,22 +127,54 @@ pub(super) struct ReadyEntry {
 /// Confirmed entries by entry number (the order they are output in): added by the writer
 /// once a confirmation commits, taken by the drainer once its round commits.
 #[derive(Debug, Default)]
-pub(super) struct Ready(Mutex<BTreeMap<u64, ReadyEntry>>);
+pub(super) struct Ready(Mutex<ReadyMap>);
+
+#[derive(Debug, Default)]
+struct ReadyMap {
+    entries: BTreeMap<u64, ReadyEntry>,
+    /// Their bytes per agent.
+    bytes: HashMap<String, u64>,
+}
+
+impl ReadyMap {
+    fn insert(&mut self, key: u64, e: ReadyEntry) {
+        *self.bytes.entry(e.agent.clone()).or_default() += e.bytes;
+        if let Some(old) = self.entries.insert(key, e) {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, e: &ReadyEntry) {
+        if let Some(b) = self.bytes.get_mut(&e.agent) {
+            *b = b.saturating_sub(e.bytes);
+            if *b == 0 {
+                self.bytes.remove(&e.agent);
+            }
+        }
+    }
+}
 
 impl Ready {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ReadyEntry>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, ReadyMap> {
         // The map is whole after every operation on it: a panic elsewhere leaves it usable.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds committed entries.
     pub(super) fn add(&self, entries: Vec<(u64, ReadyEntry)>) {
-        self.map().extend(entries);
+        let mut m = self.map();
+        for (k, e) in entries {
+            m.insert(k, e);
+        }
     }
 
     /// Replaces everything with what a reopened file holds.
     pub(super) fn replace(&self, entries: BTreeMap<u64, ReadyEntry>) {
-        *self.map() = entries;
+        let mut m = ReadyMap::default();
+        for (k, e) in entries {
+            m.insert(k, e);
+        }
+        *self.map() = m;
     }
 
     /// The oldest entries: at least one, then more while their size stays within
@@ -150,7 +182,7 @@ impl Ready {
     pub(super) fn oldest(&self, max_bytes: usize) -> Vec<u64> {
         let mut total = 0u64;
         let mut out = Vec::new();
-        for (k, e) in self.map().iter() {
+        for (k, e) in self.map().entries.iter() {
             total += e.bytes;
             if !out.is_empty() && total > max_bytes as u64 {
                 break;
@@ -164,13 +196,21 @@ impl Ready {
     pub(super) fn remove(&self, keys: impl IntoIterator<Item = u64>) {
         let mut m = self.map();
         for k in keys {
-            m.remove(&k);
+            if let Some(e) = m.entries.remove(&k) {
+                m.forget(&e);
+            }
         }
+    }
+
+    /// Bytes of `agent`'s entries waiting for the outputs.
+    pub(super) fn bytes(&self, agent: &str) -> u64 {
+        self.map().bytes.get(agent).copied().unwrap_or(0)
     }
 
     /// Whether the queue has entries waiting for the outputs.
     pub(super) fn holds(&self, agent: &str, queue: &str) -> bool {
         self.map()
+            .entries
             .values()
             .any(|e| e.agent == agent && e.queue == queue)
     }
@@ -215,8 +255,10 @@ mod tests {
         r.add(vec![(7, e(50)), (2, e(100)), (5, e(50))]);
         assert_eq!(r.oldest(10), vec![2], "at least one");
         assert_eq!(r.oldest(150), vec![2, 5]);
-        r.remove([2]);
+        assert_eq!(r.bytes("a"), 200);
+        r.remove([2, 3]);
         assert_eq!(r.oldest(usize::MAX), vec![5, 7]);
+        assert_eq!(r.bytes("a"), 100);
         assert!(r.holds("a", "q") && !r.holds("a", "r"));
     }
 }

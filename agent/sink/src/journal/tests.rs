@@ -566,8 +566,26 @@ async fn an_agent_that_never_confirms_does_not_make_others_read_its_entries() {
     assert_eq!(seqs, (1..=6000).collect::<Vec<_>>());
 }
 
+/// Resolves `agent`'s queue `q` and sends it batches of 100 records of 4,000 B (400 KB),
+/// confirming each if `confirm`, until one is refused: the last seq stored, and why.
+async fn fill_until_refused(j: &Journal, agent: &str, confirm: bool) -> (u64, Refused) {
+    resolve_t(j, agent, "q", 0, 0).await.unwrap();
+    let mut last = 0;
+    loop {
+        match put_sized(j, agent, last + 1, last + 100, 4000).await {
+            Ok(Outcome::Stored(l)) => last = l,
+            Ok(other) => panic!("{other:?}"),
+            Err(r) => return (last, r),
+        }
+        if confirm {
+            j.confirm_durable(agent, "q", last).await.unwrap();
+        }
+        assert!(last <= 1000, "never refused");
+    }
+}
+
 /// Nothing bounded what one agent could hold journaled and unconfirmed: one that never
-/// confirmed filled the sink's disk until the free-space admission refused every agent.
+/// confirmed filled the sink's disk, and then the journal's commits failed for every agent.
 /// Now its batches are refused once it holds its share; other agents go on, and it is
 /// taken again once it confirms, also after the journal is reopened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,18 +596,8 @@ async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
         ..JournalOptions::default()
     };
     let j = Journal::open_on(Medium::Sim(disk.clone()), opts).unwrap();
-    resolve_t(&j, "silent", "q", 0, 0).await.unwrap();
     resolve_t(&j, "good", "q", 0, 0).await.unwrap();
-    // 400 KB a batch: the sixth would pass 2 MiB.
-    let mut last = 0;
-    let refused = loop {
-        match put_sized(&j, "silent", last + 1, last + 100, 4000).await {
-            Ok(Outcome::Stored(l)) => last = l,
-            Ok(other) => panic!("{other:?}"),
-            Err(r) => break r,
-        }
-        assert!(last <= 1000, "never refused");
-    };
+    let (last, refused) = fill_until_refused(&j, "silent", false).await;
     assert_eq!(last, 500);
     assert!(
         matches!(&refused, Refused::Unconfirmed(r) if r.contains("max_unconfirmed_bytes_per_agent")),
@@ -636,5 +644,46 @@ async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
         drained,
         600 + 500,
         "silent's 600 and good's 500 confirmed records"
+    );
+}
+
+/// While the outputs were behind, nothing bounded what one agent could hold in the
+/// journal: one that sent (and confirmed) without pause filled the disk, and every agent's
+/// batches were refused with it. Now it is refused once it holds its share; another agent
+/// goes on, and it is taken again once the outputs have drained its entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_cannot_take_the_whole_journal_while_the_outputs_are_behind() {
+    let disk = dataweaver_store::SimDisk::new();
+    let opts = JournalOptions {
+        max_journal_bytes_per_agent: 2 << 20,
+        ..JournalOptions::default()
+    };
+    let j = Journal::open_on(Medium::Sim(disk.clone()), opts).unwrap();
+    resolve_t(&j, "other", "q", 0, 0).await.unwrap();
+    let (last, refused) = fill_until_refused(&j, "flood", true).await;
+    assert_eq!(last, 500, "five 400 KB batches fit 2 MiB");
+    assert!(
+        matches!(&refused, Refused::Share(r) if r.contains("max_journal_bytes_per_agent")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        put_sized(&j, "other", 1, 100, 4000).await,
+        Ok(Outcome::Stored(100)),
+        "another agent is not refused"
+    );
+    // The outputs catch up: the drained entries no longer count.
+    let round = j.read_drainable(1 << 20).unwrap();
+    let keys: Vec<u64> = round.entries.iter().map(|(k, _)| *k).collect();
+    assert!(!keys.is_empty());
+    j.with_db(|d| {
+        let txn = d.begin_write().map_err(db)?;
+        delete_entries(&txn, &keys)?;
+        txn.commit().map_err(db)
+    })
+    .unwrap();
+    j.drained(keys);
+    assert_eq!(
+        put_sized(&j, "flood", 501, 600, 4000).await,
+        Ok(Outcome::Stored(600))
     );
 }

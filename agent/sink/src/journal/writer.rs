@@ -311,6 +311,25 @@ impl Writer {
                 s.agent_id
             )))));
         }
+        let all = held
+            + self.store.ready.bytes(&s.agent_id)
+            + ready
+                .iter()
+                .filter(|(_, e)| e.agent == s.agent_id)
+                .map(|(_, e)| e.bytes)
+                .sum::<u64>();
+        let max = self.opts.max_journal_bytes_per_agent;
+        if all > 0 && all.saturating_add(s.batch.len() as u64) > max {
+            tracing::warn!(
+                agent = %s.agent_id, held = all, max,
+                "refusing a batch: the agent holds its share of the journal"
+            );
+            return Ok(Some(Err(Refused::Share(format!(
+                "agent {} holds {all} bytes in this sink's journal \
+                 (max_journal_bytes_per_agent = {max}): retry once the outputs have drained them",
+                s.agent_id
+            )))));
+        }
         // Kept as received; duplicates at its start are only marked.
         let entry = JournalEntry {
             agent_id: std::mem::take(&mut s.agent_id),
