@@ -59,14 +59,16 @@ pub struct SinkLimits {
     pub max_frame_bytes_per_agent: u64,
     /// The same for all agents together.
     pub max_frame_bytes: u64,
-    /// Bytes of journaled batches one agent may hold that it has not confirmed (an agent
-    /// confirms what it recorded as acknowledged, a few batches behind: `window` ×
-    /// `batch_max_bytes` of each of its queues). Beyond it the agent's batches are refused
-    /// until it confirms, so one that never does cannot fill the sink's disk.
-    pub max_unconfirmed_bytes_per_agent: u64,
-    /// Bytes of journaled batches one agent may hold in all, confirmed or not: while the
-    /// outputs are behind (a broker outage), an agent past it has its batches refused and
-    /// keeps them in its own queue, so one agent cannot take the whole disk.
+    /// Bytes of journaled batches one agent queue may hold that it has not confirmed (an
+    /// agent confirms what it recorded as acknowledged, a few batches behind: keep this
+    /// above the agents' `window` × `batch_max_bytes`). Beyond it the queue's batches are
+    /// refused until it confirms, so one that never does cannot fill the sink's disk.
+    pub max_unconfirmed_bytes_per_queue: u64,
+    /// Bytes of journaled batches one agent may hold waiting for the outputs (with the
+    /// sending queue's unconfirmed ones): while the outputs are behind (a broker outage),
+    /// an agent past it has its batches refused and keeps them in its own queue, so one
+    /// agent cannot take the whole disk. What one agent can hold at most is this plus
+    /// `max_queues_per_agent` × `max_unconfirmed_bytes_per_queue`.
     pub max_journal_bytes_per_agent: u64,
 }
 
@@ -80,7 +82,7 @@ impl Default for SinkLimits {
             max_queues_per_agent: 64,
             max_frame_bytes_per_agent: 256 << 20,
             max_frame_bytes: 1 << 30,
-            max_unconfirmed_bytes_per_agent: 256 << 20,
+            max_unconfirmed_bytes_per_queue: 64 << 20,
             max_journal_bytes_per_agent: 4 << 30,
         }
     }
@@ -159,8 +161,8 @@ impl Check for SinkConfig {
             ("max_frame_bytes_per_agent", l.max_frame_bytes_per_agent),
             ("max_frame_bytes", l.max_frame_bytes),
             (
-                "max_unconfirmed_bytes_per_agent",
-                l.max_unconfirmed_bytes_per_agent,
+                "max_unconfirmed_bytes_per_queue",
+                l.max_unconfirmed_bytes_per_queue,
             ),
             ("max_journal_bytes_per_agent", l.max_journal_bytes_per_agent),
         ] {

@@ -39,11 +39,14 @@
 //! - **No round reads what it has no use for.** Where each entry stands (unconfirmed, by
 //!   agent and queue; confirmed, by entry number) is kept in memory (`index`): a drain
 //!   round reads only the entries it outputs, a `Resolve` only its own queue's.
-//! - **Bounded unconfirmed bytes per agent.** An agent holding
-//!   `max_unconfirmed_bytes_per_agent` of entries it has not confirmed has its next batch
-//!   refused ([`Refused::Unconfirmed`]) until it confirms them (its next stream's
-//!   `Resolve` does): one that never confirms cannot fill the disk other agents need.
-//!   Likewise at `max_journal_bytes_per_agent` of entries in all ([`Refused::Share`]):
+//! - **Bounded unconfirmed bytes per queue.** A queue holding
+//!   `max_unconfirmed_bytes_per_queue` of entries its agent has not confirmed has its next
+//!   batch refused ([`Refused::Unconfirmed`]) until the agent confirms them (its next
+//!   stream's `Resolve` does): one that never confirms cannot fill the disk other agents
+//!   need. Per queue, because a queue id its agent left (a restored data directory takes a
+//!   new one) may hold unconfirmed entries for good.
+//!   Likewise at `max_journal_bytes_per_agent` of entries waiting for the outputs and
+//!   unconfirmed in the queue that sends ([`Refused::Share`]):
 //!   while the outputs are behind, one agent that sends without pause cannot take the
 //!   whole disk (the agents keep the rest in their own queues).
 //! - **Never a crash loop.** The file is opened with redb's integrity check (every page's
@@ -152,9 +155,10 @@ impl From<StoreError> for JournalError {
 pub struct JournalOptions {
     /// Queue ids one agent may hold marks for.
     pub max_queues_per_agent: usize,
-    /// Bytes of entries one agent may hold unconfirmed; one entry is always taken.
-    pub max_unconfirmed_bytes_per_agent: u64,
-    /// Bytes of entries one agent may hold in all, drained or not; one is always taken.
+    /// Bytes of entries one queue may hold unconfirmed; one entry is always taken.
+    pub max_unconfirmed_bytes_per_queue: u64,
+    /// Bytes of entries one agent may hold waiting for the outputs, with the sending
+    /// queue's unconfirmed ones; one entry is always taken.
     pub max_journal_bytes_per_agent: u64,
 }
 
@@ -162,7 +166,7 @@ impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             max_queues_per_agent: 64,
-            max_unconfirmed_bytes_per_agent: 256 << 20,
+            max_unconfirmed_bytes_per_queue: 64 << 20,
             max_journal_bytes_per_agent: 4 << 30,
         }
     }
@@ -197,9 +201,9 @@ pub enum Refused {
     /// as it may (`max_queues_per_agent`).
     #[error("{0}")]
     TooManyQueues(String),
-    /// The agent holds as many unconfirmed bytes here as it may
-    /// (`max_unconfirmed_bytes_per_agent`): it confirms them (a new stream's `Resolve`
-    /// does) before more is taken.
+    /// The queue holds as many unconfirmed bytes here as it may
+    /// (`max_unconfirmed_bytes_per_queue`): its agent confirms them (a new stream's
+    /// `Resolve` does) before more is taken.
     #[error("{0}")]
     Unconfirmed(String),
     /// The agent holds as many bytes here as it may (`max_journal_bytes_per_agent`), most
@@ -556,29 +560,43 @@ impl Journal {
     /// more while their encoded size stays under `max_bytes`; and the entries met on the
     /// way that do not decode. Reads only those entries. Blocking.
     pub fn read_drainable(&self, max_bytes: usize) -> Result<Drainable, JournalError> {
-        let keys = self.store.ready.oldest(max_bytes);
-        if keys.is_empty() {
-            return Ok(Drainable::default());
-        }
-        self.store.with_db(|d| {
-            let txn = d.begin_read().map_err(db)?;
-            let t = txn.open_table(JOURNAL).map_err(db)?;
-            let mut out = Drainable::default();
-            let mut gone = Vec::new();
-            for k in keys {
-                // Gone: drained before a reopen rebuilt the index from an older read.
-                let Some(v) = t.get(k).map_err(db)? else {
-                    gone.push(k);
-                    continue;
-                };
-                match decode_entry(v.value()) {
-                    Ok(entry) => out.entries.push((k, entry)),
-                    Err(why) => out.bad.push((k, why)),
-                }
+        loop {
+            let keys = self.store.ready.oldest(max_bytes);
+            if keys.is_empty() {
+                return Ok(Drainable::default());
             }
-            self.store.ready.remove(gone);
-            Ok(out)
-        })
+            let (out, gone) = self.store.with_db(|d| {
+                let txn = d.begin_read().map_err(db)?;
+                let t = txn.open_table(JOURNAL).map_err(db)?;
+                let mut out = Drainable::default();
+                let mut gone = Vec::new();
+                for k in keys {
+                    // Not in the file: never expected (entries leave the index when
+                    // they leave the file), but a round of such keys must not end the
+                    // drain while others wait.
+                    let Some(v) = t.get(k).map_err(db)? else {
+                        gone.push(k);
+                        continue;
+                    };
+                    match decode_entry(v.value()) {
+                        Ok(entry) => out.entries.push((k, entry)),
+                        Err(why) => out.bad.push((k, why)),
+                    }
+                }
+                Ok((out, gone))
+            })?;
+            let retry = out.entries.is_empty() && out.bad.is_empty() && !gone.is_empty();
+            if !gone.is_empty() {
+                tracing::warn!(
+                    entries = gone.len(),
+                    "journal index named entries the file does not hold; forgotten"
+                );
+                self.store.ready.remove(gone);
+            }
+            if !retry {
+                return Ok(out);
+            }
+        }
     }
 
     /// After the drainer's round committed: its entries (drained or quarantined) are no

@@ -102,7 +102,7 @@ impl Sink {
             &cfg.data_dir,
             JournalOptions {
                 max_queues_per_agent: cfg.limits.max_queues_per_agent,
-                max_unconfirmed_bytes_per_agent: cfg.limits.max_unconfirmed_bytes_per_agent,
+                max_unconfirmed_bytes_per_queue: cfg.limits.max_unconfirmed_bytes_per_queue,
                 max_journal_bytes_per_agent: cfg.limits.max_journal_bytes_per_agent,
             },
         )?;

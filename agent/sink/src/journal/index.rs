@@ -26,23 +26,26 @@ pub(super) struct Waiting {
     pub(super) bytes: u64,
 }
 
-/// One agent's unconfirmed entries.
+/// One queue's unconfirmed entries.
 #[derive(Debug, Default)]
-struct AgentWaiting {
+struct QueueWaiting {
     /// Their total size.
     bytes: u64,
-    /// Per queue, in entry order (so in seq order).
-    queues: HashMap<String, VecDeque<Waiting>>,
+    /// In entry order (so in seq order).
+    entries: VecDeque<Waiting>,
 }
 
 /// Unconfirmed entries by agent and queue (the writer's).
 #[derive(Debug, Default)]
-pub(super) struct Unconfirmed(HashMap<String, AgentWaiting>);
+pub(super) struct Unconfirmed(HashMap<String, HashMap<String, QueueWaiting>>);
 
 impl Unconfirmed {
-    /// Bytes `agent` holds unconfirmed.
-    pub(super) fn bytes(&self, agent: &str) -> u64 {
-        self.0.get(agent).map_or(0, |a| a.bytes)
+    /// Bytes the queue holds unconfirmed.
+    pub(super) fn bytes(&self, agent: &str, queue: &str) -> u64 {
+        self.0
+            .get(agent)
+            .and_then(|a| a.get(queue))
+            .map_or(0, |q| q.bytes)
     }
 
     /// Adds an entry at the end of its queue.
@@ -51,52 +54,51 @@ impl Unconfirmed {
             Some(a) => a,
             None => self.0.entry(agent.to_string()).or_default(),
         };
-        a.bytes += w.bytes;
-        match a.queues.get_mut(queue) {
-            Some(q) => q.push_back(w),
-            None => {
-                a.queues.insert(queue.to_string(), VecDeque::from([w]));
-            }
-        }
+        let q = match a.get_mut(queue) {
+            Some(q) => q,
+            None => a.entry(queue.to_string()).or_default(),
+        };
+        q.bytes += w.bytes;
+        q.entries.push_back(w);
     }
 
     /// Takes out the queue's entries whose records are all at or below `upto`.
     pub(super) fn take_upto(&mut self, agent: &str, queue: &str, upto: u64) -> Vec<Waiting> {
         let mut out = Vec::new();
-        let Some(a) = self.0.get_mut(agent) else {
+        let Some(q) = self.0.get_mut(agent).and_then(|a| a.get_mut(queue)) else {
             return out;
         };
-        let Some(q) = a.queues.get_mut(queue) else {
-            return out;
-        };
-        q.retain(|w| {
+        q.entries.retain(|w| {
             let confirmed = w.last_seq <= upto;
             if confirmed {
                 out.push(*w);
             }
             !confirmed
         });
-        a.bytes -= out.iter().map(|w| w.bytes).sum::<u64>();
+        q.bytes -= out.iter().map(|w| w.bytes).sum::<u64>();
         self.tidy(agent, queue);
         out
     }
 
     /// Takes out all of the queue's entries, oldest first.
     pub(super) fn take_queue(&mut self, agent: &str, queue: &str) -> VecDeque<Waiting> {
-        let Some(a) = self.0.get_mut(agent) else {
+        let Some(q) = self.0.get_mut(agent).and_then(|a| a.get_mut(queue)) else {
             return VecDeque::new();
         };
-        let q = a.queues.remove(queue).unwrap_or_default();
-        a.bytes -= q.iter().map(|w| w.bytes).sum::<u64>();
+        let out = std::mem::take(&mut q.entries);
+        q.bytes = 0;
         self.tidy(agent, queue);
-        q
+        out
     }
 
     /// Whether the queue has unconfirmed entries.
     pub(super) fn holds(&self, agent: &str, queue: &str) -> bool {
-        self.0
-            .get(agent)
-            .is_some_and(|a| a.queues.get(queue).is_some_and(|q| !q.is_empty()))
+        self.bytes(agent, queue) > 0
+            || self
+                .0
+                .get(agent)
+                .and_then(|a| a.get(queue))
+                .is_some_and(|q| !q.entries.is_empty())
     }
 
     /// Forgets empty queues and agents, so that the map holds only what waits.
@@ -104,10 +106,10 @@ impl Unconfirmed {
         let Some(a) = self.0.get_mut(agent) else {
             return;
         };
-        if a.queues.get(queue).is_some_and(|q| q.is_empty()) {
-            a.queues.remove(queue);
+        if a.get(queue).is_some_and(|q| q.entries.is_empty()) {
+            a.remove(queue);
         }
-        if a.queues.is_empty() {
+        if a.is_empty() {
             self.0.remove(agent);
         }
     }
@@ -235,13 +237,13 @@ mod tests {
         u.push("a", "q", w(3, 9));
         u.push("a", "r", w(2, 4));
         u.push("b", "q", w(4, 5));
-        assert_eq!(u.bytes("a"), 30);
+        assert_eq!((u.bytes("a", "q"), u.bytes("a", "r")), (20, 10));
         assert_eq!(u.take_upto("a", "q", 6), vec![w(1, 5)]);
-        assert_eq!(u.bytes("a"), 20);
+        assert_eq!(u.bytes("a", "q"), 10);
         assert_eq!(u.take_queue("a", "r"), VecDeque::from([w(2, 4)]));
         assert!(!u.holds("a", "r") && u.holds("a", "q") && u.holds("b", "q"));
         assert_eq!(u.take_upto("a", "q", 9), vec![w(3, 9)]);
-        assert_eq!((u.bytes("a"), u.0.len()), (0, 1), "agent a forgotten");
+        assert_eq!((u.bytes("a", "q"), u.0.len()), (0, 1), "agent a forgotten");
     }
 
     #[test]

@@ -592,7 +592,7 @@ async fn fill_until_refused(j: &Journal, agent: &str, confirm: bool) -> (u64, Re
 async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
     let disk = dataweaver_store::SimDisk::new();
     let opts = JournalOptions {
-        max_unconfirmed_bytes_per_agent: 2 << 20,
+        max_unconfirmed_bytes_per_queue: 2 << 20,
         ..JournalOptions::default()
     };
     let j = Journal::open_on(Medium::Sim(disk.clone()), opts).unwrap();
@@ -600,9 +600,16 @@ async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
     let (last, refused) = fill_until_refused(&j, "silent", false).await;
     assert_eq!(last, 500);
     assert!(
-        matches!(&refused, Refused::Unconfirmed(r) if r.contains("max_unconfirmed_bytes_per_agent")),
+        matches!(&refused, Refused::Unconfirmed(r) if r.contains("max_unconfirmed_bytes_per_queue")),
         "{refused:?}"
     );
+    // Nor is another queue of the same agent (a queue id it left may hold unconfirmed
+    // entries for good).
+    let batch = encode_payloads(1, 100, |_| vec![b'x'; 4000]);
+    let info = scan_batch(&batch).unwrap();
+    resolve_t(&j, "silent", "q2", 0, 0).await.unwrap();
+    let other_queue = j.submit("silent", "q2", batch, &info, 0).await.unwrap();
+    assert_eq!(other_queue.await.unwrap(), Ok(Outcome::Stored(100)));
     // Another agent is not affected, whether it confirms or not.
     for n in 0..5 {
         let out = put_sized(&j, "good", n * 100 + 1, n * 100 + 100, 4000).await;

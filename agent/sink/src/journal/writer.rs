@@ -298,17 +298,19 @@ impl Writer {
         if s.last <= mark.hwm {
             return Ok(Some(Ok(Outcome::Stored(s.last)))); // all duplicates
         }
-        let held = self.unconfirmed.bytes(&s.agent_id);
-        let max = self.opts.max_unconfirmed_bytes_per_agent;
+        // Per queue: a queue id its agent left (it took a new one) keeps what it holds
+        // unconfirmed, and must not count against the agent's other queues.
+        let held = self.unconfirmed.bytes(&s.agent_id, &s.queue_id);
+        let max = self.opts.max_unconfirmed_bytes_per_queue;
         if held > 0 && held.saturating_add(s.batch.len() as u64) > max {
             tracing::warn!(
                 agent = %s.agent_id, held, max,
-                "refusing a batch: the agent holds as many unconfirmed bytes as it may"
+                "refusing a batch: the queue holds as many unconfirmed bytes as it may"
             );
             return Ok(Some(Err(Refused::Unconfirmed(format!(
-                "agent {} holds {held} bytes at this sink that it has not confirmed \
-                 (max_unconfirmed_bytes_per_agent = {max}): confirm them before sending more",
-                s.agent_id
+                "queue {} of agent {} holds {held} bytes at this sink that it has not confirmed \
+                 (max_unconfirmed_bytes_per_queue = {max}): confirm them before sending more",
+                s.queue_id, s.agent_id
             )))));
         }
         let all = held
