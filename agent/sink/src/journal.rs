@@ -795,12 +795,7 @@ fn index_entries(
         let (k, v) = e.map_err(db)?;
         let bytes = v.value().len() as u64;
         let Ok(h) = JournalHeader::decode(v.value()) else {
-            let entry = index::ReadyEntry {
-                bytes,
-                agent: String::new(),
-                queue: String::new(),
-            };
-            ready.insert(k.value(), entry);
+            ready.insert(k.value(), index::ReadyEntry::new(bytes, "", ""));
             continue;
         };
         let confirmed = marks
@@ -808,11 +803,7 @@ fn index_entries(
             .and_then(|q| q.get(&h.queue_id))
             .map_or(0, |m| m.confirmed);
         if h.last_seq <= confirmed {
-            let entry = index::ReadyEntry {
-                bytes,
-                agent: h.agent_id,
-                queue: h.queue_id,
-            };
+            let entry = index::ReadyEntry::new(bytes, &h.agent_id, &h.queue_id);
             ready.insert(k.value(), entry);
         } else {
             let w = index::Waiting {

@@ -91,14 +91,9 @@ impl Unconfirmed {
         out
     }
 
-    /// Whether the queue has unconfirmed entries.
+    /// Whether the queue has unconfirmed entries (`tidy` forgets queues without any).
     pub(super) fn holds(&self, agent: &str, queue: &str) -> bool {
-        self.bytes(agent, queue) > 0
-            || self
-                .0
-                .get(agent)
-                .and_then(|a| a.get(queue))
-                .is_some_and(|q| !q.entries.is_empty())
+        self.0.get(agent).is_some_and(|a| a.contains_key(queue))
     }
 
     /// Forgets empty queues and agents, so that the map holds only what waits.
@@ -124,6 +119,17 @@ pub(super) struct ReadyEntry {
     pub(super) agent: String,
     /// Its queue.
     pub(super) queue: String,
+}
+
+impl ReadyEntry {
+    /// An entry of `bytes` of the queue `queue` of `agent`.
+    pub(super) fn new(bytes: u64, agent: &str, queue: &str) -> ReadyEntry {
+        ReadyEntry {
+            bytes,
+            agent: agent.to_string(),
+            queue: queue.to_string(),
+        }
+    }
 }
 
 /// Confirmed entries by entry number (the order they are output in): added by the writer

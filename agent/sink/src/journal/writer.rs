@@ -345,23 +345,14 @@ impl Writer {
             .encode(buf)
             .map_err(|e| JournalError::Corrupt(*next, e.to_string()))?;
         j.insert(*next, buf.as_slice()).map_err(db)?;
-        let bytes = buf.len() as u64;
-        if s.last <= mark.confirmed {
-            // Confirmed ahead of time (a `Resolve` may name seqs not sent yet).
-            let e = index::ReadyEntry {
-                bytes,
-                agent: entry.agent_id.clone(),
-                queue: entry.queue_id.clone(),
-            };
-            ready.push((*next, e));
-        } else {
-            let w = index::Waiting {
-                key: *next,
-                last_seq: s.last,
-                bytes,
-            };
-            self.unconfirmed.push(&entry.agent_id, &entry.queue_id, w);
-        }
+        let w = index::Waiting {
+            key: *next,
+            last_seq: s.last,
+            bytes: buf.len() as u64,
+        };
+        // Confirmed ahead of time, it is ready at once (a `Resolve` may name seqs not sent
+        // yet).
+        self.place(&entry.agent_id, &entry.queue_id, w, mark.confirmed, ready);
         *next += 1;
         mark.hwm = s.last;
         self.set_mark(m, &entry.agent_id, &entry.queue_id, mark)?;
@@ -496,17 +487,8 @@ impl Writer {
         }
         kept.sort_unstable_by_key(|w| w.key);
         for w in kept {
-            if w.last_seq <= ours {
-                // What is left of it is all ours.
-                let e = index::ReadyEntry {
-                    bytes: w.bytes,
-                    agent: agent.to_string(),
-                    queue: queue.to_string(),
-                };
-                ready.push((w.key, e));
-            } else {
-                self.unconfirmed.push(agent, queue, w);
-            }
+            // A rewritten entry may now hold only records that are ours.
+            self.place(agent, queue, w, ours, ready);
         }
         mark.confirmed = ours;
         mark.hwm = top;
@@ -558,12 +540,24 @@ impl Writer {
         ready: &mut Vec<(u64, index::ReadyEntry)>,
     ) {
         for w in self.unconfirmed.take_upto(agent, queue, upto) {
-            let e = index::ReadyEntry {
-                bytes: w.bytes,
-                agent: agent.to_string(),
-                queue: queue.to_string(),
-            };
-            ready.push((w.key, e));
+            ready.push((w.key, index::ReadyEntry::new(w.bytes, agent, queue)));
+        }
+    }
+
+    /// Puts an entry where it stands: ready if the queue's confirmation `confirmed`
+    /// covers it, else waiting for one.
+    fn place(
+        &mut self,
+        agent: &str,
+        queue: &str,
+        w: index::Waiting,
+        confirmed: u64,
+        ready: &mut Vec<(u64, index::ReadyEntry)>,
+    ) {
+        if w.last_seq <= confirmed {
+            ready.push((w.key, index::ReadyEntry::new(w.bytes, agent, queue)));
+        } else {
+            self.unconfirmed.push(agent, queue, w);
         }
     }
 

@@ -313,14 +313,13 @@ mod tests {
 
     fn reload(stored: &HashMap<String, Vec<u8>>) -> State {
         let main = decode_pending(&stored["m"]).unwrap();
-        let mut segs: Vec<(u64, Pending)> = stored
+        let segs = stored
             .iter()
-            .filter_map(|(k, v)| {
-                let first = k.strip_prefix(&segment_prefix("m"))?.parse().ok()?;
-                Some((first, decode_pending(v).unwrap()))
-            })
+            .filter(|(k, _)| k.as_str() != "m")
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        segs.sort_by_key(|(f, _)| *f);
+        let (segs, bad) = segments_of(&segment_prefix("m"), segs);
+        assert!(bad.is_empty(), "{bad:?}");
         State::load(main, segs)
     }
 
