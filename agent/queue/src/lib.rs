@@ -211,8 +211,13 @@ pub(crate) struct Append {
     pub dead: Vec<DeadLetter>,
     pub checkpoint: Option<Checkpoint>,
     pub when_full: WhenFull,
-    pub done: oneshot::Sender<Result<Appended, QueueError>>,
+    pub done: oneshot::Sender<Reply>,
 }
+
+/// The answer to an append, with the records it stored: the appender drops them on its own
+/// thread, which allocated them. Freed on the writer's thread, they left glibc's heaps
+/// holding about 6 MiB more at the agent's peak (e2e bench).
+pub(crate) type Reply = (Result<Appended, QueueError>, Vec<Record>);
 
 impl Append {
     /// The data part, to hand back on refusal.
@@ -467,7 +472,9 @@ impl Queue {
             done,
         });
         self.tx.send(cmd).await.map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
+        let (reply, stored) = rx.await.map_err(|_| QueueError::Closed)?;
+        drop(stored);
+        reply
     }
 
     /// Marks everything up to `seq` as delivered by sink `sink_id`; it is deleted, and the

@@ -403,17 +403,21 @@ impl Writer {
                         changes.push((cp.key, cp.value));
                     }
                     seq += keep as u64;
-                    Ok(Appended {
+                    let stored = Appended {
                         first_seq: seq - keep as u64,
                         count: keep,
                         dropped: records.len() - keep,
-                    })
+                    };
+                    (Ok(stored), records)
                 }
-                Verdict::Refuse => Err(QueueError::Full(Box::new(Refused {
-                    records,
-                    dead,
-                    checkpoint,
-                }))),
+                Verdict::Refuse => (
+                    Err(QueueError::Full(Box::new(Refused {
+                        records,
+                        dead,
+                        checkpoint,
+                    }))),
+                    Vec::new(),
+                ),
             };
             let _ = done.send(reply);
         }
@@ -643,7 +647,7 @@ impl Writer {
                     refused: Box::new(a.into_refused()),
                 }),
             };
-            let _ = done.send(reply);
+            let _ = done.send((reply, Vec::new()));
         }
     }
 
@@ -669,10 +673,11 @@ impl Writer {
 /// Answers an append that was not stored: storage is failing, its records are handed back.
 fn refuse_unavailable(mut a: Append, reason: String) {
     let done = std::mem::replace(&mut a.done, oneshot::channel().0);
-    let _ = done.send(Err(QueueError::Unavailable {
+    let refused = QueueError::Unavailable {
         reason,
         refused: Box::new(a.into_refused()),
-    }));
+    };
+    let _ = done.send((Err(refused), Vec::new()));
 }
 
 /// The appends of a group (its only commands).
