@@ -272,7 +272,8 @@ mod tests {
         use std::os::fd::AsRawFd;
         let f = File::open(path).expect("open");
         let len = usize::try_from(len).expect("len");
-        let page = 4096;
+        // SAFETY: sysconf reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page");
         let pages = len.div_ceil(page);
         let mut vec = vec![0u8; pages];
         // SAFETY: a read-only shared mapping of an open file, unmapped before return;
