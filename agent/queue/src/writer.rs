@@ -635,19 +635,26 @@ impl Writer {
             let reply = match v {
                 Verdict::Store { keep } if landed => {
                     seq += keep as u64;
-                    Ok(Appended {
+                    let stored = Appended {
                         first_seq: seq - keep as u64,
                         count: keep,
                         dropped: a.records.len() - keep,
-                    })
+                    };
+                    (Ok(stored), std::mem::take(&mut a.records))
                 }
-                Verdict::Refuse if landed => Err(QueueError::Full(Box::new(a.into_refused()))),
-                _ => Err(QueueError::Unavailable {
-                    reason: f.reason.clone(),
-                    refused: Box::new(a.into_refused()),
-                }),
+                Verdict::Refuse if landed => (
+                    Err(QueueError::Full(Box::new(a.into_refused()))),
+                    Vec::new(),
+                ),
+                _ => (
+                    Err(QueueError::Unavailable {
+                        reason: f.reason.clone(),
+                        refused: Box::new(a.into_refused()),
+                    }),
+                    Vec::new(),
+                ),
             };
-            let _ = done.send((reply, Vec::new()));
+            let _ = done.send(reply);
         }
     }
 
