@@ -21,6 +21,10 @@ pub struct JsonlOutput {
     mode: u32,
     /// Bytes of the current file before this offset are out of the page cache.
     uncached: u64,
+    /// A write or a rollback failed and no rollback has succeeded since: the file or its
+    /// cursor may be anywhere, so nothing is written (the drainer rolls back after every
+    /// failed round, and retries).
+    unsettled: bool,
 }
 
 /// How far behind the end a synced output stays in the page cache, for readers following
@@ -82,6 +86,7 @@ impl JsonlOutput {
             buf: Vec::new(),
             mode,
             uncached: 0,
+            unsettled: false,
         };
         out.seek_end()?;
         Ok(out)
@@ -127,15 +132,17 @@ impl JsonlOutput {
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.drop_behind(true);
-        self.uncached = 0;
-        self.index += 1;
-        self.offset = 0;
-        self.file = dataweaver_store::fsmode::create_file(
-            &jsonl_path(&self.dir, self.index),
+        // The next file first: if it cannot be made, this one stays current, as it was.
+        let next = dataweaver_store::fsmode::create_file(
+            &jsonl_path(&self.dir, self.index + 1),
             self.mode,
             true,
         )?;
+        self.drop_behind(true);
+        self.file = next;
+        self.index += 1;
+        self.offset = 0;
+        self.uncached = 0;
         // Make the new directory entry durable too.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -150,6 +157,11 @@ impl Output for JsonlOutput {
     }
 
     fn write(&mut self, entries: &[(u64, Entry)]) -> std::io::Result<()> {
+        if self.unsettled {
+            return Err(std::io::Error::other(
+                "the last rollback failed: nothing is written until one succeeds",
+            ));
+        }
         if self.offset >= self.max_file_bytes {
             self.rotate()?;
         }
@@ -160,7 +172,9 @@ impl Output for JsonlOutput {
             .write_all(&self.buf)
             .and_then(|_| self.file.sync_data())
         {
-            // Leave the file at the last good offset; the round is retried.
+            // Leave the file at the last good offset; the round is retried after a
+            // rollback, which also repairs what these could not.
+            self.unsettled = true;
             let _ = self.file.set_len(self.offset);
             let _ = self.seek_end();
             return Err(e);
@@ -188,18 +202,53 @@ impl Output for JsonlOutput {
     }
 
     fn rollback(&mut self) -> std::io::Result<()> {
-        let (index, offset) = self.committed;
-        if index != self.index {
-            let _ = std::fs::remove_file(jsonl_path(&self.dir, self.index));
-            self.file = OpenOptions::new()
-                .write(true)
-                .open(jsonl_path(&self.dir, index))?;
+        // Cleared only at the end: a rollback cut short leaves nothing to write into.
+        self.unsettled = true;
+        let (mut index, mut offset) = self.committed;
+        let committed = jsonl_path(&self.dir, index);
+        let mut reopened = None;
+        match std::fs::metadata(&committed) {
+            Ok(m) if m.len() >= offset => {
+                if index != self.index {
+                    reopened = Some(OpenOptions::new().write(true).open(&committed)?);
+                }
+            }
+            Ok(m) => {
+                // As on open: never pad someone's cut; continue in a new file.
+                tracing::warn!(path = %committed.display(), len = m.len(), offset, "output file is shorter than committed; starting a new file");
+                (index, offset) = (index + 1, 0);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %committed.display(), "committed output file is gone; starting a new file");
+                (index, offset) = (index + 1, 0);
+            }
+            Err(e) => return Err(e),
         }
-        self.index = index;
+        if index != self.index {
+            // The file to continue in is open before anything is removed: a failure here
+            // leaves the current file and this output's state as they were.
+            let file = match reopened {
+                Some(f) => f,
+                None => dataweaver_store::fsmode::create_file(
+                    &jsonl_path(&self.dir, index),
+                    self.mode,
+                    true,
+                )?,
+            };
+            if self.index > index {
+                // Started after the last commit: nothing in it counts.
+                let _ = std::fs::remove_file(jsonl_path(&self.dir, self.index));
+            }
+            self.file = file;
+            self.index = index;
+            self.uncached = 0;
+        }
         self.offset = offset;
         self.uncached = self.uncached.min(offset);
         self.file.set_len(offset)?;
-        self.seek_end()
+        self.seek_end()?;
+        self.unsettled = false;
+        Ok(())
     }
 }
 
@@ -336,5 +385,80 @@ mod tests {
         let on_disk = std::fs::read(jsonl_path(&out.dir, out.index)).expect("read");
         assert_eq!(on_disk.len() as u64, out.offset);
         assert_eq!(on_disk.iter().filter(|&&b| b == b'\n').count(), 24 * 1024);
+    }
+
+    /// The (index, offset) an output would commit now, and whether that file holds exactly
+    /// `offset` bytes on disk under its name.
+    fn committed_on_disk(out: &JsonlOutput) -> ((u64, u64), bool) {
+        let (index, offset) = parse_position(&out.position()).expect("position");
+        let len = std::fs::metadata(jsonl_path(&out.dir, index)).map(|m| m.len());
+        ((index, offset), len.ok() == Some(offset))
+    }
+
+    /// An output in `dir` whose first file is full and committed and whose second holds an
+    /// uncommitted round of one record, and that round.
+    fn a_second_file_begun(dir: &Path) -> (JsonlOutput, (u64, Entry)) {
+        let big = entry(100, 20);
+        let small = entry(100, 1);
+        let mut max = Vec::new();
+        format_lines(std::slice::from_ref(&big), &mut max);
+        let mut out = JsonlOutput::open(dir, max.len() as u64, 0o600, |_| None).expect("open");
+        out.write(std::slice::from_ref(&big)).expect("write");
+        out.committed();
+        out.write(std::slice::from_ref(&small)).expect("write");
+        assert_eq!(out.index, 2, "the second round starts a new file");
+        (out, small)
+    }
+
+    /// Regression: a rollback removed the file written since the last commit, then failed
+    /// to open the committed one (deleted here by someone else), and the next round was
+    /// written into the removed file and committed: acknowledged and lost.
+    #[test]
+    fn rollback_with_the_committed_file_deleted_writes_no_round_into_a_removed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, small) = a_second_file_begun(dir.path());
+        // The round fails before its commit; meanwhile the committed file is deleted.
+        std::fs::remove_file(jsonl_path(&out.dir, 1)).expect("remove");
+        let _ = out.rollback(); // the drainer logs a failed rollback and goes on
+        out.write(std::slice::from_ref(&small)).expect("write");
+        out.committed();
+        let ((index, _), on_disk) = committed_on_disk(&out);
+        assert!(
+            on_disk,
+            "the committed round is not in file {index} on disk"
+        );
+        let text = std::fs::read_to_string(jsonl_path(&out.dir, index)).expect("read");
+        assert_eq!(text.lines().count(), 1, "only the retried round, once");
+    }
+
+    /// A rollback that cannot reach the committed file refuses every write until one
+    /// succeeds, and loses nothing once it does.
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_rollback_refuses_writes_until_a_rollback_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, small) = a_second_file_begun(dir.path());
+        // The committed file becomes unreadable (a symlink to itself: ELOOP, even as root).
+        let first = jsonl_path(&out.dir, 1);
+        std::fs::remove_file(&first).expect("remove");
+        std::os::unix::fs::symlink(&first, &first).expect("symlink");
+        assert!(out.rollback().is_err());
+        assert!(out.write(std::slice::from_ref(&small)).is_err());
+        assert!(
+            out.write(std::slice::from_ref(&small)).is_err(),
+            "still refused"
+        );
+        std::fs::remove_file(&first).expect("remove the link");
+        out.rollback().expect("rollback");
+        out.write(std::slice::from_ref(&small)).expect("write");
+        out.committed();
+        let ((index, offset), on_disk) = committed_on_disk(&out);
+        assert!(
+            on_disk,
+            "the committed round is not in file {index} on disk"
+        );
+        let mut one = Vec::new();
+        format_lines(std::slice::from_ref(&small), &mut one);
+        assert_eq!(offset, one.len() as u64, "one small round, once");
     }
 }
