@@ -11,7 +11,7 @@ pub mod record;
 
 pub use append::{Appended, Checkpoint};
 pub use counters::{Counters, Histogram, HistogramFamily, latency_histogram};
-pub use record::{Record, now_ns};
+pub use record::{Headers, Record, Shared, now_ns};
 
 /// `s` cut to at most `max` bytes (on a character boundary), with a mark that it was cut.
 pub fn bounded(mut s: String, max: usize) -> String {

@@ -91,28 +91,19 @@ pub(crate) fn seal(buf: &mut [u8]) {
 /// Appends `r` with `seq` to a version 3 body: `[varint length][wire::Record]`, the bytes
 /// prost would write for the same `wire::Record` (field order, defaults left out).
 pub(crate) fn put_record(buf: &mut Vec<u8>, seq: u64, r: &Record) {
-    use prost::encoding::{bytes, string, uint64};
-    let header_len = |name: &String, value: &String| {
-        string::encoded_len(1, name) * usize::from(!name.is_empty())
-            + string::encoded_len(2, value) * usize::from(!value.is_empty())
-    };
-    let mut len = 0;
+    use prost::encoding::{bytes, uint64};
+    let header_len = |name: &str, value: &str| str_len(1, name) + str_len(2, value);
+    let mut len = str_len(3, &r.source) + str_len(4, &r.topic);
     if seq != 0 {
         len += uint64::encoded_len(1, &seq);
     }
     if r.ts_ns != 0 {
         len += uint64::encoded_len(2, &r.ts_ns);
     }
-    if !r.source.is_empty() {
-        len += string::encoded_len(3, &r.source);
-    }
-    if !r.topic.is_empty() {
-        len += string::encoded_len(4, &r.topic);
-    }
     if let Some(k) = &r.key {
         len += bytes::encoded_len(5, k);
     }
-    for (n, v) in &r.headers {
+    for (n, v) in r.headers.iter() {
         let h = header_len(n, v);
         len += key_len(6) + encoded_len_varint(h as u64) + h;
     }
@@ -127,27 +118,38 @@ pub(crate) fn put_record(buf: &mut Vec<u8>, seq: u64, r: &Record) {
     if r.ts_ns != 0 {
         uint64::encode(2, &r.ts_ns, buf);
     }
-    if !r.source.is_empty() {
-        string::encode(3, &r.source, buf);
-    }
-    if !r.topic.is_empty() {
-        string::encode(4, &r.topic, buf);
-    }
+    put_str(3, &r.source, buf);
+    put_str(4, &r.topic, buf);
     if let Some(k) = &r.key {
         bytes::encode(5, k, buf);
     }
-    for (n, v) in &r.headers {
+    for (n, v) in r.headers.iter() {
         encode_key(6, WireType::LengthDelimited, buf);
         encode_varint(header_len(n, v) as u64, buf);
-        if !n.is_empty() {
-            string::encode(1, n, buf);
-        }
-        if !v.is_empty() {
-            string::encode(2, v, buf);
-        }
+        put_str(1, n, buf);
+        put_str(2, v, buf);
     }
     if !r.payload.is_empty() {
         bytes::encode(7, &r.payload, buf);
+    }
+}
+
+/// The encoded length of a proto3 `string` field (nothing when empty, as prost leaves
+/// defaults out).
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+/// Appends a proto3 `string` field (nothing when empty).
+fn put_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
+    if !s.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(s.len() as u64, buf);
+        buf.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -246,10 +248,14 @@ pub(crate) fn decode(first: u64, p: &Parts<'_>) -> Result<Vec<Record>, QueueErro
 fn from_wire(w: wire::Record) -> Record {
     Record {
         ts_ns: w.ts_ns,
-        source: w.source,
-        topic: w.topic,
+        source: w.source.into(),
+        topic: w.topic.into(),
         key: w.key,
-        headers: w.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        headers: w
+            .headers
+            .into_iter()
+            .map(|h| (h.name.into(), h.value.into()))
+            .collect(),
         payload: w.payload.into(),
     }
 }
@@ -262,15 +268,15 @@ mod tests {
         wire::Record {
             seq,
             ts_ns: r.ts_ns,
-            source: r.source.clone(),
-            topic: r.topic.clone(),
+            source: r.source.to_string(),
+            topic: r.topic.to_string(),
             key: r.key.clone(),
             headers: r
                 .headers
                 .iter()
                 .map(|(name, value)| wire::Header {
-                    name: name.clone(),
-                    value: value.clone(),
+                    name: name.to_string(),
+                    value: value.to_string(),
                 })
                 .collect(),
             payload: r.payload.clone().into(),
@@ -288,13 +294,13 @@ mod tests {
         for _ in 0..2000 {
             let r = Record {
                 ts_ns: if rng.bool() { 0 } else { rng.u64(..) },
-                source: s(&mut rng),
-                topic: s(&mut rng),
+                source: s(&mut rng).into(),
+                topic: s(&mut rng).into(),
                 key: rng
                     .bool()
                     .then(|| (0..rng.usize(0..3)).map(|_| rng.u8(..)).collect()),
                 headers: (0..rng.usize(0..3))
-                    .map(|_| (s(&mut rng), s(&mut rng)))
+                    .map(|_| (s(&mut rng).into(), s(&mut rng).into()))
                     .collect(),
                 payload: (0..rng.usize(0..300)).map(|_| rng.u8(..)).collect(),
             };

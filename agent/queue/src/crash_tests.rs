@@ -222,7 +222,7 @@ fn check(q: &Queue, told: &Told) -> Result<(), String> {
         }
         let mine: Vec<u64> = held
             .iter()
-            .filter(|(_, r)| r.source == *name)
+            .filter(|(_, r)| *r.source == **name)
             .map(|(_, r)| {
                 let p = String::from_utf8_lossy(&r.payload);
                 p.rsplit(':')

@@ -103,7 +103,7 @@ pub async fn run(cfg: MqttSourceConfig, pipeline: Arc<Pipeline>, shutdown: Cance
         held.clone(),
         client.clone(),
         pipeline.clone(),
-        source.clone(),
+        source.as_str().into(),
         cfg.codec,
         key,
         pending.clone(),
@@ -340,7 +340,7 @@ async fn commit_loop(
     held: Arc<AtomicU64>,
     client: AsyncClient,
     pipeline: Arc<Pipeline>,
-    source: String,
+    source: dataweaver_core::Shared,
     codec_kind: crate::Codec,
     key: String,
     pending: Arc<Mutex<qos2::State>>,
@@ -385,9 +385,9 @@ async fn commit_loop(
                 records.push(Record {
                     ts_ns,
                     source: source.clone(),
-                    topic: p.topic.clone(),
+                    topic: p.topic.as_str().into(),
                     key: None,
-                    headers: Vec::new(),
+                    headers: Default::default(),
                     payload: p.payload.to_vec(),
                 });
             }

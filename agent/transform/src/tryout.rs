@@ -73,13 +73,13 @@ impl RecordJson {
         let text = std::str::from_utf8(&r.payload).ok();
         RecordJson {
             ts_ns: Some(r.ts_ns),
-            source: Some(r.source.clone()),
-            topic: Some(r.topic.clone()),
+            source: Some(r.source.to_string()),
+            topic: Some(r.topic.to_string()),
             key: r.key.as_ref().map(|k| b64.encode(k)),
             headers: r
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
                 .collect(),
             payload: text.map(|t| serde_json::Value::String(t.into())),
             payload_base64: text.is_none().then(|| b64.encode(&r.payload)),
@@ -102,18 +102,18 @@ pub fn parse_line(line: &str) -> Record {
         r.ts_ns = ts;
     }
     if let Some(s) = j.source {
-        r.source = s;
+        r.source = s.into();
     }
     if let Some(t) = j.topic {
-        r.topic = t;
+        r.topic = t.into();
     }
     r.key = j.key.map(String::into_bytes);
     r.headers = j
         .headers
         .into_iter()
         .map(|(k, v)| match v {
-            serde_json::Value::String(s) => (k, s),
-            other => (k, other.to_string()),
+            serde_json::Value::String(s) => (k.into(), s.into()),
+            other => (k.into(), other.to_string().into()),
         })
         .collect();
     r

@@ -16,7 +16,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::config::{TransformConfig, WasiGrant};
-use dataweaver_core::{Record, bounded};
+use dataweaver_core::{Record, Shared, bounded};
 
 /// The host side of the WIT world, generated; private, so its items need no docs of their own.
 mod bindings {
@@ -668,9 +668,12 @@ impl Instance {
                 }
                 let mut records: Vec<Record> = out.events.into_iter().map(from_event).collect();
                 if let Some(h) = &s.version_header {
-                    let label = self.module.label();
+                    let (h, label): (Shared, Shared) =
+                        (h.as_str().into(), self.module.label().into());
                     for r in &mut records {
-                        r.headers.push((h.clone(), label.clone()));
+                        let mut headers = r.headers.to_vec();
+                        headers.push((h.clone(), label.clone()));
+                        r.headers = headers.into();
                     }
                 }
                 // Each failed input is dead-lettered once (the first reason wins), with a
@@ -742,13 +745,16 @@ fn event_bytes(e: &Event) -> usize {
 fn to_event(r: Record) -> Event {
     Event {
         ts_ns: r.ts_ns,
-        source: r.source,
-        topic: r.topic,
+        source: r.source.to_string(),
+        topic: r.topic.to_string(),
         key: r.key,
         headers: r
             .headers
-            .into_iter()
-            .map(|(name, value)| Header { name, value })
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
             .collect(),
         payload: r.payload,
     }
@@ -757,10 +763,14 @@ fn to_event(r: Record) -> Event {
 fn from_event(e: Event) -> Record {
     Record {
         ts_ns: e.ts_ns,
-        source: e.source,
-        topic: e.topic,
+        source: e.source.into(),
+        topic: e.topic.into(),
         key: e.key,
-        headers: e.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        headers: e
+            .headers
+            .into_iter()
+            .map(|h| (h.name.into(), h.value.into()))
+            .collect(),
         payload: e.payload,
     }
 }
@@ -802,7 +812,7 @@ mod tests {
             source: "s".into(),
             topic: "t".into(),
             key: None,
-            headers: Vec::new(),
+            headers: Default::default(),
             payload: vec![b'a'; bytes],
         }
     }
