@@ -133,21 +133,23 @@ impl JsonlOutput {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         // The next file first: if it cannot be made, this one stays current, as it was.
-        let next = dataweaver_store::fsmode::create_file(
-            &jsonl_path(&self.dir, self.index + 1),
-            self.mode,
-            true,
-        )?;
+        let next = self.create(self.index + 1)?;
         self.drop_behind(true);
         self.file = next;
         self.index += 1;
         self.offset = 0;
         self.uncached = 0;
-        // Make the new directory entry durable too.
+        Ok(())
+    }
+
+    /// Creates (or empties) file number `index`, with its directory entry durable.
+    fn create(&self, index: u64) -> std::io::Result<File> {
+        let f =
+            dataweaver_store::fsmode::create_file(&jsonl_path(&self.dir, index), self.mode, true)?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        Ok(())
+        Ok(f)
     }
 }
 
@@ -206,43 +208,33 @@ impl Output for JsonlOutput {
         self.unsettled = true;
         let (mut index, mut offset) = self.committed;
         let committed = jsonl_path(&self.dir, index);
-        let mut reopened = None;
-        match std::fs::metadata(&committed) {
-            Ok(m) if m.len() >= offset => {
-                if index != self.index {
-                    reopened = Some(OpenOptions::new().write(true).open(&committed)?);
-                }
-            }
+        // Opened by name even when it is the current file, whose handle may point at a file
+        // someone removed; opened before anything is removed, so that a failure here leaves
+        // the files and this output's state as they were.
+        let file = match std::fs::metadata(&committed) {
+            Ok(m) if m.len() >= offset => OpenOptions::new().write(true).open(&committed)?,
             Ok(m) => {
                 // As on open: never pad someone's cut; continue in a new file.
                 tracing::warn!(path = %committed.display(), len = m.len(), offset, "output file is shorter than committed; starting a new file");
                 (index, offset) = (index + 1, 0);
+                self.create(index)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(path = %committed.display(), "committed output file is gone; starting a new file");
                 (index, offset) = (index + 1, 0);
+                self.create(index)?
             }
             Err(e) => return Err(e),
+        };
+        if self.index > index {
+            // Started after the last commit: nothing in it counts.
+            let _ = std::fs::remove_file(jsonl_path(&self.dir, self.index));
         }
-        if index != self.index {
-            // The file to continue in is open before anything is removed: a failure here
-            // leaves the current file and this output's state as they were.
-            let file = match reopened {
-                Some(f) => f,
-                None => dataweaver_store::fsmode::create_file(
-                    &jsonl_path(&self.dir, index),
-                    self.mode,
-                    true,
-                )?,
-            };
-            if self.index > index {
-                // Started after the last commit: nothing in it counts.
-                let _ = std::fs::remove_file(jsonl_path(&self.dir, self.index));
-            }
-            self.file = file;
-            self.index = index;
+        if self.index != index {
             self.uncached = 0;
         }
+        self.file = file;
+        self.index = index;
         self.offset = offset;
         self.uncached = self.uncached.min(offset);
         self.file.set_len(offset)?;
@@ -429,6 +421,26 @@ mod tests {
         );
         let text = std::fs::read_to_string(jsonl_path(&out.dir, index)).expect("read");
         assert_eq!(text.lines().count(), 1, "only the retried round, once");
+    }
+
+    /// Regression: with the committed file gone, a rollback continued in the current file
+    /// through its open handle, and when that file had been removed too (`rm out-*`), the
+    /// retried round went into the removed file and was committed.
+    #[test]
+    fn rollback_with_every_file_deleted_writes_no_round_into_a_removed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, small) = a_second_file_begun(dir.path());
+        for i in [1, 2] {
+            std::fs::remove_file(jsonl_path(&out.dir, i)).expect("remove");
+        }
+        out.rollback().expect("rollback");
+        out.write(std::slice::from_ref(&small)).expect("write");
+        out.committed();
+        let ((index, _), on_disk) = committed_on_disk(&out);
+        assert!(
+            on_disk,
+            "the committed round is not in file {index} on disk"
+        );
     }
 
     /// A rollback that cannot reach the committed file refuses every write until one
