@@ -16,7 +16,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::config::{TransformConfig, WasiGrant};
-use dataweaver_core::{Record, Shared, bounded};
+use dataweaver_core::{Headers, Record, Shared, bounded};
 
 /// The host side of the WIT world, generated; private, so its items need no docs of their own.
 mod bindings {
@@ -649,33 +649,22 @@ impl Instance {
                         "output of {size} bytes for a batch of {n} exceeds output_max_bytes ({})",
                         s.output_max_bytes
                     );
-                    return Err((
-                        Failure::Output,
-                        reason,
-                        events.into_iter().map(from_event).collect(),
-                    ));
+                    return Err((Failure::Output, reason, Rebuild::all(events)));
                 }
                 if let Some(bad) = out.errors.iter().find(|e| e.index as usize >= n) {
                     let reason = format!(
                         "returned an error for record {} of a batch of {n}",
                         bad.index
                     );
-                    return Err((
-                        Failure::Invalid,
-                        reason,
-                        events.into_iter().map(from_event).collect(),
-                    ));
+                    return Err((Failure::Invalid, reason, Rebuild::all(events)));
                 }
-                let mut records: Vec<Record> = out.events.into_iter().map(from_event).collect();
-                if let Some(h) = &s.version_header {
-                    let (h, label): (Shared, Shared) =
-                        (h.as_str().into(), self.module.label().into());
-                    for r in &mut records {
-                        let mut headers = r.headers.to_vec();
-                        headers.push((h.clone(), label.clone()));
-                        r.headers = headers.into();
-                    }
-                }
+                let version = (s.version_header.as_deref())
+                    .map(|h| (Shared::from(h), Shared::from(self.module.label())));
+                let mut rebuild = Rebuild::new(version);
+                let records = (out.events.into_iter())
+                    .map(|e| rebuild.record(e))
+                    .collect();
+                let mut rebuild = Rebuild::new(None);
                 // Each failed input is dead-lettered once (the first reason wins), with a
                 // bounded reason.
                 let mut seen = std::collections::HashSet::new();
@@ -685,7 +674,7 @@ impl Instance {
                     .filter(|e| seen.insert(e.index))
                     .map(|e| {
                         let reason = bounded(e.reason, 600);
-                        (from_event(events[e.index as usize].clone()), reason)
+                        (rebuild.record(events[e.index as usize].clone()), reason)
                     })
                     .collect();
                 Ok(Processed { records, errors })
@@ -701,7 +690,7 @@ impl Instance {
                     Failure::Trap
                 };
                 let reason = describe(&self.store, &e, s);
-                Err((kind, reason, events.into_iter().map(from_event).collect()))
+                Err((kind, reason, Rebuild::all(events)))
             }
         }
     }
@@ -760,18 +749,58 @@ fn to_event(r: Record) -> Event {
     }
 }
 
-fn from_event(e: Event) -> Record {
-    Record {
-        ts_ns: e.ts_ns,
-        source: e.source.into(),
-        topic: e.topic.into(),
-        key: e.key,
-        headers: e
-            .headers
-            .into_iter()
-            .map(|h| (h.name.into(), h.value.into()))
-            .collect(),
-        payload: e.payload,
+/// Turns the guest's events back into records, sharing the text that repeats from one
+/// record to the next (a batch's source, topic and headers usually do) instead of a new
+/// copy of each per record.
+#[derive(Default)]
+struct Rebuild {
+    source: Shared,
+    topic: Shared,
+    headers: Headers,
+    /// The header naming the module's version, appended to every record.
+    version: Option<(Shared, Shared)>,
+}
+
+impl Rebuild {
+    fn new(version: Option<(Shared, Shared)>) -> Self {
+        Rebuild {
+            version,
+            ..Rebuild::default()
+        }
+    }
+
+    /// Records for `events` as they are (a batch handed back on a failure).
+    fn all(events: Vec<Event>) -> Vec<Record> {
+        let mut r = Rebuild::default();
+        events.into_iter().map(|e| r.record(e)).collect()
+    }
+
+    fn record(&mut self, e: Event) -> Record {
+        if *self.source != *e.source {
+            self.source = e.source.into();
+        }
+        if *self.topic != *e.topic {
+            self.topic = e.topic.into();
+        }
+        let extra = usize::from(self.version.is_some());
+        let same = self.headers.len() == e.headers.len() + extra
+            && (self.headers.iter().zip(&e.headers))
+                .all(|((n, v), h)| **n == *h.name && **v == *h.value);
+        if !same {
+            let given = e
+                .headers
+                .into_iter()
+                .map(|h| (h.name.into(), h.value.into()));
+            self.headers = given.chain(self.version.clone()).collect();
+        }
+        Record {
+            ts_ns: e.ts_ns,
+            source: self.source.clone(),
+            topic: self.topic.clone(),
+            key: e.key,
+            headers: self.headers.clone(),
+            payload: e.payload,
+        }
     }
 }
 
@@ -820,6 +849,49 @@ mod tests {
     /// Issue 12, defect 18: tables were not counted in `memory_max_bytes` (99 tables of
     /// 2^20 funcrefs reached 813 MiB RSS under a 2 MiB cap). Table elements now count as
     /// host memory (a pointer each) against the same cap, and one table is smaller.
+    /// Records rebuilt from a guest's events hold what the events say, the version header
+    /// last, and share one copy of the text that repeats.
+    #[test]
+    fn rebuilt_records_share_repeated_text() {
+        let event = |source: &str, header: &str| Event {
+            ts_ns: 7,
+            source: source.into(),
+            topic: "t".into(),
+            key: None,
+            headers: vec![Header {
+                name: "h".into(),
+                value: header.into(),
+            }],
+            payload: b"p".to_vec(),
+        };
+        let version = Some(("v".into(), "m@1".into()));
+        let mut rebuild = Rebuild::new(version);
+        let r: Vec<Record> = [event("a", "x"), event("a", "x"), event("b", "y")]
+            .into_iter()
+            .map(|e| rebuild.record(e))
+            .collect();
+        let pairs = |r: &Record| -> Vec<(String, String)> {
+            (r.headers.iter())
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(&r[0]),
+            [("h".into(), "x".into()), ("v".into(), "m@1".into())]
+        );
+        assert_eq!(
+            pairs(&r[2]),
+            [("h".into(), "y".into()), ("v".into(), "m@1".into())]
+        );
+        assert_eq!((&*r[2].source, &*r[2].topic, r[2].ts_ns), ("b", "t", 7));
+        assert!(Arc::ptr_eq(&r[0].source, &r[1].source));
+        assert!(Arc::ptr_eq(&r[0].headers, &r[1].headers));
+        assert!(Arc::ptr_eq(&r[0].topic, &r[2].topic));
+        assert!(!Arc::ptr_eq(&r[1].headers, &r[2].headers));
+        let plain = Rebuild::all(vec![event("a", "x")]);
+        assert_eq!(pairs(&plain[0]), [("h".into(), "x".into())]);
+    }
+
     #[test]
     fn tables_count_toward_the_memory_cap() {
         let mut l = Limiter {

@@ -379,12 +379,19 @@ mod tests {
         assert_eq!(on_disk.iter().filter(|&&b| b == b'\n').count(), 24 * 1024);
     }
 
-    /// The (index, offset) an output would commit now, and whether that file holds exactly
-    /// `offset` bytes on disk under its name.
-    fn committed_on_disk(out: &JsonlOutput) -> ((u64, u64), bool) {
+    /// Writes and commits `round`, checks that the committed file holds exactly the
+    /// committed offset's bytes on disk under its name, and returns (index, offset).
+    fn commit_on_disk(out: &mut JsonlOutput, round: &(u64, Entry)) -> (u64, u64) {
+        out.write(std::slice::from_ref(round)).expect("write");
+        out.committed();
         let (index, offset) = parse_position(&out.position()).expect("position");
         let len = std::fs::metadata(jsonl_path(&out.dir, index)).map(|m| m.len());
-        ((index, offset), len.ok() == Some(offset))
+        assert_eq!(
+            len.ok(),
+            Some(offset),
+            "the committed round is not in file {index} on disk"
+        );
+        (index, offset)
     }
 
     /// An output in `dir` whose first file is full and committed and whose second holds an
@@ -412,13 +419,7 @@ mod tests {
         // The round fails before its commit; meanwhile the committed file is deleted.
         std::fs::remove_file(jsonl_path(&out.dir, 1)).expect("remove");
         let _ = out.rollback(); // the drainer logs a failed rollback and goes on
-        out.write(std::slice::from_ref(&small)).expect("write");
-        out.committed();
-        let ((index, _), on_disk) = committed_on_disk(&out);
-        assert!(
-            on_disk,
-            "the committed round is not in file {index} on disk"
-        );
+        let (index, _) = commit_on_disk(&mut out, &small);
         let text = std::fs::read_to_string(jsonl_path(&out.dir, index)).expect("read");
         assert_eq!(text.lines().count(), 1, "only the retried round, once");
     }
@@ -434,13 +435,7 @@ mod tests {
             std::fs::remove_file(jsonl_path(&out.dir, i)).expect("remove");
         }
         out.rollback().expect("rollback");
-        out.write(std::slice::from_ref(&small)).expect("write");
-        out.committed();
-        let ((index, _), on_disk) = committed_on_disk(&out);
-        assert!(
-            on_disk,
-            "the committed round is not in file {index} on disk"
-        );
+        commit_on_disk(&mut out, &small);
     }
 
     /// A rollback that cannot reach the committed file refuses every write until one
@@ -462,13 +457,7 @@ mod tests {
         );
         std::fs::remove_file(&first).expect("remove the link");
         out.rollback().expect("rollback");
-        out.write(std::slice::from_ref(&small)).expect("write");
-        out.committed();
-        let ((index, offset), on_disk) = committed_on_disk(&out);
-        assert!(
-            on_disk,
-            "the committed round is not in file {index} on disk"
-        );
+        let (_, offset) = commit_on_disk(&mut out, &small);
         let mut one = Vec::new();
         format_lines(std::slice::from_ref(&small), &mut one);
         assert_eq!(offset, one.len() as u64, "one small round, once");
