@@ -813,9 +813,14 @@ fn went_silent(e: &ForwardError) -> bool {
 /// A client endpoint that reaches IPv4 and IPv6 sinks: dual-stack `[::]:0` where the host
 /// has IPv6, `0.0.0.0:0` where it has none (an IPv4-only socket cannot reach `[::1]`).
 pub fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))).or_else(|e| {
+    let open = |addr: SocketAddr| {
+        let socket = dataweaver_tls::udp_socket(addr, true)?;
+        let runtime = std::sync::Arc::new(quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+    };
+    open(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))).or_else(|e| {
         tracing::debug!(error = %e, "no IPv6 socket; sinks are reached over IPv4 only");
-        quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+        open(SocketAddr::from(([0, 0, 0, 0], 0)))
     })
 }
 

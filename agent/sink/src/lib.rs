@@ -119,7 +119,7 @@ impl Sink {
             None => material.common_name().unwrap_or_else(|| "sink".into()),
         };
         let reset_key = tls::stateless_reset_key(&cfg.data_dir)?;
-        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let socket = tls::udp_socket(cfg.listen, false)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::new(reset_key),
             Some(server),
