@@ -26,7 +26,7 @@ const AGENTS: [&str; 2] = ["a", "b"];
 pub(crate) struct SimOutput<T> {
     pub(crate) lines: Arc<Mutex<Vec<T>>>,
     pub(crate) committed: usize,
-    pub(crate) line: fn(&super::journal::Entry, &dataweaver_wire::Record) -> T,
+    pub(crate) line: fn(&super::journal::Entry, &dataweaver_wire::RecordView<'_>) -> T,
 }
 
 impl<T: Send> Output for SimOutput<T> {
@@ -40,7 +40,7 @@ impl<T: Send> Output for SimOutput<T> {
             .lock()
             .map_err(|_| std::io::Error::other("poisoned"))?;
         for (_, e) in entries {
-            lines.extend(e.records.iter().map(|r| (self.line)(e, r)));
+            lines.extend(e.records().map(|r| (self.line)(e, &r)));
         }
         Ok(())
     }

@@ -79,7 +79,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use tokio::sync::{mpsc, oneshot, watch};
 
 use dataweaver_store::{Medium, StoreError};
-use dataweaver_wire::{Batch, BatchInfo, JournalEntry, JournalHeader, Record};
+#[cfg(test)]
+use dataweaver_wire::Record;
+use dataweaver_wire::{Batch, BatchInfo, CheckedBatch, JournalEntry, JournalHeader, RecordView};
 
 mod index;
 mod salvage;
@@ -238,15 +240,76 @@ struct Submit {
     done: oneshot::Sender<Result<Outcome, Refused>>,
 }
 
-/// Journal entries decoded for the outputs.
+/// A journal entry for the outputs: its ids, and its batch as the agent sent it, whose
+/// records are read in place ([`RecordView`]) rather than decoded into owned ones.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Agent id from the client certificate.
     pub agent_id: String,
     /// The agent's queue id.
     pub queue_id: String,
-    /// The records, duplicates removed.
-    pub records: Vec<Record>,
+    /// The batch, duplicates left out.
+    batch: CheckedBatch,
+}
+
+/// Why a stored journal value is not an [`Entry`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// The entry's own fields do not decode.
+    #[error("{0}")]
+    Entry(#[from] prost::DecodeError),
+    /// Its batch does not.
+    #[error("records: {0}")]
+    Records(#[from] dataweaver_wire::MalformedBatch),
+}
+
+impl Entry {
+    /// Reads a stored journal value (`journal` table), checking every record of its batch.
+    pub fn decode(v: &[u8]) -> Result<Entry, EntryError> {
+        let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v))?;
+        Entry::of_batch(raw.agent_id, raw.queue_id, raw.batch, raw.skip_upto)
+    }
+
+    /// An entry of an encoded `Batch`, without its records up to `skip_upto`.
+    pub fn of_batch(
+        agent_id: String,
+        queue_id: String,
+        batch: bytes::Bytes,
+        skip_upto: u64,
+    ) -> Result<Entry, EntryError> {
+        Ok(Entry {
+            agent_id,
+            queue_id,
+            batch: CheckedBatch::new(batch, skip_upto)?,
+        })
+    }
+
+    /// The records, duplicates removed, in order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = RecordView<'_>> + '_ {
+        self.batch.records()
+    }
+
+    /// How many records `records` yields.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// An entry of `records`, as the journal would hold them.
+    #[cfg(test)]
+    pub(crate) fn of_records(agent_id: &str, queue_id: &str, records: Vec<Record>) -> Entry {
+        let batch = Batch {
+            records,
+            ..Default::default()
+        };
+        let bytes = batch.encode_to_vec().into();
+        Entry::of_batch(agent_id.into(), queue_id.into(), bytes, 0).expect("encoded by prost")
+    }
 }
 
 /// One round for the outputs: entries to write, and entries to quarantine.
@@ -578,9 +641,9 @@ impl Journal {
                         gone.push(k);
                         continue;
                     };
-                    match decode_entry(v.value()) {
+                    match Entry::decode(v.value()) {
                         Ok(entry) => out.entries.push((k, entry)),
-                        Err(why) => out.bad.push((k, why)),
+                        Err(why) => out.bad.push((k, why.to_string())),
                     }
                 }
                 Ok((out, gone))
@@ -621,17 +684,6 @@ impl Journal {
             .fail_next_commit
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// One stored entry with its records (one copy of the bytes; payloads slice it).
-fn decode_entry(v: &[u8]) -> Result<Entry, String> {
-    let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v)).map_err(|e| e.to_string())?;
-    let records = raw.records().map_err(|e| format!("records: {e}"))?;
-    Ok(Entry {
-        agent_id: raw.agent_id,
-        queue_id: raw.queue_id,
-        records,
-    })
 }
 
 /// Deletes drained entries inside the drainer's transaction.

@@ -6,7 +6,8 @@
 //! from it at build time. Two partial views are written here by hand, for decoding less
 //! than a whole message without copying: [`AgentFrameRaw`] (a batch left encoded) and
 //! [`JournalHeader`] (an entry without its records); the `views_match_the_proto` test
-//! checks their field numbers against the generated types.
+//! checks their field numbers against the generated types. [`RecordView`] reads the
+//! records of an encoded batch in place, for the sink's outputs.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -14,6 +15,9 @@ use bytes::{Buf, BufMut, BytesMut};
 use prost::Message;
 
 pub mod session;
+mod view;
+
+pub use view::{CheckedBatch, HeaderViews, RecordView};
 
 /// Version carried in `Hello`/`Welcome`; bumped with any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -455,6 +459,7 @@ const WT_32: u8 = 5;
 
 /// A cursor over protobuf bytes; every read is bounds-checked and answers `None` past the
 /// end or on a malformed value (as prost's decoder would refuse it).
+#[derive(Debug, Clone)]
 struct Scan<'a> {
     b: &'a [u8],
     pos: usize,
@@ -465,7 +470,15 @@ impl<'a> Scan<'a> {
         self.pos >= self.b.len()
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // Most varints here (keys, lengths under 128) are one byte.
+        if let Some(&byte) = self.b.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Some(u64::from(byte));
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let byte = *self.b.get(self.pos)?;
@@ -501,6 +514,14 @@ impl<'a> Scan<'a> {
     fn len_delimited(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.varint()?).ok()?;
         self.take(n)
+    }
+
+    /// [`Scan::len_delimited`] as the value's range in the bytes.
+    fn len_delimited_span(&mut self) -> Option<(usize, usize)> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        let from = self.pos;
+        self.take(n)?;
+        Some((from, self.pos))
     }
 
     /// Skips a value of wire type `wt`; groups (deprecated, never sent) are refused.
@@ -575,22 +596,39 @@ mod tests {
         );
     }
 
-    fn sample_batch() -> Vec<u8> {
+    /// `good` with one to three bytes replaced or bits flipped, or cut short.
+    pub(crate) fn damaged(good: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+        let mut b = good.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => b[at] = rng.u8(..),
+                1 => b[at] ^= 1 << rng.u8(..8),
+                _ => b.truncate(at.max(1)),
+            }
+        }
+        b
+    }
+
+    /// A batch of records 5 to 8, with and without a key and with 0 to 2 headers.
+    pub(crate) fn sample_batch() -> Vec<u8> {
         Batch {
             batch_id: 7,
             from_seq: 3,
             records: (5..9)
                 .map(|seq| Record {
                     seq,
-                    ts_ns: 11,
+                    ts_ns: 11 + seq,
                     source: "src".into(),
                     topic: "t".into(),
-                    key: Some(vec![1, 2]),
-                    headers: vec![Header {
-                        name: "n".into(),
-                        value: "v".into(),
-                    }],
-                    payload: vec![b'x'; 20].into(),
+                    key: (seq % 2 == 0).then(|| vec![1, 2]),
+                    headers: (0..seq % 3)
+                        .map(|i| Header {
+                            name: "n".into(),
+                            value: format!("v{i}"),
+                        })
+                        .collect(),
+                    payload: vec![b'x'; seq as usize].into(),
                 })
                 .collect(),
         }
@@ -618,17 +656,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(12);
         let mut passed = 0;
         for _ in 0..100_000 {
-            let mut b = good.clone();
-            for _ in 0..rng.usize(1..4) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = rng.u8(..),
-                    1 => b[at] ^= 1 << rng.u8(..8),
-                    _ => {
-                        b.truncate(at.max(1));
-                    }
-                }
-            }
+            let b = damaged(&good, &mut rng);
             if let Ok(info) = scan_batch(&b)
                 && info.invalid.is_none()
             {

@@ -8,8 +8,8 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
-    CURSOR, JOURNAL, JournalError, JournalHeader, Loaded, MARKS, META, Mark, QUARANTINE,
-    V1_CONFIRMED, V1_HWM, catch, db, decode_entry, merge_v1_mark, open_file, quarantine_put,
+    CURSOR, Entry, JOURNAL, JournalError, JournalHeader, Loaded, MARKS, META, Mark, QUARANTINE,
+    V1_CONFIRMED, V1_HWM, catch, db, merge_v1_mark, open_file, quarantine_put,
 };
 
 /// Renames a bad journal file to `journal.redb.corrupt-<unix seconds>`, owner-only.
@@ -53,7 +53,7 @@ pub(super) fn recover_corrupt(
             // Highest seq still held per queue: lost unconfirmed entries may be resent.
             let mut held: HashMap<(String, String), u64> = HashMap::new();
             for (n, raw) in old.entries.iter().enumerate() {
-                match decode_entry(raw) {
+                match Entry::decode(raw) {
                     Ok(_) => {
                         if let Ok(h) = JournalHeader::decode(raw.as_slice()) {
                             let top = held.entry((h.agent_id, h.queue_id)).or_default();

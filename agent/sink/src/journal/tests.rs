@@ -125,7 +125,7 @@ fn drainable_seqs(j: &Journal) -> Vec<u64> {
         .unwrap()
         .entries
         .into_iter()
-        .flat_map(|(_, e)| e.records.into_iter().map(|r| r.seq))
+        .flat_map(|(_, e)| e.records().map(|r| r.seq).collect::<Vec<_>>())
         .collect()
 }
 
@@ -246,7 +246,7 @@ async fn undecodable_journal_entry_is_quarantined_not_fatal() {
     let seqs: Vec<u64> = round
         .entries
         .iter()
-        .flat_map(|(_, e)| e.records.iter().map(|r| r.seq))
+        .flat_map(|(_, e)| e.records().map(|r| r.seq))
         .collect();
     assert_eq!(seqs, vec![1, 2], "the good agent's records drain");
     j.with_db(|d| {
@@ -561,7 +561,7 @@ async fn an_agent_that_never_confirms_does_not_make_others_read_its_entries() {
         .entries
         .iter()
         .filter(|(_, e)| e.agent_id == "silent")
-        .flat_map(|(_, e)| e.records.iter().map(|r| r.seq))
+        .flat_map(|(_, e)| e.records().map(|r| r.seq))
         .collect();
     assert_eq!(seqs, (1..=6000).collect::<Vec<_>>());
 }
@@ -645,7 +645,7 @@ async fn an_agent_that_never_confirms_is_refused_once_it_holds_its_share() {
         .unwrap()
         .entries
         .iter()
-        .map(|(_, e)| e.records.len())
+        .map(|(_, e)| e.len())
         .sum();
     assert_eq!(
         drained,

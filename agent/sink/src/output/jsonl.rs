@@ -274,19 +274,15 @@ mod tests {
     use dataweaver_wire::Record;
 
     fn entry(payload_bytes: usize, records: usize) -> (u64, Entry) {
-        let records = (0..records as u64)
+        // Seqs start at 1, as a queue's do (the journal never holds seq 0).
+        let records = (1..=records as u64)
             .map(|seq| Record {
                 seq,
                 payload: vec![b'x'; payload_bytes].into(),
                 ..Default::default()
             })
             .collect();
-        let e = Entry {
-            agent_id: "a".into(),
-            queue_id: "q".into(),
-            records,
-        };
-        (1, e)
+        (1, Entry::of_records("a", "q", records))
     }
 
     /// Whether `dir` is on tmpfs or ramfs, whose pages are the files (no advice drops them).

@@ -58,38 +58,38 @@ pub fn format_lines(entries: &[(u64, Entry)], buf: &mut Vec<u8>) {
         head.extend_from_slice(b",\"queue\":");
         string(&e.queue_id, &mut head);
         head.extend_from_slice(b",\"seq\":");
-        for r in &e.records {
+        for r in e.records() {
             buf.extend_from_slice(&head);
             buf.extend_from_slice(num.format(r.seq).as_bytes());
             buf.extend_from_slice(b",\"ts_ns\":");
             buf.extend_from_slice(num.format(r.ts_ns).as_bytes());
             buf.extend_from_slice(b",\"source\":");
-            string(&r.source, buf);
+            string(r.source, buf);
             buf.extend_from_slice(b",\"topic\":");
-            string(&r.topic, buf);
-            if let Some(k) = &r.key {
+            string(r.topic, buf);
+            if let Some(k) = r.key {
                 buf.extend_from_slice(b",\"key\":\"");
                 base64_into(k, buf);
                 buf.push(b'"');
             }
             buf.extend_from_slice(b",\"headers\":{");
-            for (i, h) in r.headers.iter().enumerate() {
+            for (i, (name, value)) in r.headers().enumerate() {
                 if i > 0 {
                     buf.push(b',');
                 }
-                string(&h.name, buf);
+                string(name, buf);
                 buf.push(b':');
-                string(&h.value, buf);
+                string(value, buf);
             }
             buf.push(b'}');
-            match std::str::from_utf8(&r.payload) {
+            match std::str::from_utf8(r.payload) {
                 Ok(text) => {
                     buf.extend_from_slice(b",\"payload\":");
                     string(text, buf);
                 }
                 Err(_) => {
                     buf.extend_from_slice(b",\"payload_base64\":\"");
-                    base64_into(&r.payload, buf);
+                    base64_into(r.payload, buf);
                     buf.push(b'"');
                 }
             }
@@ -193,19 +193,26 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut out = Vec::new();
         for (_, e) in entries {
-            for r in &e.records {
-                let text = std::str::from_utf8(&r.payload).ok();
+            for r in e.records() {
+                let headers: Vec<Header> = r
+                    .headers()
+                    .map(|(name, value)| Header {
+                        name: name.into(),
+                        value: value.into(),
+                    })
+                    .collect();
+                let text = std::str::from_utf8(r.payload).ok();
                 let line = Line {
                     agent: &e.agent_id,
                     queue: &e.queue_id,
                     seq: r.seq,
                     ts_ns: r.ts_ns,
-                    source: &r.source,
-                    topic: &r.topic,
-                    key: r.key.as_ref().map(|k| b64.encode(k)),
-                    headers: Headers(&r.headers),
+                    source: r.source,
+                    topic: r.topic,
+                    key: r.key.map(|k| b64.encode(k)),
+                    headers: Headers(&headers),
                     payload: text,
-                    payload_base64: text.is_none().then(|| b64.encode(&r.payload)),
+                    payload_base64: text.is_none().then(|| b64.encode(r.payload)),
                 };
                 serde_json::to_writer(&mut out, &line).unwrap();
                 out.push(b'\n');
@@ -251,11 +258,7 @@ mod tests {
                     },
                 })
                 .collect();
-            let entry = Entry {
-                agent_id: text(&mut rng),
-                queue_id: text(&mut rng),
-                records,
-            };
+            let entry = Entry::of_records(&text(&mut rng), &text(&mut rng), records);
             entries.push((i, entry));
         }
         let mut mine = Vec::new();
