@@ -84,6 +84,7 @@ use dataweaver_wire::Record;
 use dataweaver_wire::{Batch, BatchInfo, CheckedBatch, JournalEntry, JournalHeader, RecordView};
 
 mod index;
+mod recent;
 mod salvage;
 mod writer;
 
@@ -104,6 +105,9 @@ const INSTANCES: TableDefinition<(&str, &str), u64> = TableDefinition::new("inst
 /// Output positions; shared with the drainer.
 pub(crate) const CURSOR: TableDefinition<&str, &[u8]> = TableDefinition::new("cursor");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Batches kept in memory for the drain (`recent`): a few commit groups' worth, the
+/// backlog of a drain that keeps up.
+const RECENT_BYTES: usize = 16 << 20;
 /// Version-1 tables, read only to migrate them.
 const V1_HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const V1_CONFIRMED: TableDefinition<&str, u64> = TableDefinition::new("confirmed");
@@ -351,6 +355,8 @@ struct Store {
     slot: dataweaver_store::Slot,
     /// Confirmed entries waiting for the outputs.
     ready: index::Ready,
+    /// Batches journaled by this process that the drain has not read yet.
+    recent: recent::Recent,
     /// Test hook: the next commit fails as a full disk would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
@@ -446,6 +452,7 @@ impl Journal {
         let store = Arc::new(Store {
             slot: dataweaver_store::Slot::new(medium, database),
             ready,
+            recent: recent::Recent::new(RECENT_BYTES),
             #[cfg(test)]
             fail_next_commit: Default::default(),
         });
@@ -628,26 +635,42 @@ impl Journal {
             if keys.is_empty() {
                 return Ok(Drainable::default());
             }
-            let (out, gone) = self.store.with_db(|d| {
-                let txn = d.begin_read().map_err(db)?;
-                let t = txn.open_table(JOURNAL).map_err(db)?;
-                let mut out = Drainable::default();
-                let mut gone = Vec::new();
-                for k in keys {
-                    // Not in the file: never expected (entries leave the index when
-                    // they leave the file), but a round of such keys must not end the
-                    // drain while others wait.
-                    let Some(v) = t.get(k).map_err(db)? else {
-                        gone.push(k);
-                        continue;
-                    };
-                    match Entry::decode(v.value()) {
-                        Ok(entry) => out.entries.push((k, entry)),
-                        Err(why) => out.bad.push((k, why.to_string())),
+            // Batches kept in memory first; the file only for the others.
+            let mut slots: Vec<(u64, Option<Result<Entry, EntryError>>)> = keys
+                .into_iter()
+                .map(|k| {
+                    let kept = self.store.recent.take(k).map(|kept| {
+                        Entry::of_batch(kept.agent_id, kept.queue_id, kept.batch, kept.skip_upto)
+                    });
+                    (k, kept)
+                })
+                .collect();
+            let mut gone = Vec::new();
+            if slots.iter().any(|(_, e)| e.is_none()) {
+                gone = self.store.with_db(|d| {
+                    let txn = d.begin_read().map_err(db)?;
+                    let t = txn.open_table(JOURNAL).map_err(db)?;
+                    let mut gone = Vec::new();
+                    for (k, slot) in slots.iter_mut().filter(|(_, e)| e.is_none()) {
+                        // Not in the file: never expected (entries leave the index when
+                        // they leave the file), but a round of such keys must not end the
+                        // drain while others wait.
+                        match t.get(*k).map_err(db)? {
+                            Some(v) => *slot = Some(Entry::decode(v.value())),
+                            None => gone.push(*k),
+                        }
                     }
+                    Ok(gone)
+                })?;
+            }
+            let mut out = Drainable::default();
+            for (k, entry) in slots {
+                match entry {
+                    Some(Ok(entry)) => out.entries.push((k, entry)),
+                    Some(Err(why)) => out.bad.push((k, why.to_string())),
+                    None => {} // gone
                 }
-                Ok((out, gone))
-            })?;
+            }
             let retry = out.entries.is_empty() && out.bad.is_empty() && !gone.is_empty();
             if !gone.is_empty() {
                 tracing::warn!(

@@ -116,6 +116,14 @@ async fn reopen(open: impl Fn() -> Result<Journal, JournalError>) -> Journal {
     reopened.unwrap()
 }
 
+/// A journal in `dir` where agents `a` and `b` resolved queue `q` from nothing.
+async fn two_agents(dir: &Path) -> Journal {
+    let j = Journal::open(dir).unwrap();
+    resolve_t(&j, "a", "q", 0, 0).await.unwrap();
+    resolve_t(&j, "b", "q", 0, 0).await.unwrap();
+    j
+}
+
 async fn put(j: &Journal, agent: &str, from: u64, to: u64) {
     try_put(j, agent, from, to).await.unwrap();
 }
@@ -135,9 +143,7 @@ fn drainable_seqs(j: &Journal) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_discards_what_went_elsewhere_and_outputs_only_confirmed() {
     let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path()).unwrap();
-    resolve_t(&j, "a", "q", 0, 0).await.unwrap();
-    resolve_t(&j, "b", "q", 0, 0).await.unwrap();
+    let j = two_agents(dir.path()).await;
     put(&j, "a", 1, 6).await;
     put(&j, "a", 7, 10).await;
     assert!(
@@ -158,15 +164,39 @@ async fn resolve_discards_what_went_elsewhere_and_outputs_only_confirmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_resend_outputs_each_seq_once() {
     let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path()).unwrap();
-    resolve_t(&j, "a", "q", 0, 0).await.unwrap();
-    resolve_t(&j, "b", "q", 0, 0).await.unwrap();
+    let j = two_agents(dir.path()).await;
     put(&j, "a", 1, 6).await;
     put(&j, "a", 4, 8).await;
     put(&j, "a", 2, 5).await; // entirely old: not journaled at all
     j.confirm("a", "q", 8).await.unwrap();
     put(&j, "b", 1, 1).await; // flush the writer
     assert_eq!(drainable_seqs(&j), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+/// The drain takes a batch journaled by this process from memory, once; read again (a
+/// round that failed) or after a reopen, the same records come from the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_batches_come_from_memory_once_then_from_the_file_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = two_agents(dir.path()).await;
+    for (from, to) in [(1, 3), (4, 8)] {
+        put(&j, "a", from, to).await;
+    }
+    j.confirm("a", "q", 8).await.unwrap();
+    put(&j, "b", 1, 1).await; // flush the writer
+    assert_eq!(j.store.recent.len(), 3);
+    let from_memory = drainable_seqs(&j);
+    assert_eq!(from_memory, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        j.store.recent.len(),
+        1,
+        "b's entry is not confirmed: not taken"
+    );
+    assert_eq!(drainable_seqs(&j), from_memory, "read from the file");
+    drop(j);
+    let j = reopen(|| Journal::open(dir.path())).await;
+    assert_eq!(j.store.recent.len(), 0);
+    assert_eq!(drainable_seqs(&j), from_memory);
 }
 
 /// Issue 12, defect 2: after a failed commit (a full disk) the next batch of the same

@@ -45,6 +45,10 @@ pub(super) struct Written {
     answers: Vec<Option<Result<Outcome, Refused>>>,
     next: u64,
     ready: Vec<(u64, index::ReadyEntry)>,
+    /// Batches it journaled, for the drain to take from memory.
+    keep: Vec<(u64, recent::Kept)>,
+    /// Entries it rewrote or removed, to be forgotten by `recent`.
+    forget: Vec<u64>,
 }
 
 impl Apply for Writer {
@@ -78,6 +82,7 @@ impl Apply for Writer {
         let mut answers = Vec::with_capacity(batch.len());
         let mut next = self.next;
         let mut ready = Vec::new();
+        let (mut keep, mut forget) = (Vec::new(), Vec::new());
         {
             let mut j = txn.open_table(JOURNAL).map_err(db)?;
             let mut m = txn.open_table(MARKS).map_err(db)?;
@@ -86,9 +91,13 @@ impl Apply for Writer {
             let mut buf = Vec::new();
             for cmd in batch.iter_mut() {
                 let answer = match cmd {
-                    Command::Submit(s) => {
-                        self.submit(s, (&mut j, &mut m, &mut q), &mut next, &mut ready, &mut buf)?
-                    }
+                    Command::Submit(s) => self.submit(
+                        s,
+                        (&mut j, &mut m, &mut q),
+                        &mut next,
+                        (&mut ready, &mut keep),
+                        &mut buf,
+                    )?,
                     Command::Reopen => None,
                     Command::Confirm {
                         agent_id,
@@ -122,6 +131,7 @@ impl Apply for Writer {
                             (&mut j, &mut m, &mut q),
                             &mut inst,
                             &mut ready,
+                            &mut forget,
                             &mut buf,
                         )? {
                             Ok(h) => Ok(Outcome::Stored(h)),
@@ -152,11 +162,16 @@ impl Apply for Writer {
             answers,
             next,
             ready,
+            keep,
+            forget,
         })
     }
 
     fn committed(&mut self, batch: Vec<Command>, w: Written) {
         self.next = w.next;
+        // Before the entries become ready: the drain must not take a batch a `Resolve` of
+        // this commit rewrote.
+        self.store.recent.committed(&w.forget, w.keep);
         self.store.ready.add(w.ready);
         self.generation += 1;
         self.changed.send_replace(self.generation);
@@ -213,6 +228,7 @@ impl Apply for Writer {
         self.next = self.next.max(loaded.next);
         (self.marks, self.unconfirmed) = (loaded.marks, loaded.unconfirmed);
         self.store.ready.replace(loaded.ready);
+        self.store.recent.clear();
         Ok(d)
     }
 
@@ -264,7 +280,7 @@ impl Writer {
         s: &mut Submit,
         (j, m, q): Tables<'_, '_>,
         next: &mut u64,
-        ready: &mut Vec<(u64, index::ReadyEntry)>,
+        (ready, keep): Made<'_>,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Result<Outcome, Refused>>, JournalError> {
         let Some(mut mark) = self.mark(&s.agent_id, &s.queue_id) else {
@@ -353,9 +369,18 @@ impl Writer {
         // Confirmed ahead of time, it is ready at once (a `Resolve` may name seqs not sent
         // yet).
         self.place(&entry.agent_id, &entry.queue_id, w, mark.confirmed, ready);
-        *next += 1;
         mark.hwm = s.last;
         self.set_mark(m, &entry.agent_id, &entry.queue_id, mark)?;
+        keep.push((
+            *next,
+            recent::Kept {
+                agent_id: entry.agent_id,
+                queue_id: entry.queue_id,
+                batch: entry.batch,
+                skip_upto: entry.skip_upto,
+            },
+        ));
+        *next += 1;
         Ok(Some(Ok(Outcome::Stored(s.last))))
     }
 
@@ -372,6 +397,7 @@ impl Writer {
         (j, m, q): Tables<'_, '_>,
         inst: &mut InstancesTable<'_>,
         ready: &mut Vec<(u64, index::ReadyEntry)>,
+        forget: &mut Vec<u64>,
         buf: &mut Vec<u8>,
     ) -> Result<Result<u64, dataweaver_wire::Refusal>, JournalError> {
         if self.mark(agent, queue).is_none() {
@@ -425,6 +451,8 @@ impl Writer {
         let mut kept = Vec::new();
         // Only this queue's entries, and only those still unconfirmed, are read.
         for w in self.unconfirmed.take_queue(agent, queue) {
+            // Read from the file, and maybe rewritten or removed: the copy in memory goes.
+            forget.push(w.key);
             let Some(v) = j.get(w.key).map_err(db)? else {
                 continue;
             };
@@ -575,6 +603,12 @@ type JournalTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 type MarksTable<'t> = redb::Table<'t, (&'static str, &'static str), (u64, u64)>;
 type InstancesTable<'t> = redb::Table<'t, (&'static str, &'static str), u64>;
 pub(super) type QuarantineTable<'t> = redb::Table<'t, u64, (u64, &'static str, &'static [u8])>;
+/// What submits make in a transaction: entries ready for the outputs, and batches for
+/// the drain to take from memory.
+type Made<'a> = (
+    &'a mut Vec<(u64, index::ReadyEntry)>,
+    &'a mut Vec<(u64, recent::Kept)>,
+);
 /// The journal, marks and quarantine tables of one write transaction.
 type Tables<'a, 't> = (
     &'a mut JournalTable<'t>,
