@@ -487,6 +487,11 @@ mod tests {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0)
         };
+        if max("rmem_max") <= max("rmem_default") || max("wmem_max") <= max("wmem_default") {
+            // The default is all the kernel grants: asking for more cannot be seen.
+            println!("SKIPPING: net.core.[rw]mem_max is not above its default here");
+            return;
+        }
         let s = udp_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let s = socket2::SockRef::from(&s);
         // Linux caps the request at the sysctl and reports twice what it keeps.
