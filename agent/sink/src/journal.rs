@@ -271,7 +271,11 @@ pub enum EntryError {
 impl Entry {
     /// Reads a stored journal value (`journal` table), checking every record of its batch.
     pub fn decode(v: &[u8]) -> Result<Entry, EntryError> {
-        let raw = JournalEntry::decode(bytes::Bytes::copy_from_slice(v))?;
+        Entry::of_journaled(JournalEntry::decode(bytes::Bytes::copy_from_slice(v))?)
+    }
+
+    /// A journal entry as the writer stored it, its records checked.
+    fn of_journaled(raw: JournalEntry) -> Result<Entry, EntryError> {
         Entry::of_batch(raw.agent_id, raw.queue_id, raw.batch, raw.skip_upto)
     }
 
@@ -638,12 +642,7 @@ impl Journal {
             // Batches kept in memory first; the file only for the others.
             let mut slots: Vec<(u64, Option<Result<Entry, EntryError>>)> = keys
                 .into_iter()
-                .map(|k| {
-                    let kept = self.store.recent.take(k).map(|kept| {
-                        Entry::of_batch(kept.agent_id, kept.queue_id, kept.batch, kept.skip_upto)
-                    });
-                    (k, kept)
-                })
+                .map(|k| (k, self.store.recent.take(k).map(Entry::of_journaled)))
                 .collect();
             let mut gone = Vec::new();
             if slots.iter().any(|(_, e)| e.is_none()) {

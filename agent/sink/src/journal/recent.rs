@@ -14,17 +14,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// What the drain needs of a journaled entry.
-#[derive(Debug, Clone)]
-pub(super) struct Kept {
-    pub(super) agent_id: String,
-    pub(super) queue_id: String,
-    /// The encoded `Batch`, as journaled.
-    pub(super) batch: bytes::Bytes,
-    pub(super) skip_upto: u64,
-}
+use dataweaver_wire::JournalEntry;
 
-/// Kept batches by entry number, with their total size.
+/// Kept entries by entry number, with their total size.
 #[derive(Debug)]
 pub(super) struct Recent {
     max_bytes: usize,
@@ -33,7 +25,7 @@ pub(super) struct Recent {
 
 #[derive(Debug, Default)]
 struct Inner {
-    kept: BTreeMap<u64, Kept>,
+    kept: BTreeMap<u64, JournalEntry>,
     bytes: usize,
 }
 
@@ -48,7 +40,7 @@ impl Recent {
 
     /// After a commit: forgets the entries it changed or removed, then keeps the batches
     /// it journaled, as room allows.
-    pub(super) fn committed(&self, forget: &[u64], keep: Vec<(u64, Kept)>) {
+    pub(super) fn committed(&self, forget: &[u64], keep: Vec<(u64, JournalEntry)>) {
         if forget.is_empty() && keep.is_empty() {
             return;
         }
@@ -67,7 +59,7 @@ impl Recent {
 
     /// Takes the batch of entry `key` if it is kept: a round that fails reads it from the
     /// file next time.
-    pub(super) fn take(&self, key: u64) -> Option<Kept> {
+    pub(super) fn take(&self, key: u64) -> Option<JournalEntry> {
         self.lock().remove(key)
     }
 
@@ -92,7 +84,7 @@ impl Recent {
 }
 
 impl Inner {
-    fn remove(&mut self, key: u64) -> Option<Kept> {
+    fn remove(&mut self, key: u64) -> Option<JournalEntry> {
         let kept = self.kept.remove(&key)?;
         self.bytes -= kept.batch.len();
         Some(kept)
@@ -103,12 +95,10 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn kept(n: usize) -> Kept {
-        Kept {
-            agent_id: "a".into(),
-            queue_id: "q".into(),
+    fn kept(n: usize) -> JournalEntry {
+        JournalEntry {
             batch: vec![0; n].into(),
-            skip_upto: 0,
+            ..Default::default()
         }
     }
 

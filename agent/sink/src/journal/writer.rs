@@ -46,7 +46,7 @@ pub(super) struct Written {
     next: u64,
     ready: Vec<(u64, index::ReadyEntry)>,
     /// Batches it journaled, for the drain to take from memory.
-    keep: Vec<(u64, recent::Kept)>,
+    keep: Vec<(u64, JournalEntry)>,
     /// Entries it rewrote or removed, to be forgotten by `recent`.
     forget: Vec<u64>,
 }
@@ -371,15 +371,7 @@ impl Writer {
         self.place(&entry.agent_id, &entry.queue_id, w, mark.confirmed, ready);
         mark.hwm = s.last;
         self.set_mark(m, &entry.agent_id, &entry.queue_id, mark)?;
-        keep.push((
-            *next,
-            recent::Kept {
-                agent_id: entry.agent_id,
-                queue_id: entry.queue_id,
-                batch: entry.batch,
-                skip_upto: entry.skip_upto,
-            },
-        ));
+        keep.push((*next, entry));
         *next += 1;
         Ok(Some(Ok(Outcome::Stored(s.last))))
     }
@@ -607,7 +599,7 @@ pub(super) type QuarantineTable<'t> = redb::Table<'t, u64, (u64, &'static str, &
 /// the drain to take from memory.
 type Made<'a> = (
     &'a mut Vec<(u64, index::ReadyEntry)>,
-    &'a mut Vec<(u64, recent::Kept)>,
+    &'a mut Vec<(u64, JournalEntry)>,
 );
 /// The journal, marks and quarantine tables of one write transaction.
 type Tables<'a, 't> = (
